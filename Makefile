@@ -1,0 +1,44 @@
+# One-command set-up on a fresh machine: every target creates .venv and installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# CPU machines get the CPU torch wheel first so no resolver ever pulls a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+export DS_BUILD_OPS := 0
+export DS_ACCELERATOR ?= cpu
+export RAY_USAGE_STATS_ENABLED := 0
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+DEMO_DIR ?= recicl-work/demo
+
+.PHONY: venv test demo bench lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(BIN)/python -m pip install --quiet torch; \
+	else \
+	  $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"; \
+	fi
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,redis]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+demo: $(STAMP)
+	$(BIN)/recicl samples build --output $(DEMO_DIR)/samples
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_samples.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check recicl ray_jobs benchmarks tests
+	$(BIN)/ruff format --check recicl ray_jobs benchmarks tests
+
+clean:
+	rm -rf $(VENV) recicl-work .cache

@@ -1,0 +1,538 @@
+"""Typed configuration for every stage, loaded from YAML.
+
+Why pydantic with ``extra="forbid"`` everywhere: a typo in a YAML key (``num_demo``) must fail
+loudly and name the key, not silently fall back to a default and produce a different dataset.
+Each field's ``description`` is the documentation users see (``recicl config show``) and the
+README's configuration table is generated from the same text.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from recicl.errors import ReciclError
+
+SourceName = Literal["movielens", "amazon", "parquet", "csv"]
+TimestampUnit = Literal["s", "ms", "us", "iso"]
+
+BUNDLED_MOVIELENS = Path(__file__).parent / "datasets" / "ml-latest-small"
+
+
+class ConfigError(ReciclError, ValueError):
+    """A configuration problem, phrased for the person who wrote the YAML or the flags."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, values are validated on set."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ColumnMapping(StrictModel):
+    """Where the canonical event fields live in a generic Parquet/CSV source."""
+
+    user_id: str = Field("user_id", description="Column holding the user id.")
+    item_id: str = Field("item_id", description="Column holding the item id.")
+    rating: str | None = Field(
+        "rating", description="Column holding the rating; null if the source has only labels."
+    )
+    label: str | None = Field(
+        None, description="Column holding an explicit 0/1 label; overrides the like threshold."
+    )
+    timestamp: str = Field("timestamp", description="Column holding the event time.")
+
+
+class CatalogMapping(StrictModel):
+    """Where the catalog fields live in a generic Parquet/CSV catalog file."""
+
+    item_id: str = Field("item_id", description="Column holding the item id.")
+    title: str = Field("title", description="Column holding the item title.")
+    attributes: list[str] = Field(
+        default_factory=lambda: ["genres"],
+        description="Extra columns kept as attributes (e.g. genres, author); missing ones are "
+        "ignored. List values are joined with '|'.",
+    )
+
+
+class DataConfig(StrictModel):
+    """Where interaction logs come from and what counts as a valid event."""
+
+    source: SourceName = Field(
+        "movielens", description="Log format: movielens, amazon, parquet or csv."
+    )
+    path: str = Field(
+        str(BUNDLED_MOVIELENS),
+        description="Folder holding the source files (layout detected for movielens/amazon). "
+        "Default: the bundled MovieLens latest-small.",
+    )
+    like_threshold: float = Field(
+        4.0, description="label = 1 when rating >= like_threshold (unless labels are explicit)."
+    )
+    rating_range: tuple[float, float] | None = Field(
+        None,
+        description="Valid [min, max] rating; null = the source's scale (MovieLens 0.5-5, "
+        "Amazon 1-5, generic: unchecked).",
+    )
+    min_date: date = Field(
+        date(1990, 1, 1), description="Events before this date are quarantined as absurd."
+    )
+    max_date: date | None = Field(
+        None, description="Events after this date are quarantined; null = tomorrow (UTC)."
+    )
+    timestamp_unit: TimestampUnit = Field(
+        "s", description="Generic sources only: unit of the timestamp column (s, ms, us, iso)."
+    )
+    events_glob: str = Field(
+        "events*", description="Generic sources only: file or folder name pattern of the events."
+    )
+    catalog_glob: str = Field(
+        "catalog*", description="Generic sources only: file name pattern of the catalog."
+    )
+    columns: ColumnMapping = Field(default_factory=ColumnMapping)
+    catalog_columns: CatalogMapping = Field(default_factory=CatalogMapping)
+
+    @field_validator("rating_range")
+    @classmethod
+    def _ordered_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and value[0] > value[1]:
+            raise ValueError(f"rating_range min {value[0]} is above max {value[1]}")
+        return value
+
+    def time_bounds(self) -> tuple[int, int]:
+        """Valid event time range in unix seconds, [low, high)."""
+        low = datetime.combine(self.min_date, datetime.min.time(), tzinfo=timezone.utc)
+        if self.max_date is None:
+            high_ts = int(datetime.now(timezone.utc).timestamp()) + 86_400
+        else:
+            high = datetime.combine(self.max_date, datetime.min.time(), tzinfo=timezone.utc)
+            high_ts = int(high.timestamp()) + 86_400
+        return int(low.timestamp()), high_ts
+
+
+class SamplesConfig(StrictModel):
+    """How events become in-context-learning samples."""
+
+    num_demos: int = Field(
+        4, ge=0, le=64, description="Demonstrations per sample (latest earlier events)."
+    )
+    history_len: int = Field(
+        10, ge=0, le=200, description="Liked items per history (latest earlier likes)."
+    )
+    min_demos: int = Field(
+        1, ge=0, description="A sample needs at least this many earlier events of its user."
+    )
+    periods: int = Field(
+        10, ge=1, le=1000, description="Cut the timeline into N periods of equal event counts."
+    )
+    boundaries: list[date] | None = Field(
+        None,
+        description="Explicit period start dates (ISO); overrides `periods`. N dates give N+1 "
+        "periods: before the first date is period 0.",
+    )
+    num_partitions: int | None = Field(
+        None,
+        ge=1,
+        description="Shuffle partitions for the group-by-user stage; null = Ray's default.",
+    )
+    output: str | None = Field(None, description="Output folder; required to build.")
+
+    @field_validator("boundaries")
+    @classmethod
+    def _increasing(cls, value: list[date] | None) -> list[date] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("boundaries is empty: give at least one date or use `periods`")
+            if any(b <= a for a, b in itertools.pairwise(value)):
+                raise ValueError("boundaries must be strictly increasing dates")
+        return value
+
+
+class RayConfig(StrictModel):
+    """How to reach Ray. Production: set RAY_ADDRESS; locally an embedded runtime starts."""
+
+    address: str | None = Field(None, description="Ray address; null = $RAY_ADDRESS or local.")
+    num_cpus: int | None = Field(
+        None, ge=1, description="Logical CPUs of a local runtime; null = max(4, cores)."
+    )
+
+
+class PromptConfig(StrictModel):
+    """How a sample (ids) becomes model input (text/tokens). Shared by train, eval and serve."""
+
+    domain: Literal["movie", "book", "generic"] = Field(
+        "movie", description="Template wording: movie, book or generic (items)."
+    )
+    format: Literal["recicl", "tallrec"] = Field(
+        "recicl",
+        description="recicl: earlier decisions as solved examples before the query; "
+        "tallrec: history + query only (no demonstrations).",
+    )
+    max_length: int = Field(
+        1024,
+        ge=32,
+        description="Token budget of one prompt (special tokens included); over it, the oldest "
+        "history items are dropped first, then the oldest demonstrations. The query never is.",
+    )
+    max_title_chars: int = Field(
+        80, ge=8, le=2000, description="Titles longer than this are cut (with an ellipsis)."
+    )
+    include_attributes: list[str] = Field(
+        default_factory=lambda: ["genres"],
+        description="Catalog attributes shown in parentheses after the title of the item being "
+        "asked about (demo items and the query item); history items show titles only.",
+    )
+
+
+class LoraSettings(StrictModel):
+    """LoRA adapter settings (peft); disabled = full fine-tuning."""
+
+    enabled: bool = Field(True, description="Train a LoRA adapter instead of all weights.")
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: int = Field(16, ge=1, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Module names to adapt, or 'all-linear'.",
+    )
+
+
+class TinyModelSettings(StrictModel):
+    """Shape of the random tiny Llama made by `recicl model init-tiny` (tests, demos, CPU)."""
+
+    hidden_size: int = Field(64, ge=8, description="Hidden size.")
+    num_layers: int = Field(2, ge=1, description="Decoder layers.")
+    num_heads: int = Field(4, ge=1, description="Attention heads (hidden_size divisible by it).")
+    intermediate_size: int = Field(128, ge=8, description="MLP inner size.")
+    vocab_size: int = Field(
+        2000, ge=300, description="Target BPE vocabulary size (byte alphabet + merges + specials)."
+    )
+    seed: int = Field(0, description="Seed for the random weights; same seed, same model.")
+
+    @field_validator("num_heads")
+    @classmethod
+    def _heads_divide(cls, value: int, info: Any) -> int:
+        hidden = info.data.get("hidden_size")
+        if hidden is not None and hidden % value:
+            raise ValueError(f"hidden_size {hidden} is not divisible by num_heads {value}")
+        return value
+
+
+class ModelConfig(StrictModel):
+    """Which causal LM to tune and how to load it."""
+
+    name_or_path: str | None = Field(
+        None,
+        description="Hugging Face model id or local folder; required for training/scoring "
+        "(make a local one with `recicl model init-tiny`).",
+    )
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="Weight dtype when loading (auto = as saved)."
+    )
+    attn_implementation: str | None = Field(
+        "sdpa", description="eager, sdpa, flash_attention_2, ...; null = transformers' choice."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Allow model code from the model repo (only for repos you trust)."
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA adapter settings.")
+    tiny: TinyModelSettings = Field(
+        default_factory=TinyModelSettings, description="Shape of `recicl model init-tiny` models."
+    )
+
+
+def parse_periods(value: Any) -> list[int] | None:
+    """``"0-3,7"`` / ``[0, 1]`` / ``5`` → sorted unique period numbers; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, str):
+        out: set[int] = set()
+        for part in value.replace(" ", "").split(","):
+            if not part:
+                continue
+            low, sep, high = part.partition("-")
+            try:
+                first, last = int(low), int(high) if sep else int(low)
+            except ValueError:
+                raise ValueError(
+                    f"cannot read periods {value!r}: use e.g. '0-5' or '0,2,4-6'"
+                ) from None
+            if last < first:
+                raise ValueError(f"period range {part!r} runs backwards")
+            out.update(range(first, last + 1))
+        return sorted(out)
+    if isinstance(value, (list, tuple)):
+        items = [int(v) for v in value]
+        return sorted(set(items))
+    raise ValueError(f"periods must be a list of ints or a string like '0-5', got {value!r}")
+
+
+class TrainConfig(StrictModel):
+    """How to tune the model on ICL samples with Ray Train (DeepSpeed ZeRO or DDP)."""
+
+    samples_dir: str | None = Field(
+        None,
+        description="Folder written by `recicl samples build` (samples/, catalog.parquet, "
+        "manifest.json); local path or URI. null = samples.output.",
+    )
+    train_periods: list[int] | None = Field(
+        None,
+        description="Periods to train on: a list or a string like '0-5' or '0,2,4-6'. "
+        "null = every period found except the validation ones.",
+    )
+    val_periods: list[int] | None = Field(
+        None,
+        description="Periods for the per-epoch validation AUC (same syntax). null = the newest "
+        "period found (if there are at least two); [] = no validation.",
+    )
+    strategy: Literal["deepspeed", "ddp"] = Field(
+        "deepspeed", description="deepspeed (ZeRO, optimizer state sharded) or ddp (plain torch)."
+    )
+    zero_stage: Literal[2, 3] = Field(
+        2,
+        description="DeepSpeed ZeRO stage: 2 shards optimizer state + gradients, 3 also the "
+        "weights (needed when one copy of the base model does not fit a GPU).",
+    )
+    offload_optimizer: bool = Field(
+        False, description="DeepSpeed only: keep optimizer state in CPU memory (ZeRO-Offload)."
+    )
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (one per GPU on GPU nodes).")
+    use_gpu: bool = Field(False, description="One GPU per worker (NCCL); false = CPU (gloo).")
+    cpus_per_worker: float = Field(
+        1.0, gt=0, description="Logical CPUs reserved per worker (leave some for Ray Data)."
+    )
+    batch_size: int = Field(8, ge=1, description="Micro-batch size per worker (samples).")
+    eval_batch_size: int | None = Field(
+        None, ge=1, description="Validation batch size per worker; null = 2 x batch_size."
+    )
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Fraction of the steps spent warming the LR up linearly "
+        "from 0; afterwards it decays linearly to 0 at the last step.",
+    )
+    epochs: int = Field(1, ge=1, description="Passes over the training periods.")
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many optimizer steps (overrides `epochs`, "
+        "cycling through the data as often as needed); null = epochs x steps per epoch.",
+    )
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip the global gradient norm to this; null = no clipping."
+    )
+    class_weights: tuple[float, float] | None = Field(
+        None,
+        description="Cross-entropy weights for [No, Yes] (e.g. [1.0, 3.0] when likes are "
+        "rare); null = unweighted.",
+    )
+    bf16: bool | Literal["auto"] = Field(
+        "auto", description="bfloat16 mixed precision; auto = on GPU only (slow on most CPUs)."
+    )
+    length_grouping: bool = Field(
+        True,
+        description="Group prompts of similar token length into the same batch (less "
+        "padding); batch order is still shuffled every epoch.",
+    )
+    group_buffer_batches: int = Field(
+        16, ge=1, description="Length grouping window: batches buffered, sorted and regrouped."
+    )
+    checkpoint_every_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Also checkpoint every N optimizer steps (always at epoch end "
+        "and at the last step); null = epochs only.",
+    )
+    keep_checkpoints: int | None = Field(
+        2, ge=1, description="Checkpoints kept in storage (oldest deleted); null = all."
+    )
+    max_failures: int = Field(
+        0,
+        ge=-1,
+        description="Worker-group restarts Ray Train may do after a failure "
+        "(resuming from the latest checkpoint); -1 = unlimited.",
+    )
+    storage_path: str | None = Field(
+        None,
+        description="Where Ray Train keeps runs and checkpoints (local folder, s3://, "
+        "gs://; shared storage for multi-node). null = <workdir>/ray_results.",
+    )
+    run_name: str | None = Field(
+        None,
+        description="Ray Train run name; rerunning with the same name resumes from its "
+        "latest checkpoint. null = train-<date>-<time>.",
+    )
+    seed: int = Field(0, description="Seed for weights init, LoRA init and data order.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward (less memory, ~30% slower)."
+    )
+    materialize_data: bool = Field(
+        True,
+        description="Tokenize once before training and keep the tokens in Ray's object "
+        "store (spilled to disk when large); false = stream and re-tokenize every epoch (for "
+        "data far beyond the cluster's object store).",
+    )
+    log_every_steps: int = Field(
+        1, ge=1, description="Log loss/LR to MLflow every N optimizer steps."
+    )
+
+    @field_validator("train_periods", "val_periods", mode="before")
+    @classmethod
+    def _parse_periods(cls, value: Any) -> list[int] | None:
+        return parse_periods(value)
+
+
+class MLflowConfig(StrictModel):
+    """Where runs, artifacts and model versions are recorded."""
+
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; null = $MLFLOW_TRACKING_URI, else "
+        "sqlite:///<workdir>/mlflow.db with artifacts in <workdir>/mlartifacts.",
+    )
+    experiment: str = Field("recicl", description="MLflow experiment name.")
+    registered_model: str = Field(
+        "recicl", description="Registered model that training adds a version to."
+    )
+    register_version: bool = Field(
+        True, description="Register a model version at the end of training."
+    )
+
+
+class ReciclConfig(StrictModel):
+    """The whole configuration: one section per stage."""
+
+    workdir: str = Field(
+        "recicl-work", description="Folder for embedded state (MLflow DB, events DB, outputs)."
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    samples: SamplesConfig = Field(default_factory=SamplesConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    prompt: PromptConfig = Field(
+        default_factory=PromptConfig, description="Prompt template and token budget."
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Base model and LoRA.")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
+
+    def fingerprint(self, *sections: str) -> str:
+        """Stable hash of the named sections (all if none), recorded in manifests."""
+        dump = self.model_dump(mode="json")
+        chosen = {k: dump[k] for k in sections} if sections else dump
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _describe_errors(error: ValidationError, source: str, raw: Any) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        loc = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            parent: Any = raw
+            for part in item["loc"][:-1]:
+                parent = parent.get(part, {}) if isinstance(parent, dict) else {}
+            model = _model_at(ReciclConfig, item["loc"][:-1])
+            known = sorted(model.model_fields) if model else []
+            close = difflib.get_close_matches(str(item["loc"][-1]), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            lines.append(f"  - {loc}: unknown key{hint}; allowed keys here: {', '.join(known)}")
+        else:
+            lines.append(f"  - {loc}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        annotation = field.annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def build_config(raw: dict[str, Any] | None = None, source: str = "<defaults>") -> ReciclConfig:
+    """Validate a plain dict into a config, turning pydantic errors into a readable ConfigError."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}"
+        )
+    try:
+        return ReciclConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_describe_errors(error, source, raw)) from None
+
+
+def load_config(path: str | Path | None = None) -> ReciclConfig:
+    """Load a YAML config file (or the defaults when ``path`` is None)."""
+    if path is None:
+        return build_config()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    return build_config(raw, str(path))
+
+
+def with_overrides(config: ReciclConfig, overrides: dict[str, Any]) -> ReciclConfig:
+    """Apply dotted-key overrides (``samples.num_demos``) from CLI flags; None means 'not given'."""
+    raw = config.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return build_config(raw, "command-line flags")
+
+
+def reference_rows(
+    model: type[BaseModel] = ReciclConfig, prefix: str = ""
+) -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every leaf field: the README's config table."""
+    rows: list[tuple[str, str, str]] = []
+    defaults = (
+        model().model_dump(mode="json")
+        if model is not ReciclConfig
+        else build_config().model_dump(mode="json")
+    )
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        key = f"{prefix}{name}"
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(reference_rows(annotation, f"{key}."))
+            continue
+        default = json.dumps(defaults[name])
+        if name == "path" and str(BUNDLED_MOVIELENS) in default:
+            default = "bundled ml-latest-small"
+        rows.append((key, default, field.description or ""))
+    return rows
+
+
+def reference_markdown() -> str:
+    """The configuration reference as a Markdown table."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for key, default, description in reference_rows():
+        lines.append(f"| `{key}` | `{default}` | {description} |")
+    return "\n".join(lines)

@@ -1,0 +1,313 @@
+"""The sample-building job: read → validate/quarantine → per-user samples → periods → Parquet.
+
+Stages (all Ray Data, streaming until the two materialization points):
+
+1. ``read_source``: raw text events (lazy) + catalog (small, on the driver).
+2. ``validate_batch``: typed events or a reason; materialized once because both the good rows
+   and the quarantine are written from it.
+3. ``groupby(user_id).map_groups(annotate_events)``: duplicates flagged, histories and demos built
+   per user, vectorized. Materialized once: period boundaries need the timestamps of all events,
+   and samples + duplicate quarantine rows are both written from it.
+4. Periods are cut on the driver from the gathered ``timestamp``/``label``/``kind`` columns
+   (17 bytes per event), then samples are written partitioned by period.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pds
+import pyarrow.parquet as pq
+import ray
+import ray.data
+
+from recicl import __version__
+from recicl.config import ConfigError, ReciclConfig
+from recicl.data.periods import (
+    assign_periods,
+    date_boundaries,
+    describe_periods,
+    equal_count_boundaries,
+    iso,
+)
+from recicl.data.readers import check_source_folder, read_source
+from recicl.data.samples import KIND_DUPLICATE, KIND_SAMPLE, annotate_events, to_samples
+from recicl.data.schema import QUARANTINE, SAMPLES
+from recicl.data.validate import quarantined, valid_events, validate_batch
+from recicl.raycluster import ensure_ray
+
+log = logging.getLogger(__name__)
+
+SAMPLES_DIR, CATALOG_FILE, MANIFEST_FILE, QUARANTINE_DIR = (
+    "samples",
+    "catalog.parquet",
+    "manifest.json",
+    "quarantine",
+)
+
+
+def _with_periods(batch: pa.Table, *, boundaries: np.ndarray) -> pa.Table:
+    """Ray Data UDF: annotated rows → SAMPLES rows with their period."""
+    periods = assign_periods(batch["timestamp"].to_numpy(), boundaries)
+    return to_samples(batch, pa.array(periods))
+
+
+def _duplicates_as_quarantine(batch: pa.Table) -> pa.Table:
+    """Ray Data UDF: duplicate events of an annotated batch as QUARANTINE rows."""
+    dup = batch.filter(pc.equal(batch["kind"], KIND_DUPLICATE))
+    n = dup.num_rows
+    text = {
+        "user_id": dup["user_id"],
+        "item_id": dup["item_id"],
+        "rating": dup["rating"].cast(pa.string()),
+        "label": dup["label"].cast(pa.string()),
+        "timestamp": dup["timestamp"].cast(pa.string()),
+        "raw": pa.nulls(n, pa.string()),
+        "reason": pa.array(["duplicate_event"] * n, pa.string()),
+    }
+    return pa.table([text[f.name] for f in QUARANTINE], schema=QUARANTINE)
+
+
+def _period_columns(batch: pa.Table) -> pa.Table:
+    """Ray Data UDF: the few columns the driver needs to cut periods and count them."""
+    small = batch.select(["user_id", "sample_id", "timestamp", "label", "kind"])
+    kept = small.filter(pc.not_equal(small["kind"], KIND_DUPLICATE))
+    first = pc.ends_with(kept["sample_id"], "#0")  # the event at position 0 of its user
+    first_user = pc.if_else(first, kept["user_id"], pa.scalar(None, pa.string()))
+    return kept.select(["timestamp", "label", "kind"]).append_column("first_user", first_user)
+
+
+def _check_users_whole(stats: pa.Table) -> None:
+    """Fail loudly if a user's events were split across partitions (they'd get two position 0s)."""
+    if not stats.num_rows:
+        return
+    firsts = pc.drop_null(stats["first_user"])
+    if len(pc.unique(firsts)) != len(firsts):
+        raise RuntimeError(
+            "internal error: a user's events were split across partitions; samples would be "
+            "wrong. Please report this with your Ray version."
+        )
+
+
+def _gather(ds: ray.data.Dataset) -> pa.Table:
+    tables = [ray.get(ref) for ref in ds.to_arrow_refs()]
+    tables = [t for t in tables if t.num_rows]
+    return pa.concat_tables(tables).combine_chunks() if tables else pa.table({})
+
+
+def _default_partitions() -> int:
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(2, min(64, cpus * 2))
+
+
+def build_samples(cfg: ReciclConfig) -> dict[str, Any]:
+    """Run the whole job and return the manifest (also written to ``<output>/manifest.json``)."""
+    if not cfg.samples.output:
+        raise ConfigError("samples.output is not set: pass --output DIR (or set samples.output)")
+    output = Path(cfg.samples.output).expanduser().resolve()
+    started = time.perf_counter()
+    check_source_folder(cfg.data)
+    ensure_ray(cfg.ray)
+    source = read_source(cfg.data)
+    log.info("reading %s from %s", source.layout, cfg.data.path)
+
+    validated = source.events.map_batches(
+        validate_batch,
+        batch_format="pyarrow",
+        fn_kwargs={
+            "catalog_ids": source.catalog["item_id"].combine_chunks(),
+            "rating_range": source.rating_range,
+            "like_threshold": cfg.data.like_threshold,
+            "time_bounds": cfg.data.time_bounds(),
+            "timestamp_unit": source.timestamp_unit,
+            "has_labels": source.has_labels,
+        },
+    ).materialize()
+    rows_read = validated.count()
+
+    # Hash-partition by user and apply the vectorized transform to whole partitions. This is the
+    # mechanism behind Ray's own ``map_groups`` (shuffle blocks are never split, so a user never
+    # spans two blocks) without its one-Python-call-per-user cost; the guard below checks it.
+    annotated = (
+        validated.map_batches(valid_events, batch_format="pyarrow")
+        .repartition(
+            cfg.samples.num_partitions or _default_partitions(), keys=["user_id"], sort=True
+        )
+        .map_batches(
+            annotate_events,
+            batch_size=None,
+            batch_format="pyarrow",
+            fn_kwargs={
+                "num_demos": cfg.samples.num_demos,
+                "history_len": cfg.samples.history_len,
+                "min_demos": cfg.samples.min_demos,
+            },
+        )
+        .materialize()
+    )
+
+    stats = _gather(annotated.map_batches(_period_columns, batch_format="pyarrow"))
+    _check_users_whole(stats)
+    timestamps = stats["timestamp"].to_numpy() if stats.num_rows else np.zeros(0, np.int64)
+    labels = stats["label"].to_numpy().astype(np.float64) if stats.num_rows else np.zeros(0)
+    is_sample = (stats["kind"].to_numpy() == KIND_SAMPLE) if stats.num_rows else np.zeros(0, bool)
+    if cfg.samples.boundaries:
+        boundaries = date_boundaries(cfg.samples.boundaries)
+    else:
+        boundaries = equal_count_boundaries(timestamps, cfg.samples.periods)
+
+    if output.exists():
+        # Re-running into the same folder replaces its outputs, never mixes old and new files.
+        for name in (SAMPLES_DIR, QUARANTINE_DIR, CATALOG_FILE, MANIFEST_FILE):
+            target = output / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    output.mkdir(parents=True, exist_ok=True)
+
+    if is_sample.any():
+        annotated.map_batches(
+            _with_periods, batch_format="pyarrow", fn_kwargs={"boundaries": boundaries}
+        ).write_parquet(str(output / SAMPLES_DIR), partition_cols=["period"])
+    quarantine = validated.map_batches(quarantined, batch_format="pyarrow").union(
+        annotated.map_batches(_duplicates_as_quarantine, batch_format="pyarrow")
+    )
+    quarantine_table = _gather(quarantine)
+    (output / QUARANTINE_DIR).mkdir()
+    pq.write_table(
+        quarantine_table if quarantine_table.num_rows else QUARANTINE.empty_table(),
+        output / QUARANTINE_DIR / "events.parquet",
+    )
+    pq.write_table(source.catalog_rejects, output / QUARANTINE_DIR / "catalog.parquet")
+    pq.write_table(source.catalog, output / CATALOG_FILE)
+
+    reasons: dict[str, int] = {}
+    if quarantine_table.num_rows:
+        counts = pc.value_counts(quarantine_table["reason"].combine_chunks())
+        reasons = {c["values"].as_py(): c["counts"].as_py() for c in counts}
+    catalog_reasons: dict[str, int] = {}
+    if source.catalog_rejects.num_rows:
+        counts = pc.value_counts(source.catalog_rejects["reason"].combine_chunks())
+        catalog_reasons = {c["values"].as_py(): c["counts"].as_py() for c in counts}
+    period_rows = describe_periods(boundaries, timestamps, labels, is_sample)
+    manifest: dict[str, Any] = {
+        "recicl_version": __version__,
+        "created_at": iso(int(time.time())),
+        "config_hash": cfg.fingerprint("data", "samples"),
+        "source": {"name": cfg.data.source, "path": str(cfg.data.path), "layout": source.layout},
+        "rows_read": rows_read,
+        "events": len(timestamps),
+        "users": len(pc.drop_null(stats["first_user"])) if stats.num_rows else 0,
+        "catalog_items": source.catalog.num_rows,
+        "samples": int(is_sample.sum()),
+        "like_rate": round(float(labels.mean()), 6) if len(labels) else None,
+        "quarantine": {
+            "total": int(sum(reasons.values())),
+            "by_reason": dict(sorted(reasons.items())),
+            "catalog": dict(sorted(catalog_reasons.items())),
+        },
+        "boundaries": [iso(b) for b in boundaries.tolist()],
+        "boundaries_ts": boundaries.tolist(),
+        "periods": period_rows,
+        "config": cfg.model_dump(mode="json", include={"data", "samples"}),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    if not cfg.samples.boundaries and len(boundaries) + 1 < cfg.samples.periods:
+        manifest["warnings"] = [
+            f"asked for {cfg.samples.periods} periods but timestamp ties allow only "
+            f"{len(boundaries) + 1}"
+        ]
+    (output / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading samples back (training, evaluation and tests use these, never raw globbing)
+# ----------------------------------------------------------------------------------------------
+
+
+def _period_paths(samples_dir: Path, periods: list[int] | None) -> list[str]:
+    root = Path(samples_dir) / SAMPLES_DIR
+    if not root.is_dir():
+        raise ConfigError(f"{samples_dir} has no {SAMPLES_DIR}/ folder: run `recicl samples build`")
+    available = sorted(int(p.name.split("=", 1)[1]) for p in root.glob("period=*"))
+    chosen = available if periods is None else periods
+    missing = sorted(set(chosen) - set(available))
+    if missing:
+        raise ConfigError(
+            f"periods {missing} have no samples in {samples_dir}; available: {available}"
+        )
+    return [str(root / f"period={p}") for p in chosen]
+
+
+def read_samples_table(samples_dir: str | Path, periods: list[int] | None = None) -> pa.Table:
+    """All samples of the chosen periods as one Arrow table in the SAMPLES schema."""
+    tables = []
+    for path in _period_paths(Path(samples_dir), periods):
+        period = int(path.rsplit("=", 1)[1])
+        table = pds.dataset(path, format="parquet").to_table()
+        table = table.append_column("period", pa.array(np.full(table.num_rows, period, np.int16)))
+        tables.append(table.select(SAMPLES.names).cast(SAMPLES))
+    return pa.concat_tables(tables) if tables else SAMPLES.empty_table()
+
+
+def _add_period(batch: pa.Table) -> pa.Table:
+    """Ray Data UDF: the period from each row's ``.../period=K/...`` file path, as int16."""
+    found = pc.extract_regex(batch["path"], r"period=(?P<period>\d+)")
+    periods = pc.struct_field(found, "period").cast(pa.int16())
+    return batch.drop_columns(["path"]).append_column("period", periods).select(SAMPLES.names)
+
+
+def read_samples_dataset(
+    samples_dir: str | Path, periods: list[int] | None = None
+) -> ray.data.Dataset:
+    """Samples of the chosen periods as a Ray Dataset in the SAMPLES schema."""
+    paths = _period_paths(Path(samples_dir), periods)
+    return ray.data.read_parquet(paths, include_paths=True, partitioning=None).map_batches(
+        _add_period, batch_format="pyarrow"
+    )
+
+
+def print_summary(manifest: dict[str, Any]) -> None:
+    """A readable summary table of a build (events, quarantine, samples per period)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    head = Table(title=f"recicl samples — {manifest['source']['layout']}", show_header=False)
+    head.add_row("rows read", f"{manifest['rows_read']:,}")
+    head.add_row("valid events", f"{manifest['events']:,}")
+    head.add_row("users / catalog items", f"{manifest['users']:,} / {manifest['catalog_items']:,}")
+    quarantine = manifest["quarantine"]
+    head.add_row("quarantined", f"{quarantine['total']:,}")
+    for reason, count in quarantine["by_reason"].items():
+        head.add_row(f"  {reason}", f"{count:,}")
+    for reason, count in quarantine["catalog"].items():
+        head.add_row(f"  catalog {reason}", f"{count:,}")
+    head.add_row("samples", f"{manifest['samples']:,}")
+    head.add_row("seconds", f"{manifest['seconds']}")
+    console.print(head)
+    periods = Table(title="periods")
+    for column in ("period", "from", "to", "events", "like rate", "samples"):
+        periods.add_column(column, justify="right")
+    for row in manifest["periods"]:
+        periods.add_row(
+            f"D{row['period']}",
+            (row["first_event"] or "-")[:10],
+            (row["last_event"] or "-")[:10],
+            f"{row['events']:,}",
+            f"{row['like_rate']:.3f}" if row["like_rate"] is not None else "-",
+            f"{row['samples']:,}",
+        )
+    console.print(periods)
+    for warning in manifest.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}")

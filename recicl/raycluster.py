@@ -1,0 +1,48 @@
+"""Connecting to Ray: one place decides between a cluster address and an embedded runtime."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from recicl.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(cfg: RayConfig | None = None) -> None:
+    """Connect to ``cfg.address`` / ``$RAY_ADDRESS``, or start a local runtime once.
+
+    Locally we advertise at least 4 logical CPUs even on a 2-core machine: Ray Train's workers
+    each hold a CPU for the whole run, and with only 2 logical CPUs the Ray Data tasks feeding
+    them could never be scheduled (the run hangs). Oversubscribing logical CPUs is harmless.
+    """
+    if ray.is_initialized():
+        return
+    cfg = cfg or RayConfig()
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        log.info("connecting to Ray at %s", address)
+        ray.init(address=address, log_to_driver=True)
+        return
+    num_cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        configure_logging=True,
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}}
+        if not _has_gpu()
+        else None,
+    )
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False

@@ -1,0 +1,57 @@
+"""Configuration: typed, documented, strict about unknown keys, overridable by flags."""
+
+from __future__ import annotations
+
+import pytest
+
+from recicl.config import ConfigError, ReciclConfig, load_config, with_overrides
+
+
+def test_defaults_are_documented():
+    def walk(model):
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+                walk(annotation)
+            else:
+                assert field.description, f"{model.__name__}.{name} has no description"
+
+    walk(ReciclConfig)
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("samples:\n  num_demo: 3\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert "samples.num_demo" in message and "did you mean 'num_demos'" in message
+
+
+def test_bad_value_names_the_field(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("samples:\n  periods: 0\n")
+    with pytest.raises(ConfigError, match=r"samples\.periods"):
+        load_config(path)
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    path = tmp_path / "c.yaml"
+    path.write_text("samples: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_flags_override_file_values(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("samples:\n  num_demos: 3\n  history_len: 7\n")
+    cfg = with_overrides(load_config(path), {"samples.num_demos": 6, "samples.history_len": None})
+    assert cfg.samples.num_demos == 6
+    assert cfg.samples.history_len == 7  # a flag that was not given leaves the file's value
+
+
+def test_boundaries_must_increase():
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        with_overrides(ReciclConfig(), {"samples.boundaries": ["2001-01-01", "2000-01-01"]})
