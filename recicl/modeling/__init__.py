@@ -1,0 +1,51 @@
+"""Model side of recicl: load HF model + tokenizer (LoRA via peft), score P(Yes), tiny models.
+
+Heavy imports (torch, transformers, peft) happen when a name is first used, so that importing
+``recicl.modeling`` for a type or a constant stays cheap (CLI start-up, Ray Data workers).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from recicl.prompts import AnswerTokenError, AnswerTokens, answer_token_ids
+
+if TYPE_CHECKING:
+    from recicl.modeling.loading import ModelLoadError, load_model, load_tokenizer
+    from recicl.modeling.scoring import answer_logits, left_align, p_yes, score_prompts
+    from recicl.modeling.tiny import init_tiny_model
+
+__all__ = [
+    "AnswerTokenError",
+    "AnswerTokens",
+    "ModelLoadError",
+    "answer_logits",
+    "answer_token_ids",
+    "init_tiny_model",
+    "left_align",
+    "load_model",
+    "load_tokenizer",
+    "p_yes",
+    "score_prompts",
+]
+
+_LAZY = {
+    "ModelLoadError": "loading",
+    "load_model": "loading",
+    "load_tokenizer": "loading",
+    "answer_logits": "scoring",
+    "left_align": "scoring",
+    "p_yes": "scoring",
+    "score_prompts": "scoring",
+    "init_tiny_model": "tiny",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'recicl.modeling' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"recicl.modeling.{module}"), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,176 @@
+"""Load the tokenizer and causal LM named in :class:`~recicl.config.ModelConfig`.
+
+Padding side: **left**. Why: the answer is read at the last real token of each row; with left
+padding that is position -1 for every row, so the LM head runs on one position only
+(``logits_to_keep=1``) and the same forward call works through peft, DDP and DeepSpeed wrappers.
+The scorer passes explicit position ids, so left padding changes no result
+(:mod:`recicl.modeling.scoring`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recicl.config import ModelConfig
+from recicl.errors import ReciclError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+PADDING_SIDE = "left"
+
+
+class ModelLoadError(ReciclError):
+    """The model or tokenizer cannot be loaded as configured (path, weights, LoRA targets)."""
+
+
+def _require_path(model_cfg: ModelConfig) -> str:
+    if not model_cfg.name_or_path:
+        raise ModelLoadError(
+            "model.name_or_path is not set: give a Hugging Face model id or a local folder "
+            "(`recicl model init-tiny --catalog ... --output DIR` makes a small local one)"
+        )
+    return model_cfg.name_or_path
+
+
+def load_tokenizer(model_cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, left-padding, with a pad token (EOS when the model has none)."""
+    from transformers import AutoTokenizer
+
+    path = _require_path(model_cfg)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=model_cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot load the tokenizer of {path!r}: {error}") from error
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError(f"tokenizer of {path!r} has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = PADDING_SIDE
+    return tokenizer
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return {
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+        "auto": "auto",
+    }[name]
+
+
+def load_model(
+    model_cfg: ModelConfig,
+    *,
+    for_training: bool,
+    gradient_checkpointing: bool = False,
+    adapter: str | Path | None = None,
+) -> PreTrainedModel:
+    """Load the causal LM; for training wrap it with a fresh LoRA adapter (``lora.enabled``).
+
+    ``adapter``: a saved peft adapter folder to put on top instead (evaluation, serving, or
+    continued training when ``for_training``). Under DeepSpeed ZeRO-3 create
+    ``HfDeepSpeedConfig`` *before* calling this, so that weights are loaded sharded.
+    Raises :class:`ModelLoadError` when any weight is missing or has the wrong shape: transformers
+    would otherwise initialise it randomly without failing.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = _require_path(model_cfg)
+    kwargs: dict[str, Any] = {
+        "dtype": _torch_dtype(model_cfg.dtype),
+        "trust_remote_code": model_cfg.trust_remote_code,
+        "output_loading_info": True,
+    }
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot load the model {path!r}: {error}") from error
+    problems = {
+        kind: list(info.get(kind) or [])
+        for kind in ("missing_keys", "mismatched_keys")
+        if info.get(kind)
+    }
+    if problems:
+        shown = "; ".join(f"{kind}: {', '.join(map(str, v[:5]))}" for kind, v in problems.items())
+        raise ModelLoadError(
+            f"loading {path!r} left weights uninitialised ({shown}); the checkpoint does not "
+            "match the model class (under ZeRO-3, create HfDeepSpeedConfig before loading)"
+        )
+
+    if for_training:
+        model.config.use_cache = False  # the KV cache is useless in training and costs memory
+        if gradient_checkpointing:
+            kwargs_ = {"use_reentrant": False}  # reentrant checkpointing breaks with frozen inputs
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs_)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs_)
+            # With a frozen base (LoRA) the embeddings output must require grad, or the
+            # checkpointed blocks would get no gradient path.
+            model.enable_input_require_grads()
+    if adapter is not None:
+        model = _load_adapter(model, adapter, trainable=for_training)
+    elif for_training and model_cfg.lora.enabled:
+        model = _add_lora(model, model_cfg)
+    model.train(for_training)
+    return model
+
+
+def _add_lora(model: Any, model_cfg: ModelConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    lora = model_cfg.lora
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        with _quiet_peft():
+            return get_peft_model(model, config)
+    except ValueError as error:
+        linear = sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for name, mod in model.named_modules()
+                if type(mod).__name__ == "Linear"
+            }
+        )
+        raise ModelLoadError(
+            f"model.lora.target_modules={lora.target_modules!r} does not fit "
+            f"{model_cfg.name_or_path!r}: {error}. Linear modules of this model: "
+            f"{', '.join(linear) or 'none'} (or use 'all-linear')"
+        ) from error
+
+
+def _load_adapter(model: Any, adapter: str | Path, *, trainable: bool) -> Any:
+    from peft import PeftModel
+
+    if not Path(adapter, "adapter_config.json").is_file():
+        raise ModelLoadError(f"{adapter} is not a peft adapter folder (no adapter_config.json)")
+    with _quiet_peft():
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+
+
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft probes a deprecated transformers attribute; the warning is not actionable."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+        )
+        yield
