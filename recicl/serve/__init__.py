@@ -1,0 +1,1 @@
+"""Serving: Ray Serve app (FastAPI ingress), model deployment and the durable interaction store."""
