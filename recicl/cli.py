@@ -29,6 +29,10 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect configuration.")
 app.add_typer(config_app, name="config")
 model_app = typer.Typer(no_args_is_help=True, help="Model utilities (tiny local model).")
 app.add_typer(model_app, name="model")
+models_app = typer.Typer(no_args_is_help=True, help="Registered model versions (MLflow).")
+app.add_typer(models_app, name="models")
+experiment_app = typer.Typer(no_args_is_help=True, help="Experiments (streaming protocol).")
+app.add_typer(experiment_app, name="experiment")
 
 console = Console(stderr=True)
 
@@ -150,6 +154,214 @@ def model_init_tiny(
     cfg = resolve_config(config, {})
     path = init_tiny_model(catalog, output, cfg.model.tiny, cfg.prompt)
     console.print(f"wrote a tiny model to {path}; use it with model.name_or_path: {path}")
+
+
+@app.command("train")
+@friendly_errors
+def train_command(
+    config: Path | None = typer.Option(None, "--config", help="YAML config file."),
+    samples: str | None = typer.Option(
+        None, "--samples", help="Samples folder (output of `recicl samples build`)."
+    ),
+    model: str | None = typer.Option(None, "--model", help="HF model id or local folder."),
+    strategy: str | None = typer.Option(None, "--strategy", help="deepspeed | ddp"),
+    zero_stage: int | None = typer.Option(None, "--zero-stage", help="DeepSpeed ZeRO stage: 2 | 3"),
+    num_workers: int | None = typer.Option(None, "--num-workers", min=1, help="Ray Train workers."),
+    use_gpu: bool | None = typer.Option(
+        None, "--use-gpu/--no-gpu", help="One GPU per worker (NCCL) or CPU (gloo)."
+    ),
+    run_name: str | None = typer.Option(
+        None, "--run-name", help="Run name; reuse it to resume from its last checkpoint."
+    ),
+) -> None:
+    """Tune the model on ICL samples (Ray Train + DeepSpeed/DDP); log to MLflow and register."""
+    from recicl.train import train
+
+    cfg = resolve_config(
+        config,
+        {
+            "train.samples_dir": samples,
+            "model.name_or_path": model,
+            "train.strategy": strategy,
+            "train.zero_stage": zero_stage,
+            "train.num_workers": num_workers,
+            "train.use_gpu": use_gpu,
+            "train.run_name": run_name,
+        },
+    )
+    result = train(cfg)
+    metrics = ", ".join(
+        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in result.metrics.items()
+        if k in ("step", "epoch", "val_auc", "val_logloss")
+    )
+    console.print(f"trained run {result.run_name}: {metrics}")
+    console.print(f"checkpoint: {result.checkpoint_path}")
+    console.print(
+        f"MLflow run id: {result.run_id}; registered model "
+        f"{result.registered_model or '-'} version {result.version or '-'}"
+    )
+    print(f"run_id={result.run_id} version={result.version}")
+
+
+@app.command("evaluate")
+@friendly_errors
+def evaluate_command(
+    model: str = typer.Option(
+        ..., "--model", help="models:/name/N, models:/name@alias, or a local model folder."
+    ),
+    samples: Path = typer.Option(..., "--samples", help="Samples folder to score."),
+    periods: str | None = typer.Option(None, "--periods", help="e.g. 6-9 or 0,2; default all."),
+    output: Path | None = typer.Option(None, "--output", help="Report JSON path (PNG beside)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML config file."),
+    replicas: int | None = typer.Option(None, "--replicas", min=1, help="Model replicas."),
+) -> None:
+    """Score samples with a model (Ray Data actor pool); AUC/UAUC/LogLoss per period."""
+    from recicl.config import ConfigError, parse_periods
+    from recicl.evaluate.batch import evaluate_model
+
+    cfg = resolve_config(config, {"evaluate.replicas": replicas})
+    try:
+        chosen = parse_periods(periods)
+    except ValueError as error:
+        raise ConfigError(f"--periods: {error}") from None
+    report = evaluate_model(cfg, model, samples, chosen, output)
+    print_report(report)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """Metrics per period as a table, then where the report and plot went."""
+    from rich.table import Table
+
+    table = Table(title=f"evaluation of {report['model']['label']}")
+    for column in ("period", "n", "like rate", "AUC", "UAUC (users)", "LogLoss"):
+        table.add_column(column, justify="right")
+
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    rows = [(f"D{p}", v) for p, v in sorted(report["periods"].items(), key=lambda kv: int(kv[0]))]
+    for name, values in [*rows, ("all", report["overall"])]:
+        table.add_row(
+            name,
+            f"{values['count']:,}",
+            fmt(values["like_rate"]),
+            fmt(values["auc"]),
+            f"{fmt(values['uauc'])} ({values['uauc_users']})",
+            fmt(values["logloss"]),
+        )
+    Console().print(table)
+    console.print(f"report: {report['report_path']}  plot: {report['plot_path']}")
+    if report.get("mlflow_run_id"):
+        console.print(f"MLflow evaluation run: {report['mlflow_run_id']}")
+
+
+@models_app.command("list")
+@friendly_errors
+def models_list(
+    name: str | None = typer.Option(None, "--name", help="Registered model (default: config)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML config file."),
+) -> None:
+    """Versions of a registered model with aliases, training and evaluation metrics."""
+    from datetime import datetime, timezone
+
+    from rich.table import Table
+
+    from recicl.registry import list_versions, resolve_tracking_uri
+
+    cfg = resolve_config(config, {})
+    name = name or cfg.mlflow.registered_model
+    rows = list_versions(resolve_tracking_uri(cfg), name)
+    table = Table(title=f"registered model {name}")
+    for column in ("version", "aliases", "created", "base model", "format", "val AUC", "eval AUC"):
+        table.add_column(column)
+    for row in rows:
+        tags, evaluation = row["tags"], row["evaluation"]
+        created = datetime.fromtimestamp(row["created"] / 1000, tz=timezone.utc)
+        eval_auc = evaluation.get("auc")
+        table.add_row(
+            row["version"],
+            ", ".join(row["aliases"]) or "-",
+            created.strftime("%Y-%m-%d %H:%M"),
+            tags.get("base_model", "-")[-40:],
+            tags.get("prompt_format", "-"),
+            tags.get("val_auc", "-")[:6],
+            "-" if eval_auc is None else f"{eval_auc:.4f}",
+        )
+    Console().print(table)
+
+
+@app.command("promote")
+@friendly_errors
+def promote_command(
+    version: str = typer.Option(..., "--version", help="Candidate version number."),
+    name: str | None = typer.Option(None, "--name", help="Registered model (default: config)."),
+    alias: str = typer.Option("champion", "--alias", help="Alias to move."),
+    samples: Path | None = typer.Option(
+        None, "--samples", help="Samples to compare on (default: train.samples_dir)."
+    ),
+    period: int | None = typer.Option(None, "--period", help="Period compared (default newest)."),
+    force: bool = typer.Option(False, "--force", help="Move the alias even if worse."),
+    reason: str | None = typer.Option(None, "--reason", help="Why (required with --force)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML config file."),
+) -> None:
+    """Move an alias to a version only if it is not worse than the current one (AUC)."""
+    from recicl.registry import promote
+
+    cfg = resolve_config(config, {})
+    decision = promote(
+        cfg,
+        name or cfg.mlflow.registered_model,
+        version,
+        alias,
+        samples_dir=samples,
+        period=period,
+        force=force,
+        reason=reason,
+    )
+    if decision.promoted:
+        console.print(f"[green]{decision.message()}[/]", highlight=False)
+        return
+    console.print(f"[yellow]{decision.message()}[/]", highlight=False)
+    sys.exit(1)
+
+
+@experiment_app.command("streaming")
+@friendly_errors
+def experiment_streaming(
+    config: Path | None = typer.Option(None, "--config", help="YAML config file."),
+) -> None:
+    """Train once on early periods, evaluate every later period unchanged, per variant."""
+    from recicl.evaluate.streaming import print_streaming, run_streaming
+
+    result = run_streaming(resolve_config(config, {}))
+    print_streaming(result)
+    console.print(f"table: {result['paths']['csv']}  plot: {result['paths']['plot']}")
+
+
+@app.command("serve")
+@friendly_errors
+def serve_command(
+    config: Path | None = typer.Option(None, "--config", help="YAML config file."),
+    port: int | None = typer.Option(None, "--port", min=1, max=65535, help="HTTP port."),
+    host: str | None = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)."),
+    blocking: bool = typer.Option(
+        True,
+        "--blocking/--no-blocking",
+        help="Wait until SIGTERM/Ctrl-C (then stop Serve); --no-blocking returns after "
+        "deploying, for a running Ray cluster (RAY_ADDRESS).",
+    ),
+) -> None:
+    """Serve the registered model behind serve.alias over HTTP (Ray Serve + FastAPI)."""
+    from recicl.serve.app import run_server
+
+    cfg = resolve_config(config, {"serve.port": port, "serve.host": host})
+
+    def ready(url: str) -> None:
+        console.print(f"recicl API at {url} (docs: {url}/docs); stop with Ctrl-C or SIGTERM")
+        print(url, flush=True)
+
+    run_server(cfg, blocking=blocking, on_ready=ready)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,0 +1,1 @@
+"""Evaluation: batch scoring with Ray Data, AUC/UAUC/LogLoss per period, the streaming protocol."""

@@ -1,0 +1,296 @@
+"""Batch evaluation: score sample Parquet with an actor pool of model replicas, report metrics.
+
+Why an actor pool (Ray Data ``map_batches`` with a callable class): loading a model is the
+expensive part, so each replica loads it once and then scores a stream of batches; the pool
+scales from one CPU replica here to one replica per GPU on a cluster with the same code.
+
+A model is named by an MLflow URI (``models:/recicl/3``, ``models:/recicl@champion``) or a local
+folder: a packaged version folder, or a plain HF model (scored zero-shot with the configured
+prompt). Reports are JSON + a PNG of AUC/UAUC by period, logged to a new MLflow evaluation run
+tagged with the model name/version and the samples' hash, so that promotion can find them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray.data
+
+from recicl.config import PromptConfig, ReciclConfig
+from recicl.data.pipeline import CATALOG_FILE, MANIFEST_FILE, read_samples_dataset
+from recicl.errors import ReciclError
+from recicl.evaluate.metrics import metrics_by_period
+from recicl.evaluate.plots import plot_by_period
+
+log = logging.getLogger(__name__)
+
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))$")
+EVAL_KIND_TAG, MODEL_NAME_TAG, MODEL_VERSION_TAG = (
+    "recicl.kind",
+    "recicl.model_name",
+    "recicl.model_version",
+)
+SAMPLES_TAG, PERIODS_TAG = "recicl.samples_hash", "recicl.periods"
+
+
+class EvaluationError(ReciclError):
+    """A model or sample set that cannot be evaluated as asked."""
+
+
+@dataclass
+class ModelSource:
+    """A model reference resolved to a local folder."""
+
+    uri: str
+    local_dir: Path
+    label: str
+    name: str | None = None
+    version: str | None = None
+
+
+def resolve_model(uri: str, cfg: ReciclConfig) -> ModelSource:
+    """``models:/name/N`` / ``models:/name@alias`` (downloaded once per version) or a folder."""
+    match = _MODELS_URI.match(uri)
+    if match is None:
+        path = Path(uri).expanduser()
+        if not path.is_dir():
+            raise EvaluationError(
+                f"--model {uri!r} is neither a models:/name/N or models:/name@alias URI nor an "
+                "existing folder"
+            )
+        return ModelSource(uri, path.resolve(), path.name)
+    from mlflow.exceptions import MlflowException
+
+    from recicl.registry import load_version, resolve_tracking_uri, resolve_version
+
+    tracking_uri = resolve_tracking_uri(cfg)
+    name = match["name"]
+    ref = match["version"] or match["alias"]
+    try:
+        version = resolve_version(tracking_uri, name, ref)
+        cache = Path(cfg.workdir).expanduser().resolve() / "models" / name / version
+        local = cache / "model"
+        if not (local / "recicl_model.json").is_file():
+            local = load_version(name, version, tracking_uri=tracking_uri, dst=cache)
+    except MlflowException as error:
+        raise EvaluationError(
+            f"cannot resolve {uri} in the registry at {tracking_uri}: {error.message}"
+        ) from None
+    return ModelSource(uri, Path(local), f"{name}/{version}", name, version)
+
+
+class ScoreBatches:
+    """Ray Data callable class: one model replica scoring batches of sample rows."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        catalog_path: str,
+        prompt: dict[str, Any] | None,
+        batch_size: int,
+        threads: int,
+    ) -> None:
+        import pyarrow.parquet as pq
+        import torch
+
+        from recicl.modeling.packaged import load_packaged_model
+        from recicl.prompts import PromptBuilder
+
+        torch.set_num_threads(max(1, threads))
+        prompt_cfg = PromptConfig.model_validate(prompt) if prompt else None
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.packaged = load_packaged_model(model_dir, prompt=prompt_cfg, device=device)
+        self.builder = PromptBuilder(
+            self.packaged.prompt, pq.read_table(catalog_path), self.packaged.tokenizer
+        )
+        self.answer_tokens = self.packaged.answer_tokens
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from recicl.modeling import score_prompts
+
+        encoded = self.builder.encode_batch(batch)
+        scores = score_prompts(
+            self.packaged.model,
+            self.packaged.tokenizer,
+            list(encoded["input_ids"]),
+            self.batch_size,
+            answer_tokens=self.answer_tokens,
+        )
+        return {
+            "sample_id": np.asarray(batch["sample_id"]),
+            "user_id": np.asarray(batch["user_id"]),
+            "period": np.asarray(batch["period"]).astype(np.int16),
+            "label": np.asarray(batch["label"]).astype(np.int8),
+            "score": scores,
+            "trimmed": encoded["trimmed"],
+            "tokens": encoded["length"],
+        }
+
+
+def score_samples(
+    model_dir: Path,
+    samples_dir: Path,
+    periods: list[int] | None,
+    *,
+    prompt: PromptConfig | None = None,
+    replicas: int = 2,
+    batch_size: int = 32,
+    use_gpu: bool = False,
+    samples: ray.data.Dataset | None = None,
+) -> pa.Table:
+    """Scores (sorted by sample_id) of the samples of ``periods``, or of ``samples`` when given,
+    from a pool of ``replicas`` model replicas."""
+    import ray
+
+    dataset = samples if samples is not None else read_samples_dataset(samples_dir, periods)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    threads = max(1, (os.cpu_count() or 1) // max(1, replicas))
+    scored = dataset.map_batches(
+        ScoreBatches,
+        fn_constructor_kwargs={
+            "model_dir": str(model_dir),
+            "catalog_path": str(Path(samples_dir) / CATALOG_FILE),
+            "prompt": prompt.model_dump(mode="json") if prompt else None,
+            "batch_size": batch_size,
+            "threads": threads,
+        },
+        batch_size=256,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=max(1, replicas)),
+        num_cpus=0 if use_gpu else max(0.5, min(1.0, cpus / max(1, replicas) / 2)),
+        num_gpus=1 if use_gpu else 0,
+    )
+    tables = [ray.get(ref) for ref in scored.to_arrow_refs()]
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        raise EvaluationError(f"no samples to score in {samples_dir} for periods {periods}")
+    return pa.concat_tables(tables).sort_by("sample_id")
+
+
+def samples_hash(samples_dir: Path) -> str:
+    """Identity of a sample set: its manifest's config hash (same data + config → same hash)."""
+    manifest = json.loads((Path(samples_dir) / MANIFEST_FILE).read_text())
+    return str(manifest["config_hash"])
+
+
+def report_from_scores(scores: pa.Table) -> dict[str, Any]:
+    """Metrics per period + overall, and how often prompts had to be trimmed."""
+    report = metrics_by_period(
+        scores["period"].to_numpy(),
+        scores["user_id"].to_numpy(zero_copy_only=False),
+        scores["label"].to_numpy(),
+        scores["score"].to_numpy(),
+    )
+    trimmed = scores["trimmed"].to_numpy(zero_copy_only=False)
+    report["prompts"] = {
+        "trimmed_fraction": float(trimmed.mean()) if len(trimmed) else 0.0,
+        "mean_tokens": float(scores["tokens"].to_numpy().mean()) if len(trimmed) else 0.0,
+    }
+    return report
+
+
+def evaluate_model(
+    cfg: ReciclConfig,
+    model_uri: str,
+    samples_dir: str | Path,
+    periods: list[int] | None = None,
+    output: str | Path | None = None,
+    *,
+    log_to_mlflow: bool = True,
+) -> dict[str, Any]:
+    """Score, compute metrics, write JSON + PNG, log an MLflow evaluation run; return the report."""
+    from recicl.raycluster import ensure_ray
+
+    samples_dir = Path(samples_dir).expanduser().resolve()
+    if not (samples_dir / MANIFEST_FILE).is_file():
+        raise EvaluationError(f"{samples_dir} has no manifest.json: run `recicl samples build`")
+    source = resolve_model(model_uri, cfg)
+    ensure_ray(cfg.ray)
+    started = time.perf_counter()
+    scores = score_samples(
+        source.local_dir,
+        samples_dir,
+        periods,
+        prompt=cfg.prompt,
+        replicas=cfg.evaluate.replicas,
+        batch_size=cfg.evaluate.batch_size,
+        use_gpu=cfg.evaluate.use_gpu,
+    )
+    report = report_from_scores(scores)
+    report.update(
+        {
+            "model": {
+                "uri": source.uri,
+                "label": source.label,
+                "name": source.name,
+                "version": source.version,
+            },
+            "samples": {
+                "dir": str(samples_dir),
+                "hash": samples_hash(samples_dir),
+                "periods": sorted({int(p) for p in report["periods"]}),
+            },
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    )
+    output = (
+        Path(output)
+        if output
+        else Path(cfg.workdir) / "reports" / (f"eval-{source.label.replace('/', '-')}.json")
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    plot = plot_by_period(
+        {source.label: report},
+        output.with_suffix(".png"),
+        title=f"{source.label} on {samples_dir.name}",
+    )
+    report["report_path"], report["plot_path"] = str(output), str(plot)
+    if log_to_mlflow:
+        report["mlflow_run_id"] = log_evaluation(cfg, report, [output, plot])
+    return report
+
+
+def log_evaluation(cfg: ReciclConfig, report: dict[str, Any], artifacts: list[Path]) -> str:
+    """A new MLflow run holding the evaluation (metrics + report + plot), tagged for lookup."""
+    from recicl.registry import client, ensure_experiment, resolve_tracking_uri
+
+    tracking_uri = resolve_tracking_uri(cfg)
+    mlc = client(tracking_uri)
+    experiment_id = ensure_experiment(cfg, tracking_uri)
+    model = report["model"]
+    tags = {
+        EVAL_KIND_TAG: "evaluation",
+        MODEL_NAME_TAG: model["name"] or "",
+        MODEL_VERSION_TAG: model["version"] or "",
+        SAMPLES_TAG: report["samples"]["hash"],
+        PERIODS_TAG: ",".join(map(str, report["samples"]["periods"])),
+        "mlflow.runName": f"eval-{model['label'].replace('/', '-')}",
+    }
+    run = mlc.create_run(experiment_id, tags=tags)
+    run_id = run.info.run_id
+    timestamp = int(time.time() * 1000)
+    from mlflow.entities import Metric
+
+    metrics = []
+    for scope, values in [("", report["overall"])] + [
+        (f"p{p}_", v) for p, v in report["periods"].items()
+    ]:
+        for key in ("auc", "uauc", "logloss"):
+            if values.get(key) is not None:
+                metrics.append(Metric(f"{scope}{key}", float(values[key]), timestamp, 0))
+    mlc.log_batch(run_id, metrics=metrics)
+    for path in artifacts:
+        mlc.log_artifact(run_id, str(path))
+    mlc.set_terminated(run_id)
+    return run_id

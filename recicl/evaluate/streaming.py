@@ -1,0 +1,262 @@
+"""The streaming protocol of the RecICL paper: tune once on periods ≤ t, then evaluate every later
+period with **no update**, for several variants side by side.
+
+* ``zero-shot``  the base model with RecICL prompts, no tuning;
+* ``tallrec``    tuned on prompts without demonstrations (history only): the baseline;
+* ``recicl``     tuned on prompts with demonstrations (the user's newest events);
+* ``classical``  logistic regression on user/item/genre features (scikit-learn), same periods;
+* ``retrained``  ``recicl`` re-tuned on all periods before each evaluated one: the costly upper
+  bound that RecICL tries to approach without retraining.
+
+Output: one table (variant × period: AUC, UAUC, LogLoss, count) printed and saved as CSV + JSON,
+one plot, and an MLflow parent run with one child run per variant.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from recicl.config import ConfigError, ReciclConfig, parse_periods
+from recicl.data.pipeline import CATALOG_FILE, read_samples_table
+from recicl.evaluate.batch import report_from_scores, score_samples
+from recicl.evaluate.classical import fit_classical
+from recicl.evaluate.metrics import metrics_by_period
+from recicl.evaluate.plots import plot_by_period
+
+log = logging.getLogger(__name__)
+
+
+def _subsample(table: pa.Table, cap: int | None, seed: int) -> pa.Table:
+    """At most ``cap`` rows per period, chosen at random with a fixed seed (reproducible)."""
+    if cap is None:
+        return table
+    parts = []
+    for period in sorted(set(table["period"].to_pylist())):
+        part = table.filter(pc.equal(table["period"], period))
+        if part.num_rows > cap:
+            rows = np.random.default_rng(seed + period).choice(part.num_rows, cap, replace=False)
+            part = part.take(pa.array(np.sort(rows)))
+        parts.append(part)
+    return pa.concat_tables(parts)
+
+
+def _base_model(cfg: ReciclConfig, samples_dir: Path, workdir: Path) -> str:
+    """The configured base model, or a tiny one built from the catalog (nothing downloaded)."""
+    if cfg.model.name_or_path:
+        return cfg.model.name_or_path
+    from recicl.modeling import init_tiny_model
+
+    target = workdir / "tiny-model"
+    if not (target / "config.json").is_file():
+        init_tiny_model(samples_dir / CATALOG_FILE, target, cfg.model.tiny, cfg.prompt)
+    return str(target)
+
+
+def _train_variant(
+    cfg: ReciclConfig, base: str, prompt_format: str, periods: list[int], run_name: str
+) -> tuple[Path, dict[str, Any]]:
+    """Tune one variant; return its packaged model folder and training facts."""
+    from recicl.train import train
+
+    raw = cfg.model_dump(mode="json")
+    raw["model"]["name_or_path"] = base
+    raw["prompt"]["format"] = prompt_format
+    raw["train"]["train_periods"] = periods
+    raw["train"]["val_periods"] = []
+    raw["train"]["run_name"] = run_name
+    variant_cfg = ReciclConfig.model_validate(raw)
+    result = train(variant_cfg)
+    if result.model_dir is None:
+        raise ConfigError(f"training {run_name} produced no model folder")
+    facts = {
+        "train_run_id": result.run_id,
+        "version": result.version,
+        "train_seconds": round(result.seconds, 1),
+    }
+    return Path(result.model_dir), facts
+
+
+def run_streaming(cfg: ReciclConfig) -> dict[str, Any]:
+    """Run every configured variant and return {"rows": [...], "variants": {...}, paths}."""
+    import ray.data
+
+    from recicl.raycluster import ensure_ray
+    from recicl.registry import client, ensure_experiment, resolve_tracking_uri
+
+    exp = cfg.experiment
+    samples_dir = Path(cfg.train.samples_dir or cfg.samples.output or "").expanduser().resolve()
+    if not (samples_dir / "manifest.json").is_file():
+        raise ConfigError(
+            f"train.samples_dir / samples.output ({samples_dir}) holds no samples: run "
+            "`recicl samples build` first"
+        )
+    manifest = json.loads((samples_dir / "manifest.json").read_text())
+    available = [p["period"] for p in manifest["periods"] if p["samples"]]
+    train_periods = parse_periods(exp.train_periods) or []
+    eval_periods = parse_periods(exp.eval_periods) or [
+        p for p in available if p > max(train_periods, default=-1)
+    ]
+    missing = sorted(set(train_periods + eval_periods) - set(available))
+    if missing or not train_periods or not eval_periods:
+        raise ConfigError(
+            f"experiment periods: train {train_periods}, eval {eval_periods}; available "
+            f"{available}{f', missing {missing}' if missing else ''}"
+        )
+    if min(eval_periods) <= max(train_periods):
+        raise ConfigError("experiment.eval_periods must all come after experiment.train_periods")
+
+    workdir = Path(cfg.workdir).expanduser().resolve()
+    output = Path(exp.output).expanduser() if exp.output else workdir / "experiments" / "streaming"
+    output.mkdir(parents=True, exist_ok=True)
+    ensure_ray(cfg.ray)
+    seed = cfg.train.seed
+    eval_table = _subsample(
+        read_samples_table(samples_dir, eval_periods), exp.max_eval_samples, seed
+    )
+    catalog = pq.read_table(samples_dir / CATALOG_FILE)
+
+    tracking_uri = resolve_tracking_uri(cfg)
+    mlc = client(tracking_uri)
+    experiment_id = ensure_experiment(cfg, tracking_uri)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    parent = mlc.create_run(
+        experiment_id,
+        tags={"mlflow.runName": f"streaming-{stamp}", "recicl.kind": "streaming"},
+    ).info.run_id
+    mlc.log_param(parent, "train_periods", ",".join(map(str, train_periods)))
+    mlc.log_param(parent, "eval_periods", ",".join(map(str, eval_periods)))
+    mlc.log_param(parent, "samples_hash", manifest["config_hash"])
+
+    def llm_report(model_dir: Path, prompt_override: Any, table: pa.Table) -> dict[str, Any]:
+        scores = score_samples(
+            model_dir,
+            samples_dir,
+            None,
+            prompt=prompt_override,
+            replicas=cfg.evaluate.replicas,
+            batch_size=cfg.evaluate.batch_size,
+            use_gpu=cfg.evaluate.use_gpu,
+            samples=ray.data.from_arrow(table),
+        )
+        return report_from_scores(scores)
+
+    base = _base_model(cfg, samples_dir, workdir)
+    reports: dict[str, dict[str, Any]] = {}
+    facts: dict[str, dict[str, Any]] = {}
+    for variant in exp.variants:
+        started = time.perf_counter()
+        log.info("streaming: variant %s", variant)
+        if variant == "zero-shot":
+            zero_prompt = cfg.prompt.model_copy(update={"format": "recicl"})
+            reports[variant] = llm_report(Path(base), zero_prompt, eval_table)
+            facts[variant] = {}
+        elif variant in ("tallrec", "recicl"):
+            model_dir, facts[variant] = _train_variant(
+                cfg, base, variant, train_periods, f"streaming-{stamp}-{variant}"
+            )
+            reports[variant] = llm_report(model_dir, None, eval_table)
+        elif variant == "classical":
+            train_table = read_samples_table(samples_dir, train_periods)
+            model = fit_classical(train_table, catalog)
+            scores = model.score(eval_table, catalog)
+            reports[variant] = metrics_by_period(
+                eval_table["period"].to_numpy(),
+                eval_table["user_id"].to_numpy(zero_copy_only=False),
+                eval_table["label"].to_numpy(),
+                scores,
+            )
+            facts[variant] = {"train_samples": train_table.num_rows}
+        elif variant == "retrained":
+            per_period: dict[str, Any] = {"periods": {}}
+            for period in eval_periods:
+                history = [p for p in available if p < period]
+                model_dir, _ = _train_variant(
+                    cfg, base, "recicl", history, f"streaming-{stamp}-retrained-{period}"
+                )
+                table = eval_table.filter(pc.equal(eval_table["period"], period))
+                per_period["periods"].update(llm_report(model_dir, None, table)["periods"])
+            reports[variant] = per_period
+            facts[variant] = {}
+        facts[variant]["seconds"] = round(time.perf_counter() - started, 1)
+        child = mlc.create_run(
+            experiment_id,
+            tags={
+                "mlflow.runName": f"{variant}",
+                "mlflow.parentRunId": parent,
+                "recicl.kind": "streaming-variant",
+                "recicl.variant": variant,
+            },
+        ).info.run_id
+        for period, values in reports[variant]["periods"].items():
+            for key in ("auc", "uauc", "logloss"):
+                if values.get(key) is not None:
+                    mlc.log_metric(child, f"p{period}_{key}", float(values[key]))
+        for key, value in facts[variant].items():
+            mlc.set_tag(child, f"recicl.{key}", str(value))
+        mlc.set_terminated(child)
+
+    rows = [
+        {
+            "variant": variant,
+            "period": int(period),
+            **{k: values.get(k) for k in ("auc", "uauc", "logloss", "count", "like_rate")},
+        }
+        for variant, report in reports.items()
+        for period, values in sorted(report["periods"].items(), key=lambda kv: int(kv[0]))
+    ]
+    with (output / "streaming.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    result = {
+        "train_periods": train_periods,
+        "eval_periods": eval_periods,
+        "rows": rows,
+        "variants": facts,
+        "mlflow_parent_run_id": parent,
+    }
+    (output / "streaming.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot = plot_by_period(
+        reports,
+        output / "streaming.png",
+        title=f"streaming: tuned on periods {train_periods[0]}-{train_periods[-1]}",
+    )
+    for path in (output / "streaming.csv", output / "streaming.json", plot):
+        mlc.log_artifact(parent, str(path))
+    mlc.set_terminated(parent)
+    result["paths"] = {"csv": str(output / "streaming.csv"), "plot": str(plot)}
+    return result
+
+
+def print_streaming(result: dict[str, Any]) -> None:
+    """The variant × period table, AUC / UAUC / LogLoss."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="streaming protocol (no updates after training)")
+    for column in ("variant", "period", "AUC", "UAUC", "LogLoss", "n"):
+        table.add_column(column, justify="right")
+
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    for row in result["rows"]:
+        table.add_row(
+            row["variant"],
+            f"D{row['period']}",
+            fmt(row["auc"]),
+            fmt(row["uauc"]),
+            fmt(row["logloss"]),
+            f"{row['count']:,}",
+        )
+    Console().print(table)

@@ -1,0 +1,445 @@
+"""MLflow: tracking URI, runs, model artifacts and registered versions.
+
+A registered version of the model (default name ``recicl``) points at one folder of run
+artifacts, laid out as :data:`MODEL_ARTIFACT_PATH`::
+
+    model/
+      recicl_model.json   base model id, adapter kind, prompt + model + training config, data hash
+      adapter/            LoRA adapter (safetensors + adapter_config.json), or full weights
+      tokenizer/          the tokenizer the prompts were encoded with
+      base/               the base model itself, only when it is a small local folder (tiny model)
+      config.yaml         the whole resolved configuration of the training run
+      template.json       the prompt template's wording (instruction, question, ...)
+
+Why plain artifacts and ``create_model_version`` rather than ``mlflow.transformers``: the
+transformers flavor wants a hub id for a peft base model and records pip requirements by
+inspecting the environment (slow, network); an adapter is a few safetensors files that any
+consumer can load with peft. ``load_version(name, "champion")`` returns that folder.
+
+Everything here is a thin layer over the MLflow client with the tracking URI passed explicitly,
+so that the driver, Ray workers and evaluation jobs all agree on where things live.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recicl.errors import ReciclError
+
+if TYPE_CHECKING:  # mlflow is heavy to import; keep `import recicl.registry` cheap
+    from mlflow import MlflowClient
+
+    from recicl.config import ReciclConfig
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT_PATH = "model"
+MODEL_MANIFEST = "recicl_model.json"
+#: Tag on runs: the Ray Train run name, used to continue the same MLflow run on resume.
+RUN_NAME_TAG = "recicl.ray_run_name"
+_PARAM_VALUE_LIMIT = 6000  # MLflow's limit on one param value (characters)
+
+
+def default_tracking_uri(workdir: str | Path) -> str:
+    """The embedded default: SQLite database in the workdir."""
+    return "sqlite:///" + str((Path(workdir) / "mlflow.db").resolve())
+
+
+def default_artifact_root(workdir: str | Path) -> str:
+    """Where the embedded default keeps artifacts: ``<workdir>/mlartifacts`` as a file URI."""
+    return (Path(workdir) / "mlartifacts").resolve().as_uri()
+
+
+def resolve_tracking_uri(cfg: ReciclConfig) -> str:
+    """``mlflow.tracking_uri`` → ``$MLFLOW_TRACKING_URI`` → SQLite in the workdir."""
+    uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
+    return default_tracking_uri(cfg.workdir)
+
+
+def client(tracking_uri: str) -> MlflowClient:
+    """A client bound to ``tracking_uri`` (also the registry URI)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def ensure_experiment(cfg: ReciclConfig, tracking_uri: str | None = None) -> str:
+    """Id of ``cfg.mlflow.experiment``, created if missing (artifacts under the workdir when the
+    tracking store is the embedded SQLite default)."""
+    tracking_uri = tracking_uri or resolve_tracking_uri(cfg)
+    mlc = client(tracking_uri)
+    experiment = mlc.get_experiment_by_name(cfg.mlflow.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if tracking_uri.startswith("sqlite:") and not os.environ.get("MLFLOW_ARTIFACT_ROOT"):
+        artifact_location = default_artifact_root(cfg.workdir)
+    try:
+        return mlc.create_experiment(cfg.mlflow.experiment, artifact_location=artifact_location)
+    except Exception:  # created concurrently by another process
+        experiment = mlc.get_experiment_by_name(cfg.mlflow.experiment)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dict → ``{"train.lr": "0.0002", ...}`` (lists as JSON), for MLflow params."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
+            out[name] = text[:_PARAM_VALUE_LIMIT]
+    return out
+
+
+def log_params(tracking_uri: str, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log params in batches of 100 (MLflow's limit per call)."""
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:_PARAM_VALUE_LIMIT]) for k, v in params.items()]
+    mlc = client(tracking_uri)
+    for start in range(0, len(items), 100):
+        mlc.log_batch(run_id, params=items[start : start + 100])
+
+
+def log_metrics(tracking_uri: str, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
+    """Log ``(key, value, step)`` rows in one batch call (chunks of 1000)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, int(s)) for k, v, s in rows]
+    mlc = client(tracking_uri)
+    for start in range(0, len(metrics), 1000):
+        mlc.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
+def find_run(tracking_uri: str, experiment_id: str, tags: Mapping[str, str]) -> str | None:
+    """Newest run of the experiment carrying all ``tags``, or None."""
+    mlc = client(tracking_uri)
+    clauses = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = mlc.search_runs(
+        [experiment_id],
+        filter_string=clauses,
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def log_model_version(
+    *,
+    tracking_uri: str,
+    run_id: str,
+    model_dir: str | Path,
+    registered_model: str,
+    tags: Mapping[str, str] | None = None,
+    description: str | None = None,
+    register: bool = True,
+) -> str | None:
+    """Upload ``model_dir`` as the run's ``model/`` artifacts and register a new version of
+    ``registered_model`` pointing at them. Returns the version number (as text), or None when
+    ``register`` is false."""
+    mlc = client(tracking_uri)
+    mlc.log_artifacts(run_id, str(model_dir), artifact_path=MODEL_ARTIFACT_PATH)
+    if not register:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlc.create_registered_model(
+            registered_model, description="recicl: LoRA adapters for ICL recommendation"
+        )
+    except MlflowException as error:
+        if "ALREADY_EXISTS" not in str(error.error_code):
+            raise
+    source = mlc.get_run(run_id).info.artifact_uri.rstrip("/") + "/" + MODEL_ARTIFACT_PATH
+    version = mlc.create_model_version(
+        registered_model,
+        source=source,
+        run_id=run_id,
+        tags={k: str(v) for k, v in (tags or {}).items()},
+        description=description,
+    )
+    log.info("registered %s version %s (source %s)", registered_model, version.version, source)
+    return str(version.version)
+
+
+def model_uri(name: str, alias_or_version: str | int) -> str:
+    """``models:/name/3`` for a version number, ``models:/name@champion`` for an alias."""
+    ref = str(alias_or_version)
+    return f"models:/{name}/{ref}" if ref.isdigit() else f"models:/{name}@{ref}"
+
+
+def resolve_version(tracking_uri: str, name: str, alias_or_version: str | int) -> str:
+    """Version number (text) behind an alias or a number."""
+    ref = str(alias_or_version)
+    if ref.isdigit():
+        return ref
+    return str(client(tracking_uri).get_model_version_by_alias(name, ref).version)
+
+
+def load_version(
+    name: str,
+    alias_or_version: str | int,
+    *,
+    tracking_uri: str,
+    dst: str | Path | None = None,
+) -> Path:
+    """Download a registered version's model folder (see module doc) and return its path.
+
+    The version's source URI is resolved with an explicit client and downloaded directly: going
+    through ``models:/`` URIs would consult the process-global registry URI instead.
+    """
+    import mlflow.artifacts
+
+    version = resolve_version(tracking_uri, name, alias_or_version)
+    source = client(tracking_uri).get_model_version_download_uri(name, version)
+    dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-"))
+    dst.mkdir(parents=True, exist_ok=True)
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=source, dst_path=str(dst), tracking_uri=tracking_uri
+    )
+    return Path(local)
+
+
+def read_model_manifest(model_dir: str | Path) -> dict[str, Any]:
+    """The ``recicl_model.json`` of a downloaded version folder."""
+    path = Path(model_dir) / MODEL_MANIFEST
+    return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# Listing versions and the promotion gate
+# ----------------------------------------------------------------------------------------------
+
+
+class RegistryError(ReciclError):
+    """A registry request that cannot be carried out (unknown model or version, bad flags)."""
+
+
+@dataclass
+class PromotionDecision:
+    """What `recicl promote` decided, with both numbers it decided on."""
+
+    promoted: bool
+    name: str
+    alias: str
+    candidate: str
+    champion: str | None
+    period: int | None
+    candidate_auc: float | None
+    champion_auc: float | None
+    tolerance: float
+    forced: bool = False
+    reason: str | None = None
+
+    def message(self) -> str:
+        def fmt(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.4f}"
+
+        champion = f"v{self.champion}" if self.champion else "(no champion)"
+        where = f"period {self.period}" if self.period is not None else "-"
+        numbers = (
+            f"candidate v{self.candidate} AUC {fmt(self.candidate_auc)}, champion {champion} "
+            f"AUC {fmt(self.champion_auc)} on {where} (tolerance {self.tolerance})"
+        )
+        if self.promoted and self.forced:
+            return f"forced {self.name}@{self.alias} → v{self.candidate} ({self.reason}); {numbers}"
+        if self.promoted:
+            return f"promoted {self.name}@{self.alias} → v{self.candidate}; {numbers}"
+        return (
+            f"refused: {self.name}@{self.alias} stays on {champion}; {numbers}. "
+            "Use --force --reason TEXT to override."
+        )
+
+
+def _registered_model(mlc: MlflowClient, name: str, tracking_uri: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlc.get_registered_model(name)
+    except MlflowException:
+        names = sorted(m.name for m in mlc.search_registered_models())
+        raise RegistryError(
+            f"no registered model {name!r} at {tracking_uri}; registered: {names or 'none'}"
+        ) from None
+
+
+def _model_version(mlc: MlflowClient, name: str, version: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlc.get_model_version(name, str(version))
+    except MlflowException:
+        versions = sorted(int(v.version) for v in mlc.search_model_versions(f"name='{name}'"))
+        raise RegistryError(f"{name} has no version {version}; versions: {versions}") from None
+
+
+def alias_version(mlc: MlflowClient, name: str, alias: str) -> str | None:
+    """Version behind ``alias``, or None when the alias is not set."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(mlc.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def list_versions(tracking_uri: str, name: str) -> list[dict[str, Any]]:
+    """Versions of ``name``, oldest first, with aliases, key tags and their evaluations."""
+    from recicl.evaluate.batch import EVAL_KIND_TAG, MODEL_NAME_TAG, MODEL_VERSION_TAG
+
+    mlc = client(tracking_uri)
+    model = _registered_model(mlc, name, tracking_uri)
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    evaluations: dict[str, dict[str, float]] = {}
+    runs = mlc.search_runs(
+        [e.experiment_id for e in mlc.search_experiments()],
+        filter_string=f"tags.`{EVAL_KIND_TAG}` = 'evaluation' and "
+        f"tags.`{MODEL_NAME_TAG}` = '{name}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    for run in runs:  # newest evaluation of each version wins
+        version = run.data.tags.get(MODEL_VERSION_TAG, "")
+        evaluations[version] = dict(run.data.metrics)
+    rows = []
+    versions = mlc.search_model_versions(f"name='{name}'")
+    for version in sorted(versions, key=lambda v: int(v.version)):
+        number = str(version.version)
+        tags = dict(version.tags or {})
+        rows.append(
+            {
+                "version": number,
+                "aliases": sorted(aliases.get(number, [])),
+                "created": version.creation_timestamp,
+                "run_id": version.run_id,
+                "tags": tags,
+                "evaluation": evaluations.get(number, {}),
+            }
+        )
+    return rows
+
+
+def evaluation_auc(
+    cfg: ReciclConfig, name: str, version: str, samples_dir: Path, period: int
+) -> float | None:
+    """AUC of ``name`` v``version`` on ``period`` of these samples: from an earlier evaluation run
+    on the same samples when there is one, otherwise by evaluating now."""
+    from recicl.evaluate.batch import (
+        EVAL_KIND_TAG,
+        MODEL_NAME_TAG,
+        MODEL_VERSION_TAG,
+        SAMPLES_TAG,
+        evaluate_model,
+        samples_hash,
+    )
+
+    tracking_uri = resolve_tracking_uri(cfg)
+    mlc = client(tracking_uri)
+    digest = samples_hash(samples_dir)
+    runs = mlc.search_runs(
+        [e.experiment_id for e in mlc.search_experiments()],
+        filter_string=f"tags.`{EVAL_KIND_TAG}` = 'evaluation' and "
+        f"tags.`{MODEL_NAME_TAG}` = '{name}' and tags.`{MODEL_VERSION_TAG}` = '{version}' and "
+        f"tags.`{SAMPLES_TAG}` = '{digest}'",
+        order_by=["attributes.start_time DESC"],
+    )
+    key = f"p{period}_auc"
+    for run in runs:
+        if key in run.data.metrics:
+            return float(run.data.metrics[key])
+    report = evaluate_model(cfg, model_uri(name, version), samples_dir, [period])
+    value = report["periods"].get(str(period), {}).get("auc")
+    return None if value is None else float(value)
+
+
+def promote(
+    cfg: ReciclConfig,
+    name: str,
+    version: str | int,
+    alias: str = "champion",
+    *,
+    samples_dir: str | Path | None = None,
+    period: int | None = None,
+    force: bool = False,
+    reason: str | None = None,
+) -> PromotionDecision:
+    """Move ``alias`` to ``version`` only if it is not worse than the current holder.
+
+    Both are compared on the same samples and period (the newest period with samples unless
+    given), evaluating either when no earlier evaluation exists. ``force`` skips the comparison
+    but needs a reason. Every move is recorded on the candidate version as a tag
+    ``recicl.promotion.<alias>.<unix time>`` holding from/to/when/metrics/reason as JSON.
+    """
+    import time
+
+    version = str(version)
+    if force and not (reason and reason.strip()):
+        raise RegistryError("--force needs --reason TEXT saying why the gate is overridden")
+    tracking_uri = resolve_tracking_uri(cfg)
+    mlc = client(tracking_uri)
+    _registered_model(mlc, name, tracking_uri)
+    _model_version(mlc, name, version)
+    champion = alias_version(mlc, name, alias)
+    tolerance = cfg.evaluate.promotion_tolerance
+    decision = PromotionDecision(
+        promoted=False, name=name, alias=alias, candidate=version, champion=champion,
+        period=period, candidate_auc=None, champion_auc=None, tolerance=tolerance,
+        forced=force, reason=reason,
+    )  # fmt: skip
+    if champion == version:
+        decision.promoted = True
+        return decision
+    if champion is not None and not force:
+        folder = Path(samples_dir or cfg.train.samples_dir or cfg.samples.output or "")
+        manifest_path = folder.expanduser() / "manifest.json"
+        if not manifest_path.is_file():
+            raise RegistryError(
+                f"promotion compares both versions on samples, but {folder} has none: pass "
+                "--samples DIR (a `recicl samples build` output)"
+            )
+        folder = folder.expanduser().resolve()
+        if period is None:
+            manifest = json.loads(manifest_path.read_text())
+            period = max(p["period"] for p in manifest["periods"] if p["samples"])
+        decision.period = period
+        decision.candidate_auc = evaluation_auc(cfg, name, version, folder, period)
+        decision.champion_auc = evaluation_auc(cfg, name, champion, folder, period)
+        if decision.candidate_auc is None or decision.champion_auc is None:
+            raise RegistryError(
+                f"AUC is undefined on period {period} (one class only); choose --period"
+            )
+        if decision.candidate_auc < decision.champion_auc - tolerance:
+            return decision
+    mlc.set_registered_model_alias(name, alias, version)
+    decision.promoted = True
+    when = int(time.time())
+    record = {
+        "alias": alias, "from": champion, "to": version, "when": when, "period": decision.period,
+        "candidate_auc": decision.candidate_auc, "champion_auc": decision.champion_auc,
+        "tolerance": tolerance, "forced": force, "reason": reason,
+    }  # fmt: skip
+    mlc.set_model_version_tag(name, version, f"recicl.promotion.{alias}.{when}", json.dumps(record))
+    if champion is not None:
+        mlc.set_model_version_tag(
+            name, champion, f"recicl.demotion.{alias}.{when}", json.dumps(record)
+        )
+    return decision

@@ -1,0 +1,177 @@
+"""Training data: which periods, how many rows, and the tokenized Ray Datasets.
+
+Samples are read with the data layer's :func:`recicl.data.pipeline.read_samples_dataset` and
+encoded by :class:`recicl.prompts.PromptBuilder` in Ray Data tasks (one cached tokenizer + builder
+per worker process, its piece cache reused across batches). Ray Train splits each dataset across
+the workers (``streaming_split(equal=True)``), so every rank gets the same number of rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from recicl.config import ConfigError, ReciclConfig, TrainConfig
+
+if TYPE_CHECKING:
+    import ray.data
+
+log = logging.getLogger(__name__)
+
+SAMPLES_SUBDIR, CATALOG_FILE, MANIFEST_FILE = "samples", "catalog.parquet", "manifest.json"
+#: Columns the workers need; everything else is dropped after encoding.
+ENCODED_COLUMNS = ["input_ids", "length", "label"]
+
+
+def resolve_samples_dir(cfg: ReciclConfig) -> Path:
+    """``train.samples_dir`` → ``samples.output``, as an absolute path that must exist."""
+    chosen = cfg.train.samples_dir or cfg.samples.output
+    if not chosen:
+        raise ConfigError(
+            "no samples to train on: set train.samples_dir (or --samples) to the output folder "
+            "of `recicl samples build`"
+        )
+    path = Path(chosen).expanduser().resolve()
+    if not (path / SAMPLES_SUBDIR).is_dir():
+        raise ConfigError(
+            f"{path} has no {SAMPLES_SUBDIR}/ folder: run `recicl samples build --output {path}`"
+        )
+    if not (path / CATALOG_FILE).is_file():
+        raise ConfigError(f"{path} has no {CATALOG_FILE}: it is not a samples folder")
+    return path
+
+
+def read_manifest(samples_dir: Path) -> dict[str, Any]:
+    """The data manifest, or {} when the folder has none (hand-made fixtures)."""
+    path = samples_dir / MANIFEST_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def available_periods(samples_dir: Path) -> list[int]:
+    root = samples_dir / SAMPLES_SUBDIR
+    return sorted(int(p.name.split("=", 1)[1]) for p in root.glob("period=*") if p.is_dir())
+
+
+def choose_periods(tc: TrainConfig, available: list[int]) -> tuple[list[int], list[int]]:
+    """(train, val) periods: explicit ones are checked; defaults see TrainConfig's docs."""
+    if not available:
+        raise ConfigError("the samples folder has no period=K partitions")
+    if tc.val_periods is not None:
+        val = list(tc.val_periods)
+    else:
+        val = [available[-1]] if len(available) >= 2 else []
+    if tc.train_periods is not None:
+        train = list(tc.train_periods)
+    else:
+        train = [p for p in available if p not in val]
+    for name, chosen in (("train_periods", train), ("val_periods", val)):
+        missing = sorted(set(chosen) - set(available))
+        if missing:
+            raise ConfigError(
+                f"train.{name}: periods {missing} have no samples; available: {available}"
+            )
+    if not train:
+        raise ConfigError(f"train.train_periods is empty (available periods: {available})")
+    overlap = sorted(set(train) & set(val))
+    if overlap:
+        log.warning("periods %s are used for training and validation alike", overlap)
+    return train, val
+
+
+def count_rows(samples_dir: Path, periods: list[int], manifest: dict[str, Any]) -> int:
+    """Rows of the chosen periods, from the manifest when it has them (no data pass)."""
+    if not periods:
+        return 0
+    by_period = {
+        int(row["period"]): int(row["samples"])
+        for row in manifest.get("periods", [])
+        if "period" in row and "samples" in row
+    }
+    if all(p in by_period for p in periods):
+        return sum(by_period[p] for p in periods)
+    from recicl.data.pipeline import read_samples_dataset
+
+    return int(read_samples_dataset(samples_dir, periods).count())
+
+
+#: Per-process builders (tokenizer + piece cache), keyed by prompt/model config and catalog file.
+#: Ray Data runs encoding as tasks in Ray's pooled worker processes, so a process that encoded
+#: once (an earlier epoch, the validation split, a previous run in the same cluster) skips the
+#: tokenizer load (seconds) next time. Bounded: the oldest entry goes first.
+_BUILDERS: dict[str, Any] = {}
+_MAX_BUILDERS = 2
+
+
+def _builder(settings: str, catalog_path: str) -> Any:
+    import pyarrow.parquet as pq
+
+    from recicl.config import ModelConfig, PromptConfig
+    from recicl.modeling import load_tokenizer
+    from recicl.prompts import PromptBuilder
+
+    catalog = Path(catalog_path)
+    key = f"{settings}\0{catalog}\0{catalog.stat().st_mtime_ns}"
+    builder = _BUILDERS.get(key)
+    if builder is None:
+        parsed = json.loads(settings)
+        tokenizer = load_tokenizer(ModelConfig.model_validate(parsed["model"]))
+        builder = PromptBuilder(
+            PromptConfig.model_validate(parsed["prompt"]), pq.read_table(catalog), tokenizer
+        )
+        while len(_BUILDERS) >= _MAX_BUILDERS:
+            _BUILDERS.pop(next(iter(_BUILDERS)))
+        _BUILDERS[key] = builder
+    return builder
+
+
+def encode_samples(
+    batch: dict[str, np.ndarray], settings: str, catalog_path: str
+) -> dict[str, np.ndarray]:
+    """Ray Data UDF: sample rows → ``input_ids``/``length``/``label``/``period``.
+    ``settings``: JSON of the ``prompt`` and ``model`` config sections."""
+    encoded = _builder(settings, catalog_path).encode_batch(batch)
+    return {key: encoded[key] for key in [*ENCODED_COLUMNS, "period"]}
+
+
+def _keep_periods(batch: dict[str, np.ndarray], periods: list[int]) -> dict[str, np.ndarray]:
+    mask = np.isin(np.asarray(batch["period"]), periods)
+    return {key: np.asarray(values)[mask] for key, values in batch.items() if key != "period"}
+
+
+def encoded_datasets(
+    cfg: ReciclConfig,
+    samples_dir: Path,
+    train_periods: list[int],
+    val_periods: list[int],
+) -> tuple[ray.data.Dataset, ray.data.Dataset | None]:
+    """Tokenized (train, val) datasets. One encoding pass covers both; with
+    ``train.materialize_data`` the tokens are computed once here and every epoch reads them from
+    the object store instead of re-tokenizing."""
+    from recicl.data.pipeline import read_samples_dataset
+
+    periods = sorted(set(train_periods) | set(val_periods))
+    settings = json.dumps(
+        {"prompt": cfg.prompt.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json")},
+        sort_keys=True,
+    )
+    encoded = read_samples_dataset(samples_dir, periods).map_batches(
+        encode_samples,
+        fn_kwargs={"settings": settings, "catalog_path": str(samples_dir / CATALOG_FILE)},
+        batch_format="numpy",
+        batch_size=256,
+        num_cpus=0.5,
+    )
+    if cfg.train.materialize_data:
+        encoded = encoded.materialize()
+
+    def subset(chosen: list[int]) -> ray.data.Dataset:
+        part = encoded.map_batches(
+            _keep_periods, fn_kwargs={"periods": chosen}, batch_format="numpy", num_cpus=0.25
+        )
+        return part.materialize() if cfg.train.materialize_data else part
+
+    return subset(train_periods), (subset(val_periods) if val_periods else None)

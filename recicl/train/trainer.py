@@ -1,0 +1,421 @@
+"""Driver side of training: resolve the config, plan the steps, start the MLflow run, assemble
+and run the Ray Train ``TorchTrainer``, then log the adapter and register a model version.
+
+Resume semantics (Ray Train V2): a run is identified by ``train.run_name`` under
+``train.storage_path``. Running again with the same name continues from that run's latest
+checkpoint (``ray.train.get_checkpoint()`` in every worker) and keeps logging into the same MLflow
+run; the step counter continues. Worker failures during a run restart the worker group up to
+``train.max_failures`` times, also from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recicl.config import ConfigError, ReciclConfig, build_config
+from recicl.errors import ReciclError
+from recicl.prompts import template_for
+from recicl.train.loop import (
+    FAULT_DELAY_ENV,
+    FAULT_MARKER_ENV,
+    FAULT_STEP_ENV,
+    TRAIN_DATASET,
+    VAL_DATASET,
+    TrainPlan,
+    train_loop_per_worker,
+)
+
+log = logging.getLogger(__name__)
+
+#: Local base models up to this size are copied into the registered version (tiny models), so
+#: that a version stays loadable after the folder it was trained from is gone.
+BASE_COPY_LIMIT_BYTES = 64 * 1024 * 1024
+
+
+class TrainError(ReciclError):
+    """Training did not finish (workers failed more often than ``train.max_failures``)."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run produced."""
+
+    run_id: str | None  # MLflow run
+    version: str | None  # registered model version (None when registration is off)
+    registered_model: str | None
+    metrics: dict[str, Any]  # last metrics reported with a checkpoint (step, epoch, val_auc, ...)
+    checkpoint_path: str | None  # latest Ray Train checkpoint (storage path/URI)
+    run_name: str
+    storage_path: str
+    model_dir: str | None  # <workdir>/trained/<run_name>: the logged model folder, locally
+    plan: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def resolve_train_config(cfg: ReciclConfig) -> ReciclConfig:
+    """Absolute paths (workers may run elsewhere / in another cwd), defaults filled in: run
+    name, storage path, samples folder, MLflow tracking URI."""
+    from recicl.registry import resolve_tracking_uri
+
+    raw = cfg.model_dump(mode="json")
+    workdir = Path(cfg.workdir).expanduser().resolve()
+    raw["workdir"] = str(workdir)
+    model_path = cfg.model.name_or_path
+    if model_path and Path(model_path).expanduser().exists():
+        raw["model"]["name_or_path"] = str(Path(model_path).expanduser().resolve())
+    tc = raw["train"]
+    if cfg.train.samples_dir or cfg.samples.output:
+        source = cfg.train.samples_dir or cfg.samples.output
+        tc["samples_dir"] = source if _is_uri(source) else str(Path(source).expanduser().resolve())
+    storage = cfg.train.storage_path or str(workdir / "ray_results")
+    tc["storage_path"] = storage if _is_uri(storage) else str(Path(storage).expanduser().resolve())
+    tc["run_name"] = cfg.train.run_name or datetime.now().strftime("train-%Y%m%d-%H%M%S")
+    resolved = build_config(raw, "resolved training config")
+    raw["mlflow"]["tracking_uri"] = resolve_tracking_uri(resolved)
+    return build_config(raw, "resolved training config")
+
+
+def plan_steps(cfg: ReciclConfig, train_rows: int, val_rows: int) -> dict[str, int]:
+    """Micro-batches and optimizer steps per epoch (per rank) and in total."""
+    tc = cfg.train
+    rows_per_rank = train_rows // tc.num_workers  # streaming_split(equal=True) drops the rest
+    micro = math.ceil(rows_per_rank / tc.batch_size) if rows_per_rank else 0
+    steps_per_epoch = micro // tc.grad_accum
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"{train_rows} training samples are too few for {tc.num_workers} workers x "
+            f"batch_size {tc.batch_size} x grad_accum {tc.grad_accum}: not one optimizer step "
+            "per epoch; lower them or add periods"
+        )
+    total = tc.max_steps if tc.max_steps is not None else tc.epochs * steps_per_epoch
+    return {
+        "total_steps": total,
+        "steps_per_epoch": steps_per_epoch,
+        "micro_batches_per_epoch": steps_per_epoch * tc.grad_accum,
+        "train_rows": train_rows,
+        "val_rows": val_rows,
+    }
+
+
+def _storage_has_run(storage_path: str, run_name: str) -> bool:
+    import pyarrow.fs as pafs
+
+    try:
+        filesystem, root = pafs.FileSystem.from_uri(storage_path)
+    except (pafs.ArrowInvalid, ValueError):
+        filesystem, root = pafs.LocalFileSystem(), storage_path
+    info = filesystem.get_file_info(f"{root.rstrip('/')}/{run_name}")
+    return info.type != pafs.FileType.NotFound
+
+
+def _start_mlflow_run(
+    cfg: ReciclConfig, plan: dict[str, Any], periods: dict[str, list[int]], manifest_hash: str
+) -> str:
+    """New MLflow run (params = whole config + plan), or the run of the same Ray run name when
+    resuming."""
+    from recicl import registry
+
+    uri = cfg.mlflow.tracking_uri
+    assert uri is not None and cfg.train.run_name is not None and cfg.train.storage_path
+    experiment_id = registry.ensure_experiment(cfg, uri)
+    mlc = registry.client(uri)
+    if _storage_has_run(cfg.train.storage_path, cfg.train.run_name):
+        tags = {registry.RUN_NAME_TAG: cfg.train.run_name}
+        existing = registry.find_run(uri, experiment_id, tags)
+        if existing:
+            mlc.update_run(existing, status="RUNNING")
+            mlc.set_tag(existing, "recicl.resumed", datetime.now().isoformat(timespec="seconds"))
+            log.info("resuming MLflow run %s of Ray run %s", existing, cfg.train.run_name)
+            return existing
+    run = mlc.create_run(
+        experiment_id,
+        run_name=cfg.train.run_name,
+        tags={
+            registry.RUN_NAME_TAG: cfg.train.run_name,
+            "recicl.base_model": str(cfg.model.name_or_path),
+            "recicl.strategy": cfg.train.strategy,
+            "recicl.data_manifest_hash": manifest_hash,
+        },
+    )
+    params = registry.flatten(cfg.model_dump(mode="json"))
+    params.update(registry.flatten({"plan": plan, "periods": periods}))
+    registry.log_params(uri, run.info.run_id, params)
+    return run.info.run_id
+
+
+def _worker_env(cfg: ReciclConfig) -> dict[str, str]:
+    """Env of the training workers. (Ray Train may chdir them into the run folder; every path
+    they receive is absolute, see resolve_train_config.)"""
+    env = {
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    if not cfg.train.use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    for key in (FAULT_STEP_ENV, FAULT_MARKER_ENV, FAULT_DELAY_ENV):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    return env
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _build_model_dir(
+    cfg: ReciclConfig,
+    checkpoint: Any,
+    output: Path,
+    *,
+    metrics: dict[str, Any],
+    periods: dict[str, list[int]],
+    manifest_hash: str,
+) -> Path:
+    """Assemble the folder that becomes the registered version (layout: recicl.registry)."""
+    import pyarrow.fs as pafs
+
+    from recicl.modeling import load_tokenizer
+    from recicl.registry import MODEL_MANIFEST
+    from recicl.train.strategies import ADAPTER_DIR
+
+    (output / ADAPTER_DIR).mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(
+        f"{checkpoint.path.rstrip('/')}/{ADAPTER_DIR}",
+        str(output / ADAPTER_DIR),
+        source_filesystem=checkpoint.filesystem,
+        destination_filesystem=pafs.LocalFileSystem(),
+    )
+    weights = "lora" if (output / ADAPTER_DIR / "adapter_config.json").is_file() else "full"
+    load_tokenizer(cfg.model).save_pretrained(str(output / "tokenizer"))
+    base_artifact = None
+    base = Path(str(cfg.model.name_or_path))
+    if weights == "lora" and base.is_dir() and _dir_size(base) <= BASE_COPY_LIMIT_BYTES:
+        shutil.copytree(base, output / "base")
+        base_artifact = "base"
+    manifest = {
+        "format_version": 1,
+        "base_model": cfg.model.name_or_path,
+        "base_model_artifact": base_artifact,
+        "weights": weights,
+        "adapter_dir": ADAPTER_DIR,
+        "tokenizer_dir": "tokenizer",
+        "prompt": cfg.prompt.model_dump(mode="json"),
+        "model": cfg.model.model_dump(mode="json"),
+        "train": cfg.train.model_dump(mode="json"),
+        "data": {
+            "samples_dir": cfg.train.samples_dir,
+            "manifest_hash": manifest_hash,
+            **periods,
+        },
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+        "ray_checkpoint": checkpoint.path,
+    }
+    (output / MODEL_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (output / "config.yaml").write_text(
+        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    )
+    # the exact wording the adapter was tuned on (derived from prompt.domain/format)
+    template = dataclasses.asdict(template_for(cfg.prompt))
+    (output / "template.json").write_text(json.dumps(template, indent=2) + "\n")
+    return output
+
+
+@dataclass
+class _Fitted:
+    result: Any  # ray.train.Result
+    seconds: float
+
+
+def _fit(
+    cfg: ReciclConfig,
+    plan: TrainPlan,
+    samples_dir: Path,
+    train_periods: list[int],
+    val_periods: list[int],
+    val_rows: int,
+) -> _Fitted:
+    """Tokenize (Ray Data) and run the TorchTrainer."""
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from recicl.train import data as train_data
+
+    tc = cfg.train
+    tokenize_started = time.perf_counter()
+    train_ds, val_ds = train_data.encoded_datasets(
+        cfg, samples_dir, train_periods, val_periods if val_rows else []
+    )
+    datasets = {TRAIN_DATASET: train_ds}
+    if val_ds is not None:
+        datasets[VAL_DATASET] = val_ds
+    if tc.materialize_data:
+        print(
+            f"[recicl] tokenized {plan.train_rows + plan.val_rows} samples in "
+            f"{time.perf_counter() - tokenize_started:.1f}s",
+            flush=True,
+        )
+    execution = ray.data.ExecutionOptions(preserve_order=True)  # same order, same run
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": asdict(plan)},
+        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=tc.num_workers,
+            use_gpu=tc.use_gpu,
+            resources_per_worker={"CPU": tc.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=tc.run_name,
+            storage_path=tc.storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+            worker_runtime_env={"env_vars": _worker_env(cfg)},
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(execution_options=execution),
+    )
+    fit_started = time.perf_counter()
+    result = trainer.fit()
+    return _Fitted(result, time.perf_counter() - fit_started)
+
+
+def train(cfg: ReciclConfig) -> TrainResult:
+    """Tune ``cfg.model`` on ICL samples with Ray Train; log to MLflow and register a version.
+
+    Returns a :class:`TrainResult`; raises :class:`~recicl.config.ConfigError` for unusable
+    settings/data and :class:`TrainError` when the workers fail beyond ``max_failures``.
+    """
+    import ray.data
+    import ray.train
+
+    from recicl import registry
+    from recicl.raycluster import ensure_ray
+    from recicl.train import data as train_data
+
+    started = time.perf_counter()
+    if not cfg.model.name_or_path:
+        raise ConfigError(
+            "model.name_or_path is not set: give a Hugging Face id or a local model folder "
+            "(`recicl model init-tiny` makes a small one)"
+        )
+    cfg = resolve_train_config(cfg)
+    tc = cfg.train
+    assert tc.run_name and tc.storage_path
+    samples_dir = train_data.resolve_samples_dir(cfg)
+    manifest = train_data.read_manifest(samples_dir)
+    manifest_hash = str(manifest.get("config_hash", "none"))
+    train_periods, val_periods = train_data.choose_periods(
+        tc, train_data.available_periods(samples_dir)
+    )
+    periods = {"train_periods": train_periods, "val_periods": val_periods}
+
+    ensure_ray(cfg.ray)
+    train_rows = train_data.count_rows(samples_dir, train_periods, manifest)
+    val_rows = train_data.count_rows(samples_dir, val_periods, manifest)
+    steps = plan_steps(cfg, train_rows, val_rows)
+
+    run_id = None
+    if cfg.mlflow.tracking_uri:
+        run_id = _start_mlflow_run(cfg, steps, periods, manifest_hash)
+    plan = TrainPlan(
+        **steps, tracking_uri=cfg.mlflow.tracking_uri, run_id=run_id, run_name=tc.run_name
+    )
+    print(
+        f"[recicl] training {cfg.model.name_or_path} with {tc.strategy}"
+        + (f" ZeRO-{tc.zero_stage}" if tc.strategy == "deepspeed" else "")
+        + f" on {tc.num_workers} {'GPU' if tc.use_gpu else 'CPU'} workers: periods "
+        f"{train_periods} ({train_rows} samples), validation {val_periods} ({val_rows}); "
+        f"{steps['total_steps']} steps ({steps['steps_per_epoch']}/epoch); run {tc.run_name}"
+        + (f", MLflow run {run_id}" if run_id else ""),
+        flush=True,
+    )
+
+    data_context = ray.data.DataContext.get_current()
+    progress_bars = data_context.enable_progress_bars
+    data_context.enable_progress_bars = False  # steps are logged instead; restored below
+    try:
+        result = _fit(cfg, plan, samples_dir, train_periods, val_periods, val_rows)
+    except ray.train.TrainingFailedError as error:
+        if run_id and cfg.mlflow.tracking_uri:
+            registry.client(cfg.mlflow.tracking_uri).set_terminated(run_id, status="FAILED")
+        raise TrainError(
+            f"training run {tc.run_name} failed (after up to {tc.max_failures} restarts): "
+            f"{error}. Rerun with --run-name {tc.run_name} to resume from its last checkpoint."
+        ) from error
+    finally:
+        data_context.enable_progress_bars = progress_bars
+    fit_seconds = result.seconds
+    metrics = dict(result.result.metrics or {})
+    checkpoint = result.result.checkpoint
+    version = None
+    model_dir = None
+    if checkpoint is not None:
+        # (not <workdir>/models/: evaluation caches downloaded versions there)
+        output = Path(cfg.workdir) / "trained" / tc.run_name
+        if output.exists():
+            shutil.rmtree(output)
+        model_dir = _build_model_dir(
+            cfg, checkpoint, output, metrics=metrics, periods=periods, manifest_hash=manifest_hash
+        )
+        if run_id and cfg.mlflow.tracking_uri:
+            tags = {
+                "base_model": str(cfg.model.name_or_path),
+                "prompt_format": cfg.prompt.format,
+                "prompt_domain": cfg.prompt.domain,
+                "data_manifest_hash": manifest_hash,
+                "run_name": tc.run_name,
+                "strategy": tc.strategy
+                + (f"-zero{tc.zero_stage}" if tc.strategy == "deepspeed" else ""),
+                "step": str(metrics.get("step", "")),
+            }
+            if "val_auc" in metrics:
+                tags["val_auc"] = f"{metrics['val_auc']:.6f}"
+            version = registry.log_model_version(
+                tracking_uri=cfg.mlflow.tracking_uri,
+                run_id=run_id,
+                model_dir=model_dir,
+                registered_model=cfg.mlflow.registered_model,
+                tags=tags,
+                description=f"{cfg.model.name_or_path} tuned by run {tc.run_name}",
+                register=cfg.mlflow.register_version,
+            )
+    if run_id and cfg.mlflow.tracking_uri:
+        mlc = registry.client(cfg.mlflow.tracking_uri)
+        mlc.log_metric(run_id, "fit_seconds", fit_seconds)
+        mlc.log_metric(run_id, "train_seconds", time.perf_counter() - started)
+        mlc.set_terminated(run_id, status="FINISHED")
+    seconds = time.perf_counter() - started
+    print(
+        f"[recicl] done in {seconds:.1f}s (fit {fit_seconds:.1f}s): step {metrics.get('step')}, "
+        f"val_auc {metrics.get('val_auc', 'n/a')}; MLflow run {run_id}, "
+        f"{cfg.mlflow.registered_model} version {version}",
+        flush=True,
+    )
+    return TrainResult(
+        run_id=run_id,
+        version=version,
+        registered_model=cfg.mlflow.registered_model if version else None,
+        metrics=metrics,
+        checkpoint_path=checkpoint.path if checkpoint is not None else None,
+        run_name=tc.run_name,
+        storage_path=tc.storage_path,
+        model_dir=str(model_dir) if model_dir else None,
+        plan=asdict(plan),
+        seconds=seconds,
+    )

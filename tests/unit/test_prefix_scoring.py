@@ -1,0 +1,177 @@
+"""Prefix-shared scoring equals naive per-candidate scoring of the full prompts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from recicl.config import ModelConfig, PromptConfig, TinyModelSettings
+from recicl.data.schema import CATALOG
+from recicl.modeling import (
+    answer_token_ids,
+    init_tiny_model,
+    load_model,
+    load_tokenizer,
+    score_prompts,
+)
+from recicl.prompts import PromptBuilder
+from recicl.serve import scoring
+from recicl.serve.scoring import CandidateScorer, ScoreJob, score_prefix_shared
+
+TITLES = [
+    "Up",
+    "Heat (1995)",
+    "The Lord of the Rings: The Fellowship of the Ring (2001)",
+    "Dr. Strangelove or: How I Learned to Stop Worrying and Love the Bomb (1964)",
+    "Balto",
+    "Casino (1995)",
+    "Eternal Sunshine of the Spotless Mind (2004)",
+    "Se7en",
+]
+GENRES = ["Animation", "Crime|Drama", "Adventure|Fantasy", "Comedy|War", "Children", "Crime",
+          "Drama|Romance|Sci-Fi", "Mystery|Thriller"]  # fmt: skip
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("prefix")
+    rows = [
+        {"item_id": str(i), "title": t, "attributes": [("genres", g)]}
+        for i, (t, g) in enumerate(zip(TITLES, GENRES, strict=True))
+    ]
+    catalog_path = folder / "catalog.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=CATALOG), catalog_path)
+    path = init_tiny_model(catalog_path, folder / "model", TinyModelSettings(seed=3))
+    model_cfg = ModelConfig(name_or_path=str(path))
+    model = load_model(model_cfg, for_training=False)
+    tokenizer = load_tokenizer(model_cfg)
+    return {
+        "catalog": pq.read_table(catalog_path),
+        "model": model,
+        "tokenizer": tokenizer,
+        "tokens": answer_token_ids(tokenizer),
+        "path": path,
+    }
+
+
+def _context(n_demos: int):
+    history = ["0", "1", "2", "3"]
+    demos = [
+        {"item_id": str(i % 8), "label": i % 2, "timestamp": i, "history": history[: i % 4]}
+        for i in range(n_demos)
+    ]
+    return history, demos
+
+
+def _naive(model, tokenizer, tokens, prefix, suffixes):
+    return score_prompts(model, tokenizer, [prefix + s for s in suffixes], 4, answer_tokens=tokens)
+
+
+def test_suffix_lengths_differ_and_scores_match(world):
+    builder = PromptBuilder(PromptConfig(), world["catalog"], world["tokenizer"])
+    history, demos = _context(3)
+    candidates = [str(i) for i in range(8)]
+    suffixes = [builder.query_suffix(c) for c in candidates]
+    assert len({len(s) for s in suffixes}) >= 4  # the test really covers ragged suffixes
+    prefix = builder.split_prefix(history, demos)
+    # untrimmed: prefix + suffix is exactly the encoded full prompt
+    for c, s in zip(candidates, suffixes, strict=True):
+        assert prefix + s == builder.encode(history, demos, c).input_ids
+    shared = score_prefix_shared(
+        world["model"], [prefix], [suffixes], world["tokens"], pad_id=0, max_rows=64
+    )[0]
+    naive = _naive(world["model"], world["tokenizer"], world["tokens"], prefix, suffixes)
+    np.testing.assert_allclose(shared, naive, atol=TOL, rtol=0)
+    assert np.ptp(naive) > 1e-4  # scores differ across candidates: a mix-up would show
+
+
+def test_many_prefixes_chunks_and_order(world):
+    """Several requests (prefixes of different lengths) in one call, tiny chunks, any order."""
+    builder = PromptBuilder(PromptConfig(), world["catalog"], world["tokenizer"])
+    tok = world["tokenizer"]
+    prefixes, groups = [], []
+    for n_demos, candidates in [(0, ["7", "1"]), (4, ["3", "0", "2", "6", "5"]), (1, ["4"])]:
+        history, demos = _context(n_demos)
+        prefixes.append(builder.split_prefix(history[: n_demos + 1], demos))
+        groups.append([builder.query_suffix(c) for c in candidates])
+    assert len({len(p) for p in prefixes}) == 3
+    pad = tok.pad_token_id
+    shared = score_prefix_shared(
+        world["model"], prefixes, groups, world["tokens"], pad_id=pad, max_rows=3
+    )
+    for prefix, group, got in zip(prefixes, groups, shared, strict=True):
+        want = _naive(world["model"], tok, world["tokens"], prefix, group)
+        np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+
+
+def test_lora_wrapped_model(world):
+    from peft import LoraConfig, get_peft_model
+
+    base = load_model(ModelConfig(name_or_path=str(world["path"])), for_training=False)
+    lora = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    )
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # LoRA B starts at zero: perturb it so the adapter matters
+        for name, parameter in lora.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    lora.eval()
+    builder = PromptBuilder(PromptConfig(), world["catalog"], world["tokenizer"])
+    history, demos = _context(2)
+    prefix = builder.split_prefix(history, demos)
+    suffixes = [builder.query_suffix(str(i)) for i in range(8)]
+    shared = score_prefix_shared(lora, [prefix], [suffixes], world["tokens"], pad_id=0)[0]
+    naive = _naive(lora, world["tokenizer"], world["tokens"], prefix, suffixes)
+    np.testing.assert_allclose(shared, naive, atol=TOL, rtol=0)
+    plain = _naive(world["model"], world["tokenizer"], world["tokens"], prefix, suffixes)
+    assert np.abs(naive - plain).max() > 1e-3  # the adapter changed the scores
+
+
+def test_budget_reserves_the_longest_suffix(world):
+    config = PromptConfig(max_length=120)
+    builder = PromptBuilder(config, world["catalog"], world["tokenizer"])
+    scorer = CandidateScorer(world["model"], world["tokenizer"], builder, world["tokens"])
+    history, demos = _context(4)
+    job = ScoreJob(history, demos, [str(i) for i in range(8)])
+    prefix, suffixes = scorer.encode(job)
+    untrimmed = builder.split_prefix(history, demos)
+    assert len(prefix) < len(untrimmed)  # the budget forced trimming
+    assert max(len(prefix) + len(s) for s in suffixes) <= config.max_length
+    shared = scorer.score([job])[0]
+    naive = scorer.score([job], shared=False)[0]
+    np.testing.assert_allclose(shared, naive, atol=TOL, rtol=0)
+
+
+def test_fallback_when_cache_is_not_plain(world, monkeypatch):
+    builder = PromptBuilder(PromptConfig(), world["catalog"], world["tokenizer"])
+    history, demos = _context(2)
+    prefix = builder.split_prefix(history, demos)
+    suffixes = [builder.query_suffix(str(i)) for i in range(5)]
+    monkeypatch.setattr(scoring, "_plain_layers", lambda cache: None)
+    got = score_prefix_shared(world["model"], [prefix], [suffixes], world["tokens"], pad_id=0)[0]
+    want = _naive(world["model"], world["tokenizer"], world["tokens"], prefix, suffixes)
+    np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+
+
+def test_bad_inputs(world):
+    with pytest.raises(ValueError):
+        score_prefix_shared(world["model"], [[]], [[[1]]], world["tokens"], pad_id=0)
+    with pytest.raises(ValueError):
+        score_prefix_shared(world["model"], [[1, 2]], [[[]]], world["tokens"], pad_id=0)
+    empty = score_prefix_shared(world["model"], [[1, 2]], [[]], world["tokens"], pad_id=0)
+    assert empty[0].shape == (0,)
+
+
+def test_model_mode_is_restored(world):
+    model = world["model"]
+    model.train()
+    try:
+        score_prefix_shared(model, [[1, 2, 3]], [[[4, 5]]], world["tokens"], pad_id=0)
+        assert model.training
+    finally:
+        model.eval()
