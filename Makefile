@@ -10,7 +10,6 @@ export DS_BUILD_OPS := 0
 export DS_ACCELERATOR ?= cpu
 export RAY_USAGE_STATS_ENABLED := 0
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
-DEMO_DIR ?= recicl-work/demo
 
 .PHONY: venv test demo bench lint clean
 
@@ -31,7 +30,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 demo: $(STAMP)
-	$(BIN)/recicl samples build --output $(DEMO_DIR)/samples
+	$(BIN)/recicl demo --config ray_jobs/configs/tiny-cpu.yaml
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_samples.py

@@ -339,6 +339,19 @@ def experiment_streaming(
     console.print(f"table: {result['paths']['csv']}  plot: {result['paths']['plot']}")
 
 
+@app.command("demo")
+@friendly_errors
+def demo_command(
+    config: Path = typer.Option(
+        Path("ray_jobs/configs/tiny-cpu.yaml"), "--config", help="YAML config file."
+    ),
+) -> None:
+    """The whole loop on bundled MovieLens: samples, tiny model, train, evaluate, promote, serve."""
+    from recicl.demo import run_demo
+
+    run_demo(resolve_config(config, {}))
+
+
 @app.command("serve")
 @friendly_errors
 def serve_command(

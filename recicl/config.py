@@ -484,9 +484,7 @@ class ServeConfig(StrictModel):
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest accepted request body (bytes); larger = 413."
     )
-    max_string_length: int = Field(
-        256, ge=8, description="Longest user/item id (characters)."
-    )
+    max_string_length: int = Field(256, ge=8, description="Longest user/item id (characters).")
     admin_token: str | None = Field(
         None,
         description="Bearer token for /admin routes; null = $RECICL_ADMIN_TOKEN, and with "
@@ -530,9 +528,7 @@ class ServeConfig(StrictModel):
     )
     ingress_replicas: int = Field(1, ge=1, description="HTTP ingress (FastAPI) replicas.")
     num_cpus: float = Field(0.5, ge=0, description="Logical CPUs per model replica.")
-    num_gpus: float = Field(
-        0.0, ge=0, description="GPUs per model replica (> 0 scores on CUDA)."
-    )
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per model replica (> 0 scores on CUDA).")
     ingress_num_cpus: float = Field(0.5, ge=0, description="Logical CPUs per ingress replica.")
 
 
@@ -590,9 +586,7 @@ class ReciclConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig, description="Base model and LoRA.")
     train: TrainConfig = Field(default_factory=TrainConfig)
     mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
-    serve: ServeConfig = Field(
-        default_factory=ServeConfig, description="HTTP serving (Ray Serve)."
-    )
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="HTTP serving (Ray Serve).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
 
