@@ -18,6 +18,11 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     Locally we advertise at least 4 logical CPUs even on a 2-core machine: Ray Train's workers
     each hold a CPU for the whole run, and with only 2 logical CPUs the Ray Data tasks feeding
     them could never be scheduled (the run hangs). Oversubscribing logical CPUs is harmless.
+
+    The dashboard runs (on loopback only) because Ray Train's placement-group cleaner asks the
+    State API, served by the dashboard, whether the train controller is alive; without it the
+    cleaner logs a failure every second and, with another Ray instance on the same machine, can
+    end up asking that one.
     """
     if ray.is_initialized():
         return
@@ -30,7 +35,8 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     num_cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
     ray.init(
         num_cpus=num_cpus,
-        include_dashboard=False,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
         configure_logging=True,
         logging_level=logging.WARNING,
         runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}}

@@ -153,6 +153,8 @@ def score_samples(
     import ray
 
     dataset = samples if samples is not None else read_samples_dataset(samples_dir, periods)
+    # One period is often one file (one block): split it so every replica gets work.
+    dataset = dataset.repartition(max(2, replicas) * 4)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     threads = max(1, (os.cpu_count() or 1) // max(1, replicas))
     scored = dataset.map_batches(
