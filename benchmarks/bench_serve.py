@@ -23,7 +23,6 @@ numbers on a shared machine are noisy.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import socket
@@ -150,61 +149,28 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_app(root: Path):
+def launch_app(root: Path):
     """Tiny untrained model registered as champion, the app on a free loopback port."""
-    import httpx
-    from ray import serve
-
-    from recicl import registry
-    from recicl.config import ModelConfig, PromptConfig, RayConfig, build_config
+    from recicl.config import PromptConfig, build_config
     from recicl.modeling import init_tiny_model
-    from recicl.raycluster import ensure_ray
-    from recicl.serve.app import APP_NAME, build_app
+    from recicl.modeling.packaged import package_full_model
+    from recicl.registry import register_model_folder
+    from recicl.serve.app import start_app
 
     samples = root / "samples"
     catalog_path = _catalog(samples)
     prompt = PromptConfig()
     tiny = init_tiny_model(catalog_path, root / "tiny-serve", prompt_config=prompt)
-    packaged = root / "packaged"
-    shutil.copytree(tiny, packaged / "weights")
-    (packaged / registry.MODEL_MANIFEST).write_text(
-        json.dumps(
-            {
-                "format_version": 1,
-                "base_model": str(tiny),
-                "base_model_artifact": None,
-                "weights": "full",
-                "adapter_dir": "weights",
-                "tokenizer_dir": "weights",
-                "prompt": prompt.model_dump(mode="json"),
-                "model": ModelConfig(name_or_path=str(tiny)).model_dump(mode="json"),
-                "data": {"samples_dir": str(samples)},
-            }
-        )
-    )
+    packaged = package_full_model(tiny, root / "packaged", prompt=prompt, samples_dir=samples)
     cfg = build_config(
-        {"workdir": str(root / "work"), "ray": {"num_cpus": 4}, "serve": {"max_candidates": 200}}
+        {
+            "workdir": str(root / "work"),
+            "ray": {"num_cpus": 4},
+            "serve": {"max_candidates": 200, "host": "127.0.0.1", "port": _free_port()},
+        }
     )
-    uri = registry.resolve_tracking_uri(cfg)
-    mlc = registry.client(uri)
-    run = mlc.create_run(registry.ensure_experiment(cfg, uri))
-    version = registry.log_model_version(
-        tracking_uri=uri, run_id=run.info.run_id, model_dir=packaged, registered_model="recicl"
-    )
-    mlc.set_registered_model_alias("recicl", "champion", version)
-    ensure_ray(RayConfig(num_cpus=4))
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=10).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
+    register_model_folder(cfg, packaged, alias="champion")
+    url = start_app(cfg)
     import pyarrow.parquet as pq
 
     items = [str(i) for i in pq.read_table(catalog_path).column("item_id").to_pylist()]
@@ -356,7 +322,7 @@ def main() -> None:
             return
         from ray import serve
 
-        url, items = start_app(root)
+        url, items = launch_app(root)
         try:
             load = bench_load(
                 url, items, args.requests, args.concurrency, args.candidates, args.cap_seconds

@@ -60,24 +60,11 @@ def _personalization(cfg: ReciclConfig, samples_dir: Path) -> None:
     import httpx
     from ray import serve
 
-    from recicl.serve.app import APP_NAME, build_app
+    from recicl.serve.app import start_app
 
-    port = _free_port()
-    serve_cfg = cfg.model_copy(
-        update={"serve": cfg.serve.model_copy(update={"host": "127.0.0.1", "port": port})}
-    )
-    url = f"http://127.0.0.1:{port}"
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve_cfg = cfg.serve.model_copy(update={"host": "127.0.0.1", "port": _free_port()})
     try:
-        serve.run(build_app(serve_cfg), name=APP_NAME, route_prefix="/")
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        url = start_app(cfg.model_copy(update={"serve": serve_cfg}))
         console.print(f"serving {url} (OpenAPI at {url}/docs)")
         comedy = _genre_items(samples_dir, "Comedy", set(), 40)
         horror = _genre_items(samples_dir, "Horror", set(comedy), 40)

@@ -180,6 +180,29 @@ def log_model_version(
     return str(version.version)
 
 
+def register_model_folder(
+    cfg: ReciclConfig, folder: str | Path, *, alias: str | None = None, run_name: str | None = None
+) -> str:
+    """Register a packaged model folder (e.g. ``modeling.packaged.package_full_model``) as a new
+    version of ``cfg.mlflow.registered_model`` from a run of its own; optionally set an alias."""
+    uri = resolve_tracking_uri(cfg)
+    mlc = client(uri)
+    run = mlc.create_run(
+        ensure_experiment(cfg, uri), run_name=run_name or f"register-{Path(folder).name}"
+    )
+    version = log_model_version(
+        tracking_uri=uri,
+        run_id=run.info.run_id,
+        model_dir=folder,
+        registered_model=cfg.mlflow.registered_model,
+    )
+    mlc.set_terminated(run.info.run_id)
+    assert version is not None  # register=True always returns one
+    if alias:
+        mlc.set_registered_model_alias(cfg.mlflow.registered_model, alias, version)
+    return version
+
+
 def model_uri(name: str, alias_or_version: str | int) -> str:
     """``models:/name/3`` for a version number, ``models:/name@champion`` for an alias."""
     ref = str(alias_or_version)

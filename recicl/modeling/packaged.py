@@ -95,3 +95,32 @@ def load_packaged_model(
         manifest=manifest,
         label=label or model_dir.name,
     )
+
+
+def package_full_model(
+    model_dir: str | Path,
+    output: str | Path,
+    *,
+    prompt: PromptConfig,
+    samples_dir: str | Path | None = None,
+) -> Path:
+    """Wrap a plain HF model folder (e.g. an untrained tiny or a zero-shot base model) as a
+    packaged version folder with full weights, ready for ``registry.register_model_folder``."""
+    import shutil
+
+    model_dir, output = Path(model_dir), Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(model_dir, output / "weights", dirs_exist_ok=True)
+    manifest = {
+        "format_version": 1,
+        "base_model": str(model_dir),
+        "base_model_artifact": None,
+        "weights": "full",
+        "adapter_dir": "weights",
+        "tokenizer_dir": "weights",
+        "prompt": prompt.model_dump(mode="json"),
+        "model": ModelConfig(name_or_path=str(model_dir)).model_dump(mode="json"),
+        "data": {"samples_dir": None if samples_dir is None else str(samples_dir)},
+    }
+    (output / MODEL_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return output

@@ -1306,6 +1306,30 @@ def server_url(cfg: ReciclConfig) -> str:
     return f"http://{cfg.serve.host}:{cfg.serve.port}{prefix}"
 
 
+def start_app(cfg: ReciclConfig, *, wait: bool = True, timeout: float = 180.0) -> str:
+    """Start Serve's HTTP proxy on ``serve.host:serve.port``, deploy the app, and return its URL;
+    with ``wait``, only once ``/healthz`` answers 200 (a model version is loaded)."""
+    import httpx
+
+    from recicl.raycluster import ensure_ray
+
+    ensure_ray(cfg.ray)
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.run(build_app(cfg), name=APP_NAME, route_prefix=cfg.serve.route_prefix)
+    url = server_url(cfg)
+    if not wait:
+        return url
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=10).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise ServeError(f"the app at {url} did not become healthy within {timeout:.0f}s")
+
+
 def run_server(
     cfg: ReciclConfig, *, blocking: bool = True, on_ready: Callable[[str], None] | None = None
 ) -> str:
@@ -1314,12 +1338,7 @@ def run_server(
     ``blocking``: wait until SIGTERM/SIGINT, then shut Serve down. Without it the app keeps
     running only as long as the Ray cluster does (use a cluster: ``RAY_ADDRESS``).
     """
-    from recicl.raycluster import ensure_ray
-
-    ensure_ray(cfg.ray)
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(build_app(cfg), name=APP_NAME, route_prefix=cfg.serve.route_prefix)
-    url = server_url(cfg)
+    url = start_app(cfg, wait=False)
     if on_ready is not None:
         on_ready(url)
     if blocking:

@@ -17,8 +17,15 @@ from recicl.config import PromptConfig, TinyModelSettings, build_config
 from recicl.data.pipeline import build_samples, read_samples_table
 from recicl.data.synth import SynthSpec, write_synthetic
 from recicl.evaluate.batch import EvaluationError, evaluate_model, resolve_model, score_samples
-from recicl.registry import RegistryError, alias_version, client, promote, resolve_tracking_uri
-from tests.helpers import package_plain_model, register_folder
+from recicl.modeling.packaged import package_full_model
+from recicl.registry import (
+    RegistryError,
+    alias_version,
+    client,
+    promote,
+    register_model_folder,
+    resolve_tracking_uri,
+)
 
 pytestmark = pytest.mark.integration
 PROMPT = PromptConfig(max_length=384)
@@ -53,10 +60,10 @@ def world(tmp_path_factory, ray_local):
             TinyModelSettings(seed=seed),
             PROMPT,
         )
-        folder = package_plain_model(
+        folder = package_full_model(
             tiny, root / f"pkg{seed}", samples_dir=root / "samples", prompt=PROMPT
         )
-        versions[seed] = register_folder(cfg, folder)
+        versions[seed] = register_model_folder(cfg, folder)
     return {"cfg": cfg, "root": root, "samples": root / "samples", "versions": versions}
 
 

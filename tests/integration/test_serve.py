@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from recicl.config import ReciclConfig, TinyModelSettings, build_config
-from tests.helpers import package_plain_model, register_folder
+from recicl.modeling.packaged import package_full_model
+from recicl.registry import register_model_folder
 
 pytestmark = pytest.mark.integration
 
@@ -46,21 +47,10 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120.0) -> None:
-        from ray import serve
+        from recicl.serve.app import start_app
 
-        from recicl.serve.app import APP_NAME, build_app
-
-        serve.start(http_options={"host": "127.0.0.1", "port": self.port})
-        serve.run(build_app(self.cfg), name=APP_NAME, route_prefix="/")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=10).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"server did not become healthy in {timeout}s")
+        serve_cfg = self.cfg.serve.model_copy(update={"host": "127.0.0.1", "port": self.port})
+        start_app(self.cfg.model_copy(update={"serve": serve_cfg}), timeout=timeout)
 
     def stop(self) -> None:
         from ray import serve
@@ -114,10 +104,10 @@ def world(ray_local, tmp_path_factory: pytest.TempPathFactory):
             TinyModelSettings(seed=seed),
             cfg.prompt,
         )
-        models[seed] = package_plain_model(
+        models[seed] = package_full_model(
             tiny, root / f"packaged{seed}", samples_dir=samples, prompt=cfg.prompt
         )
-    version = register_folder(cfg, models[0], alias="champion")
+    version = register_model_folder(cfg, models[0], alias="champion")
     import pyarrow.parquet as pq
 
     catalog = pq.read_table(samples / "catalog.parquet").to_pylist()
@@ -583,7 +573,7 @@ def test_store_survives_restart(world, server):
 def test_hot_reload_without_failures(world, server):
     from recicl.registry import client, resolve_tracking_uri
 
-    v2 = register_folder(world.cfg, world.models[1])
+    v2 = register_model_folder(world.cfg, world.models[1])
     items = [r["item_id"] for r in world.catalog][:4]
     seen: list[list[str]] = [[], []]
     failures: list[str] = []
