@@ -19,6 +19,11 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     each hold a CPU for the whole run, and with only 2 logical CPUs the Ray Data tasks feeding
     them could never be scheduled (the run hangs). Oversubscribing logical CPUs is harmless.
 
+    Idle worker processes are kept for 5 minutes instead of Ray's default of one second: each
+    stage of a job (read+validate, shuffle, write, ...) otherwise starts on freshly spawned
+    workers that import pyarrow/torch again, which measured at 2-3 s per stage on a 2-core
+    machine (1M-event sample build: 18.6 s → 7.0 s once warm).
+
     The dashboard runs (on loopback only) because Ray Train's placement-group cleaner asks the
     State API, served by the dashboard, whether the train controller is alive; without it the
     cleaner logs a failure every second and, with another Ray instance on the same machine, can
@@ -36,6 +41,7 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     ray.init(
         num_cpus=num_cpus,
         include_dashboard=True,
+        _system_config={"idle_worker_killing_time_threshold_ms": 300_000},
         dashboard_host="127.0.0.1",
         configure_logging=True,
         logging_level=logging.WARNING,

@@ -322,6 +322,7 @@ def read_movielens(folder: Path) -> SourceData:
             )
         events = ray.data.read_text(str(ratings_path)).map_batches(
             parse_event_lines,
+            batch_size=None,
             batch_format="pyarrow",
             fn_kwargs={"sep": ",", "names": names, "header": MOVIELENS_CSV_HEADER},
         )
@@ -344,7 +345,10 @@ def read_movielens(folder: Path) -> SourceData:
     else:
         sep, encoding = ("::", "latin-1") if layout == "dat" else ("\t", "latin-1")
         events = ray.data.read_text(str(ratings_path), encoding="latin-1").map_batches(
-            parse_event_lines, batch_format="pyarrow", fn_kwargs={"sep": sep, "names": names}
+            parse_event_lines,
+            batch_size=None,
+            batch_format="pyarrow",
+            fn_kwargs={"sep": sep, "names": names},
         )
         if layout == "dat":
             good, rejects = _read_lines_catalog(
@@ -472,11 +476,11 @@ def read_amazon(folder: Path) -> SourceData:
     except ValueError:
         raise DataError(f"{reviews[0]}: the first line is not JSON: {first[:120]!r}") from None
     events = ray.data.read_text([str(p) for p in reviews]).map_batches(
-        parse_amazon_lines, batch_format="pyarrow", fn_kwargs={"version": version}
+        parse_amazon_lines, batch_size=None, batch_format="pyarrow", fn_kwargs={"version": version}
     )
     meta_rows = _collect(
         ray.data.read_text([str(p) for p in meta]).map_batches(
-            _meta_rows, batch_format="pyarrow", fn_kwargs={"version": version}
+            _meta_rows, batch_size=None, batch_format="pyarrow", fn_kwargs={"version": version}
         )
     )
     bad = pc.is_valid(meta_rows["reason"])
@@ -588,7 +592,7 @@ def read_generic(folder: Path, cfg: DataConfig) -> SourceData:
     if pa.types.is_timestamp(timestamp_type) or pa.types.is_date(timestamp_type):
         unit = "s"
     events = events.map_batches(
-        _to_raw_generic, batch_format="pyarrow", fn_kwargs={"mapping": mapping}
+        _to_raw_generic, batch_size=None, batch_format="pyarrow", fn_kwargs={"mapping": mapping}
     )
     cat_map = cfg.catalog_columns
     _check_columns(
