@@ -34,6 +34,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_samples.py
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_serve.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check recicl ray_jobs benchmarks tests
