@@ -69,7 +69,7 @@ def _personalization(cfg: ReciclConfig, samples_dir: Path) -> None:
         comedy = _genre_items(samples_dir, "Comedy", set(), 40)
         horror = _genre_items(samples_dir, "Horror", set(comedy), 40)
         candidates = comedy[20:25] + horror[20:25]
-        user = "demo-user"
+        user = f"demo-user-{int(time.time())}"  # a fresh user: the store outlives runs
         with httpx.Client(base_url=url, timeout=60) as http:
             now = int(time.time())
             old_taste = [
@@ -102,12 +102,16 @@ def _personalization(cfg: ReciclConfig, samples_dir: Path) -> None:
             genre = "Comedy" if item in comedy else "Horror"
             delta = new_scores[item] - old_scores[item]
             table.add_row(
-                item, genre, f"{old_scores[item]:.4f}", f"{new_scores[item]:.4f}", f"{delta:+.4f}"
+                item, genre, f"{old_scores[item]:.6f}", f"{new_scores[item]:.6f}", f"{delta:+.6f}"
             )
         console.print(table)
         console.print(
             f"model_version before: {before.json()['model_version']}, after: "
-            f"{after.json()['model_version']} (the same model: only the context changed)"
+            f"{after.json()['model_version']} (the same model); context events: "
+            f"{before.json()['context_events']} → {after.json()['context_events']}. A tiny model "
+            "trained from random weights for seconds reacts only weakly to its context; a "
+            "pretrained LLM tuned the same way is what reads it (README: 'What is and is not "
+            "shown here')."
         )
         console.print(f"top-5 recommendations now: {[i['item_id'] for i in top['items']]}")
     finally:
