@@ -11,10 +11,10 @@ Semantics (the contract every later stage relies on):
   oldest → newest, each with its own ``history`` (computed at the demo's own position).
 * A sample exists for every event with at least ``min_demos`` earlier events.
 
-Why one vectorized function over *many* users at once: the Ray Data path calls it per user group
-(``map_groups``), the single-process reference in the benchmark calls it once on the whole table,
-and both must agree by construction. Everything is index arithmetic on NumPy arrays plus Arrow
-``take``: no per-row Python.
+Why one vectorized function over *many* users at once: the Ray Data path calls it once per
+hash partition of users (whole users per partition), the single-process reference in the
+benchmark calls it once on the whole table, and both must agree by construction. Everything is
+index arithmetic on NumPy arrays plus Arrow ``take``: no per-row Python.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ ORDER = [
 ]
 
 #: Output of the per-user stage: every event, annotated. ``kind`` says whether the event is a
-#: sample (0), only context for later samples (1: too few earlier events) or a duplicate (2).
+#: sample (0), only context for later samples (1: too few earlier events) or a duplicate (2);
+#: only samples' history/demos are read (context-only rows carry no demos, duplicates nulls).
 #: ``period`` is filled in later, once the period boundaries are known.
 ANNOTATED = pa.schema(
     [

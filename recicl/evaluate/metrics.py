@@ -7,7 +7,6 @@ over 30 users means something different from one over 3,000.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -80,9 +79,3 @@ def metrics_by_period(
         report["periods"][str(period)] = slice_metrics(users[mask], labels[mask], scores[mask])
     return report
 
-
-def finite_or_none(value: float | None) -> float | None:
-    """JSON-safe float (NaN/inf become None)."""
-    if value is None or not math.isfinite(value):
-        return None
-    return value
