@@ -78,4 +78,3 @@ def metrics_by_period(
         mask = periods == period
         report["periods"][str(period)] = slice_metrics(users[mask], labels[mask], scores[mask])
     return report
-
