@@ -80,6 +80,20 @@ def _plain_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     return [(layer.keys, layer.values) for layer in layers]
 
 
+def _cache_rows(
+    layers: list[tuple[torch.Tensor, torch.Tensor]], slots: torch.Tensor, prefixes: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The prefix cache with one row per candidate (row i = prefix ``slots[i]``).
+
+    With a single prefix (one request, the common case) the rows are an ``expand`` view: the
+    cache's first concatenation materializes them once, instead of a gather copy before it.
+    """
+    if prefixes == 1:
+        rows = len(slots)
+        return [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in layers]
+    return [(k.index_select(0, slots), v.index_select(0, slots)) for k, v in layers]
+
+
 def _answer_probs(logits: torch.Tensor, tokens: AnswerTokens) -> np.ndarray:
     pair = logits[:, [tokens.no, tokens.yes]].double()
     return torch.softmax(pair, -1)[:, 1].cpu().numpy()
@@ -205,12 +219,7 @@ def _score_shared(
         )
         suffix_ids, suffix_mask = suffix_ids.to(device), suffix_mask.to(device)
         width = suffix_ids.shape[1]
-        cache = DynamicCache(
-            ddp_cache_data=[
-                (keys.index_select(0, slots), values.index_select(0, slots))
-                for keys, values in layers
-            ]
-        )
+        cache = DynamicCache(ddp_cache_data=_cache_rows(layers, slots, len(live)))
         mask = torch.cat([prefix_mask.index_select(0, slots), suffix_mask], dim=1)
         positions = prefix_len.index_select(0, slots)[:, None] + torch.arange(width, device=device)
         last = (suffix_mask.sum(dim=1) - 1)[:, None]  # each row's last real suffix token
@@ -228,11 +237,7 @@ def _score_shared(
                 input_ids=suffix_ids,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=DynamicCache(
-                    ddp_cache_data=[
-                        (k.index_select(0, slots), v.index_select(0, slots)) for k, v in layers
-                    ]
-                ),
+                past_key_values=DynamicCache(ddp_cache_data=_cache_rows(layers, slots, len(live))),
                 use_cache=True,
             ).logits
             logits = logits.gather(1, last[:, :, None].expand(-1, 1, logits.shape[-1]))
