@@ -179,6 +179,9 @@ class EncodedPrompt:
     trimmed_history: int = 0  # history items dropped from kept blocks
     trimmed_demos: int = 0  # whole demonstrations dropped
     prefix_length: int = 0
+    #: index in ``input_ids`` of every kept demonstration's answer token (oldest first); training
+    #: can supervise them too (``train.demo_loss_weight``): each is a solved example
+    demo_answer_positions: list[int] = field(default_factory=list)
 
     @property
     def trimmed(self) -> bool:
@@ -608,7 +611,8 @@ class PromptBuilder:
         fixed, costs = self._costs(layout)
         query = costs[-1]
         dropped, kept = self._fit(fixed, costs, len(query.question))
-        ids = _prefix_ids(fixed, costs[dropped:], kept)
+        answers: list[int] = []
+        ids = _prefix_ids(fixed, costs[dropped:], kept, answers)
         prefix_length = len(ids)
         ids += query.question
         trimmed_history = sum(b.n_items - k for b, k in zip(costs[dropped:], kept, strict=True))
@@ -617,6 +621,7 @@ class PromptBuilder:
             trimmed_history=trimmed_history,
             trimmed_demos=dropped,
             prefix_length=prefix_length,
+            demo_answer_positions=answers,
         )
 
     def split_prefix(
@@ -651,7 +656,8 @@ class PromptBuilder:
     def encode_batch(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Encode a batch of sample rows (Ray Data ``map_batches(batch_format="numpy")``).
 
-        Returns ``input_ids`` (object array of int32 arrays), ``length`` (int32), ``label``
+        Returns ``input_ids`` and ``demo_answers`` (object arrays of int32 arrays: the ids, and
+        the positions of the demonstration answers in them), ``length`` (int32), ``label``
         (int8, when the batch has labels), ``trimmed`` (bool), ``trimmed_history`` and
         ``trimmed_demos`` (int32), plus the pass-through columns (sample_id, user_id, item_id,
         timestamp, period) that are present.
@@ -669,10 +675,12 @@ class PromptBuilder:
         length = np.zeros(n, dtype=np.int32)
         trimmed_history = np.zeros(n, dtype=np.int32)
         trimmed_demos = np.zeros(n, dtype=np.int32)
+        demo_answers = np.empty(n, dtype=object)
         for row, layout in enumerate(layouts):
             encoded = self._encode_layout(layout)
             self.stats.record(encoded, layout.unknown)
             input_ids[row] = np.asarray(encoded.input_ids, dtype=np.int32)
+            demo_answers[row] = np.asarray(encoded.demo_answer_positions, dtype=np.int32)
             length[row] = len(encoded.input_ids)
             trimmed_history[row] = encoded.trimmed_history
             trimmed_demos[row] = encoded.trimmed_demos
@@ -680,6 +688,7 @@ class PromptBuilder:
             key: np.asarray(batch[key]) for key in PASSTHROUGH_COLUMNS if key in batch
         }
         out["input_ids"] = input_ids
+        out["demo_answers"] = demo_answers
         out["length"] = length
         if "label" in batch:
             out["label"] = np.asarray(batch["label"]).astype(np.int8)
@@ -700,11 +709,16 @@ def _total(blocks: list[_Costs], kept: list[int]) -> int:
     )
 
 
-def _prefix_ids(fixed: list[int], blocks: list[_Costs], kept: list[int]) -> list[int]:
-    """Leading specials + instruction + kept demo blocks + query history (no question)."""
+def _prefix_ids(
+    fixed: list[int], blocks: list[_Costs], kept: list[int], answers: list[int] | None = None
+) -> list[int]:
+    """Leading specials + instruction + kept demo blocks + query history (no question).
+    ``answers``, when given, receives the index of each demo's answer token (a block's last id)."""
     ids = list(fixed)
     for block, k in zip(blocks[:-1], kept[:-1], strict=True):
         ids += block.ids(k)
+        if answers is not None and block.answer:
+            answers.append(len(ids) - 1)
     ids += blocks[-1].ids(kept[-1], with_question=False)
     return ids
 

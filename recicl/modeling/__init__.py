@@ -13,7 +13,13 @@ from recicl.prompts import AnswerTokenError, AnswerTokens, answer_token_ids
 
 if TYPE_CHECKING:
     from recicl.modeling.loading import ModelLoadError, load_model, load_tokenizer
-    from recicl.modeling.scoring import answer_logits, left_align, p_yes, score_prompts
+    from recicl.modeling.scoring import (
+        answer_logits,
+        left_align,
+        p_yes,
+        score_prompts,
+        training_logits,
+    )
     from recicl.modeling.tiny import init_tiny_model
 
 __all__ = [
@@ -28,6 +34,7 @@ __all__ = [
     "load_tokenizer",
     "p_yes",
     "score_prompts",
+    "training_logits",
 ]
 
 _LAZY = {
@@ -38,6 +45,7 @@ _LAZY = {
     "left_align": "scoring",
     "p_yes": "scoring",
     "score_prompts": "scoring",
+    "training_logits": "scoring",
     "init_tiny_model": "tiny",
 }
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -82,6 +82,76 @@ def answer_logits(
         )
     index = torch.tensor([answer_tokens.no, answer_tokens.yes], device=logits.device)
     return logits[:, -1, :].index_select(-1, index).float()
+
+
+class TrainingLogits(NamedTuple):
+    """Answer logits for one training micro-batch: the queries' and the demonstrations'."""
+
+    query: torch.Tensor  # [B, 2] (float32; [no, yes]) at each row's answer position
+    demos: torch.Tensor  # [M, 2] before each in-context demonstration answer, rows in order
+    demo_labels: torch.Tensor  # [M] int64: 1 where that demonstration's answer is Yes
+
+
+def training_logits(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    answer_tokens: AnswerTokens,
+    demo_positions: Sequence[np.ndarray | Sequence[int]] | None = None,
+) -> TrainingLogits:
+    """One forward pass giving the query logits and, when ``demo_positions`` (per row, the
+    indices of its demonstration answer tokens in the *unpadded* ids; see
+    :attr:`recicl.prompts.EncodedPrompt.demo_answer_positions`) is given, the logits that predict
+    every demonstration answer from the tokens before it.
+
+    Why: a RecICL prompt holds k solved examples; supervising them too turns one labelled
+    decision per prompt into k + 1, each conditioned on the demonstrations before it, which is
+    what teaches a small model to read its context. The LM head still runs only at the kept
+    positions (``logits_to_keep`` as a boolean mask), never on the whole sequence.
+    """
+    if demo_positions is None:
+        query = answer_logits(model, input_ids, attention_mask, answer_tokens)
+        empty = query.new_zeros((0, 2))
+        return TrainingLogits(query, empty, torch.zeros(0, dtype=torch.long, device=query.device))
+    ids, mask = left_align(input_ids, attention_mask)
+    rows, width = ids.shape
+    if len(demo_positions) != rows:
+        raise ValueError(f"demo_positions has {len(demo_positions)} rows, the batch has {rows}")
+    keep = torch.zeros((rows, width), dtype=torch.bool)
+    keep[:, -1] = True  # every row's answer position (left-aligned: the last column)
+    offsets = (width - mask.sum(dim=1)).cpu()
+    for row, positions in enumerate(demo_positions):
+        positions = torch.as_tensor(np.asarray(positions, dtype=np.int64))
+        if positions.numel():
+            # the logits that predict the answer token sit one position before it
+            keep[row, offsets[row] + positions - 1] = True
+    keep = keep.to(ids.device)
+    output = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=(mask.long().cumsum(dim=1) - 1).clamp(min=0),
+        logits_to_keep=keep,
+        use_cache=False,
+    )
+    logits = output.logits if hasattr(output, "logits") else output[0]
+    if logits.dim() != 2 or logits.shape[0] != int(keep.sum()):  # logits_to_keep ignored
+        logits = logits.reshape(rows, width, -1)[keep]
+    pair = logits.index_select(
+        -1, torch.tensor([answer_tokens.no, answer_tokens.yes], device=logits.device)
+    ).float()
+    # flattened row-major: each row's kept demo positions, then its answer position last
+    is_query = torch.zeros(len(pair), dtype=torch.bool, device=pair.device)
+    is_query[keep.sum(dim=1).cumsum(dim=0) - 1] = True
+    answer_at = torch.zeros_like(keep)  # the demonstration answer tokens themselves
+    answer_at[:, 1:] = keep[:, :-1]  # (the query's kept column shifts out of the tensor)
+    demo_tokens = ids[answer_at]
+    if not bool(((demo_tokens == answer_tokens.yes) | (demo_tokens == answer_tokens.no)).all()):
+        raise ValueError("demo_positions do not point at Yes/No answer tokens in input_ids")
+    return TrainingLogits(
+        query=pair[is_query],
+        demos=pair[~is_query],
+        demo_labels=(demo_tokens == answer_tokens.yes).long(),
+    )
 
 
 def p_yes(

@@ -299,3 +299,58 @@ def test_left_align() -> None:
         left_align(ids, torch.tensor([[1, 0, 1, 0], [1, 1, 0, 0]]))
     with pytest.raises(ValueError, match="no real token"):
         left_align(ids, torch.tensor([[0, 0, 0, 0], [1, 1, 0, 0]]))
+
+
+# ---------------------------------------------------------------------------------------------
+# training objective: query + every demonstration answer in one pass
+
+
+def test_training_logits_match_truncated_prompts(tiny: Path, tokenizer) -> None:
+    """Each demonstration's logits equal the answer logits of the prompt cut just before that
+    demonstration's answer; the query's equal answer_logits; labels are the in-context answers;
+    padding side does not matter; the LM head runs at the kept positions only."""
+    from recicl.modeling import training_logits
+    from recicl.train.batching import pad_batch
+
+    catalog = pq.read_table(tiny.parent / "catalog.parquet")
+    builder = PromptBuilder(PromptConfig(), catalog, tokenizer)
+    demos = [
+        {"item_id": "1", "label": 1, "history": ["0"]},
+        {"item_id": "2", "label": 0},
+        {"item_id": "3", "label": 1},
+    ]
+    encoded = [
+        builder.encode(["0", "1"], demos, "4"),
+        builder.encode([], [], "3"),  # no demonstrations at all
+        builder.encode(["0"], demos[1:2], "2"),
+    ]
+    positions = [e.demo_answer_positions for e in encoded]
+    assert [len(p) for p in positions] == [3, 0, 1]
+    model = load_model(ModelConfig(name_or_path=str(tiny)), for_training=False)
+    tokens = answer_token_ids(tokenizer)
+    seen: list[tuple[int, ...]] = []
+    model.lm_head.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
+    for side in ("left", "right"):
+        ids, mask = (
+            torch.from_numpy(a) for a in pad_batch([e.input_ids for e in encoded], 0, side=side)
+        )
+        with torch.no_grad():
+            out = training_logits(model, ids, mask, tokens, positions)
+            query = answer_logits(model, ids, mask, tokens)
+        torch.testing.assert_close(out.query, query, atol=1e-5, rtol=0)
+        assert out.demo_labels.tolist() == [1, 0, 1, 0]
+        expected = []
+        for e, rows in zip(encoded, positions, strict=True):
+            for p in rows:
+                cut = torch.tensor([e.input_ids[:p]])
+                with torch.no_grad():
+                    expected.append(answer_logits(model, cut, torch.ones_like(cut), tokens)[0])
+        torch.testing.assert_close(out.demos, torch.stack(expected), atol=1e-5, rtol=0)
+    assert (4 + 3, 64) in seen  # 4 demo answers + 3 queries: never the whole sequence
+    # without positions: the plain objective, no demonstration terms
+    plain = training_logits(model, ids, mask, tokens)
+    assert plain.demos.shape == (0, 2) and plain.query.shape == (3, 2)
+    with pytest.raises(ValueError, match="Yes/No"):
+        training_logits(model, ids, mask, tokens, [[2], [], []])
+    with pytest.raises(ValueError, match="rows"):
+        training_logits(model, ids, mask, tokens, [[]])

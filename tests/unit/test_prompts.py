@@ -171,6 +171,7 @@ def test_encode_untrimmed_is_bos_plus_tokenized_render(tokenizer) -> None:
         trimmed_history=0,
         trimmed_demos=0,
         prefix_length=encoded.prefix_length,
+        demo_answer_positions=encoded.demo_answer_positions,
     )
     # Piece-wise tokenization equals whole-text tokenization for byte-level BPE (module doc).
     assert encoded.input_ids == tokenizer(b.render(HISTORY, DEMOS, "4"))["input_ids"]
@@ -248,6 +249,24 @@ def test_trimming_drops_oldest_demos_when_histories_are_short(tokenizer) -> None
     assert text.count(ANSWER_CUE) == 2
     assert '"Nixon (1995)" (Drama)? Answer: Yes' in text  # the newest demo is the one kept
     assert text.endswith('"Casino (1995)" (Crime, Drama)? Answer:')
+    # the kept demonstration's answer is located, and only it
+    (position,) = encoded.demo_answer_positions
+    assert tokenizer.decode(encoded.input_ids[: position + 1]).endswith("(Drama)? Answer: Yes")
+
+
+def test_demo_answer_positions_point_at_the_in_context_answers(tokenizer) -> None:
+    history, demos = long_sample()
+    b = builder(tokenizer)
+    encoded = b.encode(history, demos, "4")
+    tokens = b.answer_tokens
+    answers = [encoded.input_ids[p] for p in encoded.demo_answer_positions]
+    assert answers == [tokens.yes if d["label"] else tokens.no for d in demos]
+    assert encoded.demo_answer_positions == sorted(encoded.demo_answer_positions)
+    assert max(encoded.demo_answer_positions) < encoded.prefix_length  # never the query
+    assert b.encode(history, [], "4").demo_answer_positions == []
+    assert (
+        builder(tokenizer, format="tallrec").encode(history, demos, "4").demo_answer_positions == []
+    )
 
 
 def test_trimming_levels_the_longest_history_oldest_block_first(tokenizer) -> None:
@@ -349,6 +368,7 @@ def test_encode_batch_matches_encode(tokenizer) -> None:
         "period",
         "label",
         "input_ids",
+        "demo_answers",
         "length",
         "trimmed",
         "trimmed_history",
@@ -364,6 +384,7 @@ def test_encode_batch_matches_encode(tokenizer) -> None:
         assert out["input_ids"][row].tolist() == enc.input_ids
         assert out["length"][row] == len(enc.input_ids)
         assert out["trimmed"][row] == enc.trimmed
+        assert out["demo_answers"][row].tolist() == enc.demo_answer_positions
     assert out["trimmed"].tolist() == [True, False, False]
     assert out["label"].dtype == np.int8 and out["length"].dtype == np.int32
     assert out["sample_id"].tolist() == ["s1", "s2", "s3"]
