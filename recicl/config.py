@@ -216,6 +216,13 @@ class TinyModelSettings(StrictModel):
         2000, ge=300, description="Target BPE vocabulary size (byte alphabet + merges + specials)."
     )
     seed: int = Field(0, description="Seed for the random weights; same seed, same model.")
+    init_std: float | None = Field(
+        None,
+        gt=0,
+        description="Std of the random normal weights; null = 1/sqrt(hidden_size) (fan-in). "
+        "HF's 0.02 suits hidden ~768: at hidden 64 it keeps attention logits near zero and "
+        "in-context use of demonstrations learns several times slower.",
+    )
 
     @field_validator("num_heads")
     @classmethod
@@ -323,8 +330,25 @@ class TrainConfig(StrictModel):
         ge=0,
         lt=1,
         description="Fraction of the steps spent warming the LR up linearly "
-        "from 0; afterwards it decays linearly to 0 at the last step.",
+        "from 0; afterwards `lr_schedule` applies.",
     )
+    lr_schedule: Literal["linear", "constant"] = Field(
+        "linear",
+        description="After warm-up: linear = decay linearly to 0 at the last step; constant = "
+        "keep the peak LR (short runs that must not slow down before they have learned).",
+    )
+    adam_betas: tuple[float, float] = Field(
+        (0.9, 0.999),
+        description="AdamW (beta1, beta2). A lower beta2 (0.98, 0.95) adapts faster when the "
+        "gradient scale changes, as it does when a small model starts using its context.",
+    )
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= beta < 1.0 for beta in value):
+            raise ValueError(f"adam_betas must both be in [0, 1), got {list(value)}")
+        return value
     epochs: int = Field(1, ge=1, description="Passes over the training periods.")
     max_steps: int | None = Field(
         None,
@@ -334,6 +358,13 @@ class TrainConfig(StrictModel):
     )
     max_grad_norm: float | None = Field(
         1.0, gt=0, description="Clip the global gradient norm to this; null = no clipping."
+    )
+    demo_loss_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of a loss on every in-context demonstration's answer, added to the "
+        "query's (each demo is a solved example, predicted from the demos before it). 0 = the "
+        "query's answer only. Speeds up learning to read demonstrations (see README).",
     )
     class_weights: tuple[float, float] | None = Field(
         None,
@@ -347,6 +378,15 @@ class TrainConfig(StrictModel):
         True,
         description="Group prompts of similar token length into the same batch (less "
         "padding); batch order is still shuffled every epoch.",
+    )
+    shuffle: bool = Field(
+        True,
+        description="Shuffle the training rows (one seeded global shuffle, then a local buffer "
+        "per epoch). Stored samples are grouped by period and user; unshuffled, a batch holds "
+        "one or two users.",
+    )
+    shuffle_buffer_rows: int = Field(
+        2048, ge=0, description="Rows of the per-epoch local shuffle buffer (0 = none)."
     )
     group_buffer_batches: int = Field(
         16, ge=1, description="Length grouping window: batches buffered, sorted and regrouped."

@@ -125,6 +125,7 @@ def init_tiny_model(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        initializer_range=settings.init_std or settings.hidden_size**-0.5,
     )
     generator_state = torch.random.get_rng_state()
     try:

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 SAMPLES_SUBDIR, CATALOG_FILE, MANIFEST_FILE = "samples", "catalog.parquet", "manifest.json"
 #: Columns the workers need; everything else is dropped after encoding.
-ENCODED_COLUMNS = ["input_ids", "length", "label"]
+ENCODED_COLUMNS = ["input_ids", "demo_answers", "length", "label"]
 
 
 def resolve_samples_dir(cfg: ReciclConfig) -> Path:
@@ -131,7 +131,7 @@ def _builder(settings: str, catalog_path: str) -> Any:
 def encode_samples(
     batch: dict[str, np.ndarray], settings: str, catalog_path: str
 ) -> dict[str, np.ndarray]:
-    """Ray Data UDF: sample rows → ``input_ids``/``length``/``label``/``period``.
+    """Ray Data UDF: sample rows → ``input_ids``/``demo_answers``/``length``/``label``/``period``.
     ``settings``: JSON of the ``prompt`` and ``model`` config sections."""
     encoded = _builder(settings, catalog_path).encode_batch(batch)
     return {key: encoded[key] for key in [*ENCODED_COLUMNS, "period"]}
@@ -168,10 +168,17 @@ def encoded_datasets(
     if cfg.train.materialize_data:
         encoded = encoded.materialize()
 
-    def subset(chosen: list[int]) -> ray.data.Dataset:
+    def subset(chosen: list[int], shuffle: bool) -> ray.data.Dataset:
         part = encoded.map_batches(
             _keep_periods, fn_kwargs={"periods": chosen}, batch_format="numpy", num_cpus=0.25
         )
+        if shuffle:
+            # Samples are stored by period and, within a period, grouped by user: read in order,
+            # a micro-batch would hold one or two users (one taste) from one period, and the
+            # gradient would follow them instead of the population. One seeded global shuffle
+            # here; each epoch also re-mixes through a local buffer (train.shuffle_buffer_rows).
+            part = part.random_shuffle(seed=cfg.train.seed)
         return part.materialize() if cfg.train.materialize_data else part
 
-    return subset(train_periods), (subset(val_periods) if val_periods else None)
+    train = subset(train_periods, shuffle=cfg.train.shuffle)
+    return train, (subset(val_periods, shuffle=False) if val_periods else None)

@@ -49,7 +49,7 @@ def build_deepspeed_config(
 
     optimizer_params: dict[str, Any] = {
         "lr": train_cfg.lr,
-        "betas": [0.9, 0.999],
+        "betas": list(train_cfg.adam_betas),
         "eps": 1e-8,
         "weight_decay": train_cfg.weight_decay,
     }

@@ -170,9 +170,16 @@ def _maybe_fault(step: int, rank: int, run_name: str) -> None:
     os._exit(17)
 
 
-def _chunks(shard: Any, rows: int) -> Iterator[dict[str, np.ndarray]]:
+def _chunks(
+    shard: Any, rows: int, shuffle_rows: int = 0, seed: int | None = None
+) -> Iterator[dict[str, np.ndarray]]:
     return shard.iter_batches(
-        batch_size=rows, batch_format="numpy", prefetch_batches=2, drop_last=False
+        batch_size=rows,
+        batch_format="numpy",
+        prefetch_batches=2,
+        drop_last=False,
+        local_shuffle_buffer_size=shuffle_rows or None,
+        local_shuffle_seed=seed if shuffle_rows else None,
     )
 
 
@@ -223,6 +230,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             logger.add(state.step, resumed_from_step=resumed_from)
         logger.flush()
 
+    demo_weight = tc.demo_loss_weight
     weights = None
     if tc.class_weights is not None:
         weights = torch.tensor(tc.class_weights, dtype=torch.float32, device=device)
@@ -307,7 +315,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         padding = PaddingStats()
         iterator = iter(
             group_by_length(
-                _chunks(train_shard, tc.batch_size * tc.group_buffer_batches),
+                _chunks(
+                    train_shard,
+                    tc.batch_size * tc.group_buffer_batches,
+                    tc.shuffle_buffer_rows if tc.shuffle else 0,
+                    seed=tc.seed * 1_000 + state.epoch,  # a new mix every epoch, reproducible
+                ),
                 tc.batch_size,
                 seed=(tc.seed, state.epoch + 1),
                 length_grouping=tc.length_grouping,
@@ -327,10 +340,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ids, mask, label = to_device(batch)
 
             def loss_fn(logits: Any, label: Any = label) -> Any:
-                return F.cross_entropy(logits.float(), label, weight=weights)
+                loss = F.cross_entropy(logits.query, label, weight=weights)
+                if demo_weight and len(logits.demo_labels):
+                    demo = F.cross_entropy(logits.demos, logits.demo_labels, weight=weights)
+                    loss = loss + demo_weight * demo
+                return loss
 
             lr = strategy.current_lr()  # the LR this micro-batch's step will use
-            loss, stepped = strategy.train_micro_batch(ids, mask, loss_fn)
+            loss, stepped = strategy.train_micro_batch(
+                ids, mask, loss_fn, list(batch["demo_answers"]) if demo_weight else None
+            )
             window_loss.append(loss)
             state.micro_in_epoch += 1
             state.samples_seen += len(label)

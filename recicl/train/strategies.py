@@ -15,16 +15,20 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from recicl.config import ReciclConfig
 from recicl.prompts import AnswerTokens
 from recicl.train.ds_config import build_deepspeed_config, use_bf16
+
+if TYPE_CHECKING:
+    from recicl.modeling.scoring import TrainingLogits
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +38,22 @@ DDP_STATE_FILE = "ddp_state.pt"
 ADAPTER_DIR = "adapter"
 
 
-def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+def lr_lambda(
+    total_steps: int, warmup_steps: int, schedule: str = "linear"
+) -> Callable[[int], float]:
     """Factor of the peak LR at optimizer step ``s`` (0-based): linear warm-up over
-    ``warmup_steps`` steps, then linear decay reaching 1/(total-warmup) at the last step (never a
-    zero-LR step)."""
+    ``warmup_steps`` steps, then (``linear``) linear decay reaching 1/(total-warmup) at the last
+    step (never a zero-LR step) or (``constant``) the peak LR to the end."""
+    if schedule not in ("linear", "constant"):
+        raise ValueError(f"unknown LR schedule {schedule!r}")
     total_steps = max(1, total_steps)
     warmup_steps = min(max(0, warmup_steps), total_steps - 1)
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
         return max(0.0, (total_steps - step) / (total_steps - warmup_steps))
 
     return factor
@@ -118,14 +128,28 @@ class Strategy:
 
         return answer_logits(wrapped, ids, mask, self.answer_tokens)
 
+    def _training_logits(
+        self,
+        wrapped: nn.Module,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        demo_positions: Sequence[np.ndarray] | None,
+    ) -> TrainingLogits:
+        from recicl.modeling import training_logits
+
+        return training_logits(wrapped, ids, mask, self.answer_tokens, demo_positions)
+
     def train_micro_batch(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        loss_fn: Callable[[torch.Tensor], torch.Tensor],
+        loss_fn: Callable[[TrainingLogits], torch.Tensor],
+        demo_positions: Sequence[np.ndarray] | None = None,
     ) -> tuple[float, bool]:
         """Forward + ``loss_fn(logits)`` + backward for one micro-batch; optimizer step at
-        accumulation boundaries. Returns (loss value, whether an optimizer step was taken)."""
+        accumulation boundaries. ``demo_positions`` (per row) adds the demonstration answers'
+        logits (:func:`recicl.modeling.training_logits`). Returns (loss value, whether an
+        optimizer step was taken)."""
         raise NotImplementedError
 
     def eval_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -223,7 +247,7 @@ class DeepSpeedStrategy(Strategy):
         if self.rank == 0:
             _print_memory_estimate(lm, self.cfg, self.world_size)
         warmup = warmup_steps_for(total_steps, self.cfg.train.warmup_ratio)
-        schedule = lr_lambda(total_steps, warmup)
+        schedule = lr_lambda(total_steps, warmup, self.cfg.train.lr_schedule)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=lm,
             model_parameters=trainable_parameters(lm),
@@ -240,11 +264,14 @@ class DeepSpeedStrategy(Strategy):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        loss_fn: Callable[[torch.Tensor], torch.Tensor],
+        loss_fn: Callable[[TrainingLogits], torch.Tensor],
+        demo_positions: Sequence[np.ndarray] | None = None,
     ) -> tuple[float, bool]:
         self.engine.train()
         before = self.engine.global_steps
-        loss = loss_fn(self._logits(self.engine, input_ids, attention_mask))
+        loss = loss_fn(
+            self._training_logits(self.engine, input_ids, attention_mask, demo_positions)
+        )
         self.engine.backward(loss)  # scales by 1/grad_accum itself
         self.engine.step()  # optimizer + LR scheduler only at accumulation boundaries
         return float(loss.detach()), self.engine.global_steps > before
@@ -306,9 +333,11 @@ class DDPStrategy(Strategy):
         self.params = trainable_parameters(lm)
         tc = self.cfg.train
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=tc.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=tc.weight_decay
+            self.params, lr=tc.lr, betas=tc.adam_betas, eps=1e-8, weight_decay=tc.weight_decay
         )
-        schedule = lr_lambda(total_steps, warmup_steps_for(total_steps, tc.warmup_ratio))
+        schedule = lr_lambda(
+            total_steps, warmup_steps_for(total_steps, tc.warmup_ratio), tc.lr_schedule
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.micro = 0
 
@@ -325,7 +354,8 @@ class DDPStrategy(Strategy):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        loss_fn: Callable[[torch.Tensor], torch.Tensor],
+        loss_fn: Callable[[TrainingLogits], torch.Tensor],
+        demo_positions: Sequence[np.ndarray] | None = None,
     ) -> tuple[float, bool]:
         self.wrapped.train()
         boundary = (self.micro + 1) % self.cfg.train.grad_accum == 0
@@ -337,7 +367,9 @@ class DDPStrategy(Strategy):
         )
         with sync:
             with self._autocast():
-                logits = self._logits(self.wrapped, input_ids, attention_mask)
+                logits = self._training_logits(
+                    self.wrapped, input_ids, attention_mask, demo_positions
+                )
             loss = loss_fn(logits)
             (loss / self.cfg.train.grad_accum).backward()
         self.micro += 1

@@ -226,6 +226,19 @@ def test_lr_schedule_warms_up_then_decays_without_zero_steps() -> None:
     assert all(a >= b for a, b in itertools.pairwise(factors[1:]))
     assert factors[-1] > 0
     assert lr_lambda(5, 0)(0) == 1.0
+    constant = [lr_lambda(total, warmup, "constant")(s) for s in range(total)]
+    assert constant == [0.5] + [1.0] * (total - 1)
+    with pytest.raises(ValueError, match="schedule"):
+        lr_lambda(total, warmup, "cosine")
+
+
+def test_adam_betas_reach_both_optimizers() -> None:
+    cfg = build_config({"train": {"adam_betas": [0.9, 0.98]}})
+    assert build_deepspeed_config(cfg.train, 2)["optimizer"]["params"]["betas"] == [0.9, 0.98]
+    default = build_config({}).train
+    assert build_deepspeed_config(default, 2)["optimizer"]["params"]["betas"] == [0.9, 0.999]
+    with pytest.raises(ConfigError, match="adam_betas"):
+        build_config({"train": {"adam_betas": [0.9, 1.0]}})
 
 
 def test_plan_steps() -> None:
