@@ -266,10 +266,10 @@ def test_real_time_personalization(world, http):
     newest stored events exactly as training builds a sample (same history/demos semantics,
     same prompt builder), and the scores equal the training-time scores of that sample.
 
-    The model here is a tiny *untrained* Llama: whether a change of taste moves the ranking
-    toward the new genre is a property of a model that learned to follow demonstrations; what
-    the server must guarantee, and what this test checks, is that it shows the model the new
-    events at once and exactly as the model saw them in training.
+    The model here is a tiny *untrained* Llama: what the server must guarantee, and what this
+    test checks, is that it shows the model the new events at once and exactly as the model saw
+    them in training. That a *tuned* RecICL model then ranks toward the new taste is checked
+    over HTTP in ``test_icl_streaming.py::test_served_ranking_follows_a_new_taste``.
     """
     a = items_of_genre(world, "Western", 12)
     b = items_of_genre(world, "Musical", 12)
