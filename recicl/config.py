@@ -349,6 +349,7 @@ class TrainConfig(StrictModel):
         if not all(0.0 <= beta < 1.0 for beta in value):
             raise ValueError(f"adam_betas must both be in [0, 1), got {list(value)}")
         return value
+
     epochs: int = Field(1, ge=1, description="Passes over the training periods.")
     max_steps: int | None = Field(
         None,
