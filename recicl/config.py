@@ -382,12 +382,9 @@ class TrainConfig(StrictModel):
     )
     shuffle: bool = Field(
         True,
-        description="Shuffle the training rows (one seeded global shuffle, then a local buffer "
-        "per epoch). Stored samples are grouped by period and user; unshuffled, a batch holds "
-        "one or two users.",
-    )
-    shuffle_buffer_rows: int = Field(
-        2048, ge=0, description="Rows of the per-epoch local shuffle buffer (0 = none)."
+        description="Shuffle the training rows (a seeded, reproducible global shuffle; the same "
+        "order every epoch). Stored samples are grouped by period and user: unshuffled, a "
+        "micro-batch holds one or two users.",
     )
     group_buffer_batches: int = Field(
         16, ge=1, description="Length grouping window: batches buffered, sorted and regrouped."

@@ -8,6 +8,7 @@ the workers (``streaming_split(equal=True)``), so every rank gets the same numbe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -128,13 +129,25 @@ def _builder(settings: str, catalog_path: str) -> Any:
     return builder
 
 
+def shuffle_keys(sample_ids: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded pseudo-random uint64 per sample id: sorting by it is a reproducible shuffle."""
+    keys = np.empty(len(sample_ids), dtype=np.uint64)
+    salt = str(seed).encode()
+    for row, sample_id in enumerate(sample_ids):
+        digest = hashlib.blake2b(str(sample_id).encode(), digest_size=8, salt=salt[:16])
+        keys[row] = int.from_bytes(digest.digest(), "little")
+    return keys
+
+
 def encode_samples(
-    batch: dict[str, np.ndarray], settings: str, catalog_path: str
+    batch: dict[str, np.ndarray], settings: str, catalog_path: str, seed: int = 0
 ) -> dict[str, np.ndarray]:
-    """Ray Data UDF: sample rows → ``input_ids``/``demo_answers``/``length``/``label``/``period``.
-    ``settings``: JSON of the ``prompt`` and ``model`` config sections."""
+    """Ray Data UDF: sample rows → ``input_ids``/``demo_answers``/``length``/``label``/``period``
+    and ``shuffle_key``. ``settings``: JSON of the ``prompt`` and ``model`` config sections."""
     encoded = _builder(settings, catalog_path).encode_batch(batch)
-    return {key: encoded[key] for key in [*ENCODED_COLUMNS, "period"]}
+    out = {key: encoded[key] for key in [*ENCODED_COLUMNS, "period"]}
+    out["shuffle_key"] = shuffle_keys(np.asarray(batch["sample_id"]), seed)
+    return out
 
 
 def _keep_periods(batch: dict[str, np.ndarray], periods: list[int]) -> dict[str, np.ndarray]:
@@ -160,7 +173,11 @@ def encoded_datasets(
     )
     encoded = read_samples_dataset(samples_dir, periods).map_batches(
         encode_samples,
-        fn_kwargs={"settings": settings, "catalog_path": str(samples_dir / CATALOG_FILE)},
+        fn_kwargs={
+            "settings": settings,
+            "catalog_path": str(samples_dir / CATALOG_FILE),
+            "seed": cfg.train.seed,
+        },
         batch_format="numpy",
         batch_size=256,
         num_cpus=0.5,
@@ -175,9 +192,11 @@ def encoded_datasets(
         if shuffle:
             # Samples are stored by period and, within a period, grouped by user: read in order,
             # a micro-batch would hold one or two users (one taste) from one period, and the
-            # gradient would follow them instead of the population. One seeded global shuffle
-            # here; each epoch also re-mixes through a local buffer (train.shuffle_buffer_rows).
-            part = part.random_shuffle(seed=cfg.train.seed)
+            # gradient would follow them instead of the population. Sorting by a seeded hash of
+            # the sample id is a shuffle that is the same in every run and every restart, so a
+            # resumed run skips exactly the batches it had already trained on. (Ray's
+            # random_shuffle and local shuffle buffers depend on block arrival order.)
+            part = part.sort("shuffle_key")
         return part.materialize() if cfg.train.materialize_data else part
 
     train = subset(train_periods, shuffle=cfg.train.shuffle)

@@ -170,16 +170,9 @@ def _maybe_fault(step: int, rank: int, run_name: str) -> None:
     os._exit(17)
 
 
-def _chunks(
-    shard: Any, rows: int, shuffle_rows: int = 0, seed: int | None = None
-) -> Iterator[dict[str, np.ndarray]]:
+def _chunks(shard: Any, rows: int) -> Iterator[dict[str, np.ndarray]]:
     return shard.iter_batches(
-        batch_size=rows,
-        batch_format="numpy",
-        prefetch_batches=2,
-        drop_last=False,
-        local_shuffle_buffer_size=shuffle_rows or None,
-        local_shuffle_seed=seed if shuffle_rows else None,
+        batch_size=rows, batch_format="numpy", prefetch_batches=2, drop_last=False
     )
 
 
@@ -315,12 +308,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         padding = PaddingStats()
         iterator = iter(
             group_by_length(
-                _chunks(
-                    train_shard,
-                    tc.batch_size * tc.group_buffer_batches,
-                    tc.shuffle_buffer_rows if tc.shuffle else 0,
-                    seed=tc.seed * 1_000 + state.epoch,  # a new mix every epoch, reproducible
-                ),
+                _chunks(train_shard, tc.batch_size * tc.group_buffer_batches),
                 tc.batch_size,
                 seed=(tc.seed, state.epoch + 1),
                 length_grouping=tc.length_grouping,
