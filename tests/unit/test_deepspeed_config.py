@@ -251,3 +251,14 @@ def test_plan_steps() -> None:
     assert plan_steps(cfg, train_rows=100, val_rows=0)["total_steps"] == 50
     with pytest.raises(ConfigError, match="too few"):
         plan_steps(cfg, train_rows=1, val_rows=0)
+
+
+def test_shuffle_keys_are_a_reproducible_seeded_order() -> None:
+    from recicl.train.data import shuffle_keys
+
+    ids = np.array([f"s{i}" for i in range(200)], dtype=object)
+    order = np.argsort(shuffle_keys(ids, 0))
+    assert np.array_equal(order, np.argsort(shuffle_keys(ids.copy(), 0)))  # same every run
+    assert not np.array_equal(order, np.arange(200))  # really shuffled
+    assert not np.array_equal(order, np.argsort(shuffle_keys(ids, 1)))  # the seed matters
+    assert len(set(shuffle_keys(ids, 0).tolist())) == 200
