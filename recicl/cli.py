@@ -129,11 +129,24 @@ def data_synth(
     drift_at: float = typer.Option(
         0.6, min=0.0, max=1.0, help="Where on the timeline (0-1) preferences switch, on average."
     ),
+    liked_share: float = typer.Option(
+        0.5,
+        min=0.0,
+        max=1.0,
+        help="Share of a user's picks drawn from the genres they currently like (the rest are "
+        "uniform over all genres).",
+    ),
 ) -> None:
     """Write a synthetic log whose users switch genre preference at a planted time."""
     from recicl.data.synth import SynthSpec, write_synthetic
 
-    spec = SynthSpec(users=users, events_per_user=events_per_user, seed=seed, drift_at=drift_at)
+    spec = SynthSpec(
+        users=users,
+        events_per_user=events_per_user,
+        seed=seed,
+        drift_at=drift_at,
+        liked_share=liked_share,
+    )
     summary = write_synthetic(spec, output)
     console.print(
         f"wrote {summary['events']:,} events of {summary['users']:,} users over "

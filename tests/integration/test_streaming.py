@@ -1,42 +1,53 @@
 """The streaming protocol end to end on synthetic drift data: train once, evaluate later periods.
 
-One run of ``run_streaming`` (Ray Data samples, Ray Train DDP with 2 CPU workers, MLflow) on
-``recicl data synth`` data: every user likes two of twelve genres (80% of their picks) and
-switches to two others at 70-80% of the timeline (within D7); a rating is high exactly when the
-item's genre is in the user's *current* pair. With ``history_len = 0`` only the demonstrations
-(the user's 4 latest decisions) show the current taste. Every variant is trained/fitted on D0-D5
-and evaluated on D6-D9 with no update.
+One run of ``run_streaming`` with ``ray_jobs/configs/streaming-synth.yaml`` (Ray Data samples,
+Ray Train DDP with 2 CPU workers, MLflow) on ``recicl data synth`` data: every user likes two of
+twelve genres (80% of their picks) and switches to two others at 70-80% of the timeline (within
+D7); a rating is high exactly when the item's genre is in the user's *current* pair. With
+``history_len = 0`` only the demonstrations (the user's 4 latest decisions) show the current
+taste. Every variant is trained/fitted on D0-D5 and evaluated on D6-D9 with no update.
 
-Asserted: the protocol's outputs (table, CSV, MLflow parent/child runs, the same capped samples
-for every variant); the classical model (user x genre) learned each user's old taste, so it is
-strong before the switch and near chance after it; the TALLRec format, whose prompts carry
-nothing about the user here, and the untuned model stay at chance.
+Asserted:
+- the protocol's outputs (table, CSV, MLflow parent/child runs, the same capped samples for
+  every variant);
+- the classical model (user x genre) learned each user's old taste: strong before the switch,
+  near chance after it; TALLRec, whose prompts carry nothing about the user here, and the untuned
+  model stay near chance;
+- RecICL learned to read its demonstrations: clearly above TALLRec trained the same way, and
+  above the classical model after the switch;
+- served by Ray Serve, the tuned RecICL version ranks a user's candidates toward the taste their
+  newest stored events show, with no model update.
 
-Not asserted: that ``recicl`` beats ``tallrec``. With the training settings used here
-(``demo_loss_weight``, constant LR, betas 0.9/0.98, fan-in init) the RecICL tiny model *can*
-learn to read its demonstrations, but on 2 CPU cores it does so only in some runs: of six runs
-of this setup with 1,800-3,000 steps, two reached AUC 0.60-0.76 on D6-D9, one 0.57-0.63, and
-three stayed at 0.51-0.58 (TALLRec 0.48-0.54 throughout). A test that asserted it would be
-flaky, so the README reports the runs instead and this test keeps a short budget. The measured
-table is printed.
+What makes the RecICL assertions hold on 2 CPU cores: a global batch of 128 prompts (2 x 64).
+With 32 a step, the same settings stayed at the base rate for thousands of steps in half the
+runs (the gradient noise of Yes/No labels drowns the small signal that starts the skill). With
+128, 600 steps (about 3 minutes of training) gave AUC 0.64-0.79 on D6-D9 in each of 3 runs,
+TALLRec 0.46-0.56 (README, "What is and is not shown here").
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+from mlflow import MlflowClient
 
-from recicl.config import build_config
+from recicl.config import load_config, with_overrides
 from recicl.data.pipeline import build_samples
 from recicl.data.synth import SynthSpec, write_synthetic
+from recicl.registry import client, resolve_tracking_uri
+from tests.integration.test_serve import Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-STEPS = 300
+CONFIG = Path(__file__).resolve().parents[2] / "ray_jobs" / "configs" / "streaming-synth.yaml"
+STEPS = 600  # the config's own max_steps, stated here so the test reads on its own
 EVAL_SAMPLES = 1000
 EVAL_PERIODS = (6, 7, 8, 9)
 POST_DRIFT = (8, 9)  # users switch at 70-80% of the timeline: within D7
@@ -52,43 +63,18 @@ def streaming(ray_local, tmp_path_factory):
         SynthSpec(users=600, events_per_user=40, liked_share=0.8, seed=7, drift_at=0.75),
         root / "synth",
     )
-    cfg = build_config(
+    # The shipped config, with this test's folders: what the test measures is what users run
+    cfg = with_overrides(
+        load_config(CONFIG),
         {
             "workdir": str(root / "work"),
-            "data": {"source": "parquet", "path": str(root / "synth")},
-            "samples": {
-                "output": str(root / "samples"),
-                "periods": 10,
-                "num_demos": 4,
-                "history_len": 0,
-                "min_demos": 4,
-            },
-            "prompt": {"max_length": 512},
-            "model": {"lora": {"enabled": False}},
-            "train": {
-                "strategy": "ddp",
-                "num_workers": 2,
-                "cpus_per_worker": 1,
-                "batch_size": 16,
-                "eval_batch_size": 128,
-                "max_steps": STEPS,
-                "lr": 3e-3,
-                "warmup_ratio": 0.05,
-                "lr_schedule": "constant",
-                "adam_betas": [0.9, 0.98],
-                "demo_loss_weight": 1.0,
-                "log_every_steps": 50,
-                # Here prompt lengths differ only by a genre or title word, so length-sorted
-                # batches would group prompts by genre: keep batches mixed instead.
-                "length_grouping": False,
-            },
-            "evaluate": {"replicas": 1, "batch_size": 128},
-            "experiment": {
-                "train_periods": "0-5",
-                "max_eval_samples": EVAL_SAMPLES,
-                "variants": list(VARIANTS),
-            },
-        }
+            "data.path": str(root / "synth"),
+            "samples.output": str(root / "samples"),
+            "train.samples_dir": str(root / "samples"),
+            "train.max_steps": STEPS,
+            "experiment.max_eval_samples": EVAL_SAMPLES,
+            "experiment.variants": list(VARIANTS),
+        },
     )
     build_samples(cfg)
     result = run_streaming(cfg)
@@ -120,17 +106,26 @@ def test_streaming_protocol_after_a_drift(streaming, capsys):
     # chance after it (measured 0.79-0.83 on D6, 0.41-0.51 on D8-D9)
     assert auc["classical", 6] > 0.7, auc
     assert auc["classical", 6] > mean_auc(streaming, "classical", POST_DRIFT) + 0.15, auc
-    # No user signal in TALLRec's prompts here, and an untuned model knows nothing: chance
-    assert abs(mean_auc(streaming, "tallrec", EVAL_PERIODS) - 0.5) < 0.05, auc
+    # No user signal in TALLRec's prompts here (only item popularity, which it memorises a
+    # little: measured 0.52-0.53), and an untuned model knows nothing: near chance
+    tallrec = mean_auc(streaming, "tallrec", EVAL_PERIODS)
+    assert abs(tallrec - 0.5) < 0.07, auc
     assert abs(mean_auc(streaming, "zero-shot", EVAL_PERIODS) - 0.5) < 0.06, auc
+
+    # RecICL learned to read the demonstrations: clearly above TALLRec trained the same way
+    # (measured +0.12 to +0.19), and it follows the new taste where the classical model, which
+    # memorised the old one, falls to chance (measured D8-D9 0.66-0.71 vs 0.42-0.47)
+    recicl = mean_auc(streaming, "recicl", EVAL_PERIODS)
+    assert recicl > tallrec + 0.08, auc
+    recicl_post = mean_auc(streaming, "recicl", POST_DRIFT)
+    assert recicl_post > 0.6, auc
+    assert recicl_post > mean_auc(streaming, "classical", POST_DRIFT) + 0.1, auc
 
     # Tuned variants were registered as versions of their own, from their own prompt formats
     variants = result["variants"]
     assert variants["tallrec"]["version"] != variants["recicl"]["version"]
     with open(result["paths"]["csv"]) as handle:
         assert len(list(csv.DictReader(handle))) == len(rows)
-    from recicl.registry import client, resolve_tracking_uri
-
     mlc = client(resolve_tracking_uri(streaming.cfg))
     parent = mlc.get_run(result["mlflow_parent_run_id"])
     children = mlc.search_runs(
@@ -140,3 +135,62 @@ def test_streaming_protocol_after_a_drift(streaming, capsys):
     assert sorted(r.data.tags["recicl.variant"] for r in children) == sorted(VARIANTS)
     recicl_child = next(r for r in children if r.data.tags["recicl.variant"] == "recicl")
     assert recicl_child.data.metrics["p9_auc"] == pytest.approx(auc["recicl", 9])
+
+
+def test_served_ranking_follows_new_taste(streaming, capsys):
+    """The tuned RecICL version behind Ray Serve on 127.0.0.1, for a user whose taste moves the
+    way the synthetic users' does: Westerns liked (and a Horror film not), then, in newer events,
+    Musicals liked (and a Comedy not). The model's weights do not change (the same
+    ``model_version`` answers both requests); only the stored events, which the server turns
+    into the prompt's demonstrations, do. The Musicals must move up relative to the Westerns."""
+    cfg = streaming.cfg
+    version = streaming.result["variants"]["recicl"]["version"]
+    MlflowClient(resolve_tracking_uri(cfg)).set_registered_model_alias(
+        cfg.mlflow.registered_model, "streaming-recicl", version
+    )
+    serve_cfg = cfg.serve.model_copy(
+        update={"alias": "streaming-recicl", "store_url": f"sqlite:///{streaming.root}/events.db"}
+    )
+    catalog = pq.read_table(streaming.root / "synth" / "catalog.parquet").to_pylist()
+    by_genre: dict[str, list[str]] = {}
+    for row in catalog:
+        by_genre.setdefault(row["genres"], []).append(row["item_id"])
+    west, musical = by_genre["Western"], by_genre["Musical"]
+    candidates = west[10:16] + musical[10:16]
+    t0 = 1_700_000_000
+
+    def events(liked: list[str], disliked: list[str], start: int) -> list[dict]:
+        pairs = [(i, 1) for i in liked] + [(i, 0) for i in disliked]
+        return [
+            {"user_id": "taste-shift", "item_id": item, "label": label, "timestamp": start + k}
+            for k, (item, label) in enumerate(pairs)
+        ]
+
+    server = Server(cfg.model_copy(update={"serve": serve_cfg}))
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+
+            def gap() -> tuple[float, int]:
+                reply = http.post(
+                    "/v1/score", json={"user_id": "taste-shift", "candidates": candidates}
+                )
+                assert reply.status_code == 200, reply.text
+                body = reply.json()
+                scores = np.array([s["score"] for s in body["scores"]])
+                return float(scores[6:].mean() - scores[:6].mean()), body["model_version"]
+
+            old = events(west[:3], by_genre["Horror"][:1], t0)
+            assert http.post("/v1/events", json=old).status_code == 200
+            gap_before, version_before = gap()
+            new = events(musical[:3], by_genre["Comedy"][:1], t0 + 100)
+            assert http.post("/v1/events", json=new).status_code == 200
+            gap_after, version_after = gap()
+    finally:
+        server.stop()
+    with capsys.disabled():
+        print(f"\nMusical - Western mean P(Yes): {gap_before:+.3f} -> {gap_after:+.3f}")
+    assert str(version_before) == str(version_after) == str(version)
+    # measured -0.095 -> +0.055: the Westerns led, then the Musicals do
+    assert gap_before < 0 < gap_after, (gap_before, gap_after)
+    assert gap_after - gap_before > 0.05, (gap_before, gap_after)
