@@ -268,9 +268,9 @@ def test_real_time_personalization(world, http):
 
     The model here is a tiny *untrained* Llama: what the server must guarantee, and what this
     test checks, is that it shows the model the new events at once and exactly as the model saw
-    them in training. Whether the ranking then moves toward the new taste is a property of a
-    model that learned to read demonstrations, which a tiny CPU-trained model does only in some
-    runs (README, "What is and is not shown here"), so it is not asserted.
+    them in training. That the ranking then moves toward the new taste needs a model that learned
+    to read demonstrations: ``test_streaming.py::test_served_ranking_follows_new_taste`` asserts
+    it with the RecICL version tuned there.
     """
     a = items_of_genre(world, "Western", 12)
     b = items_of_genre(world, "Musical", 12)

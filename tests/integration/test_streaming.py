@@ -21,8 +21,8 @@ Asserted:
 What makes the RecICL assertions hold on 2 CPU cores: a global batch of 128 prompts (2 x 64).
 With 32 a step, the same settings stayed at the base rate for thousands of steps in half the
 runs (the gradient noise of Yes/No labels drowns the small signal that starts the skill). With
-128, 600 steps (about 3 minutes of training) gave AUC 0.64-0.79 on D6-D9 in each of 3 runs,
-TALLRec 0.46-0.56 (README, "What is and is not shown here").
+128, 600 steps (about 3 minutes of training) gave AUC 0.64-0.79 on D6-D9 in each of 4 runs,
+TALLRec 0.46-0.57 (README, "What is and is not shown here").
 """
 
 from __future__ import annotations
@@ -107,18 +107,20 @@ def test_streaming_protocol_after_a_drift(streaming, capsys):
     assert auc["classical", 6] > 0.7, auc
     assert auc["classical", 6] > mean_auc(streaming, "classical", POST_DRIFT) + 0.15, auc
     # No user signal in TALLRec's prompts here (only item popularity, which it memorises a
-    # little: measured 0.52-0.53), and an untuned model knows nothing: near chance
+    # little: measured 0.52-0.53 on average), and an untuned model knows nothing: near chance
     tallrec = mean_auc(streaming, "tallrec", EVAL_PERIODS)
     assert abs(tallrec - 0.5) < 0.07, auc
     assert abs(mean_auc(streaming, "zero-shot", EVAL_PERIODS) - 0.5) < 0.06, auc
 
     # RecICL learned to read the demonstrations: clearly above TALLRec trained the same way
-    # (measured +0.12 to +0.19), and it follows the new taste where the classical model, which
-    # memorised the old one, falls to chance (measured D8-D9 0.66-0.71 vs 0.42-0.47)
+    # (measured +0.17 to +0.19), and it follows the new taste where the classical model, which
+    # memorised the old one, falls to chance (measured D8-D9 0.68-0.71 vs 0.44-0.47)
     recicl = mean_auc(streaming, "recicl", EVAL_PERIODS)
     assert recicl > tallrec + 0.08, auc
     recicl_post = mean_auc(streaming, "recicl", POST_DRIFT)
     assert recicl_post > 0.6, auc
+    # ... also on the periods after the switch alone (measured D8-D9 +0.17 to +0.20)
+    assert recicl_post > mean_auc(streaming, "tallrec", POST_DRIFT) + 0.08, auc
     assert recicl_post > mean_auc(streaming, "classical", POST_DRIFT) + 0.1, auc
 
     # Tuned variants were registered as versions of their own, from their own prompt formats
