@@ -2,7 +2,9 @@
 
 (a) Prefix-shared vs naive per-candidate scoring (no Serve): one user's ~500-token prefix and N
     candidates (N = 1, 5, 20, 100), on CPU, for two random Llama shapes: ``tiny`` (what tests
-    and the demo serve) and ``small`` (hidden 512, 4 layers). Reports both times, the speedup,
+    and the demo serve) and ``small`` (hidden 512, 4 layers). Reports the naive time, the shared
+    time with one candidate per row ("1/row") and packed (``serve.candidates_per_row``, the
+    served default; the speedup is of this one),
     the ideal speedup N·(P+S)/(P+N·S) from token counts, and measured/ideal. Also checks the
     scores agree.
 (b) A bounded loopback load test against the running app: R requests of /v1/score
@@ -107,7 +109,7 @@ def bench_prefix(root: Path, sizes: list[int], repeats: int, shape: str = "tiny"
     import pyarrow.parquet as pq
     import torch
 
-    from recicl.config import ModelConfig, PromptConfig, TinyModelSettings
+    from recicl.config import ModelConfig, PromptConfig, ServeConfig, TinyModelSettings
     from recicl.modeling import answer_token_ids, init_tiny_model, load_model, load_tokenizer
     from recicl.prompts import PromptBuilder
     from recicl.serve.scoring import score_naive, score_prefix_shared
@@ -132,6 +134,7 @@ def bench_prefix(root: Path, sizes: list[int], repeats: int, shape: str = "tiny"
         )
     prefix = builder.split_prefix(history, demos)
     pad = tokenizer.pad_token_id
+    per_row = ServeConfig().candidates_per_row
     rows = []
     for n in sizes:
         candidates = items[100 : 100 + n]
@@ -142,15 +145,16 @@ def bench_prefix(root: Path, sizes: list[int], repeats: int, shape: str = "tiny"
         def naive(suffixes=suffixes):
             return score_naive(model, [prefix], [suffixes], tokens, pad_id=pad, batch_size=32)[0]
 
-        def shared(suffixes=suffixes):
+        def shared(suffixes=suffixes, per_row=per_row):
             return score_prefix_shared(
-                model, [prefix], [suffixes], tokens, pad_id=pad, max_rows=128
+                model, [prefix], [suffixes], tokens, pad_id=pad, max_rows=128, per_row=per_row
             )[0]
 
         torch.manual_seed(0)
-        naive(), shared()  # warm-up
+        naive(), shared(), shared(per_row=1)  # warm-up
         t_naive = _best_time(naive, repeats)
         t_shared = _best_time(shared, repeats)
+        t_single = _best_time(lambda: shared(per_row=1), repeats)
         diff = float(np.abs(naive() - shared()).max())
         ideal = n * (p + s_mean) / (p + n * s_mean)
         flop_ideal = sharing_flop_ideal(model.config, n, p, s_mean)
@@ -162,6 +166,7 @@ def bench_prefix(root: Path, sizes: list[int], repeats: int, shape: str = "tiny"
                 "suffix_tokens": round(s_mean, 1),
                 "naive_ms": t_naive * 1e3,
                 "shared_ms": t_shared * 1e3,
+                "one_per_row_ms": t_single * 1e3,
                 "speedup": speedup,
                 "ideal": ideal,
                 "of_ideal": speedup / ideal,
@@ -193,7 +198,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_app(root: Path):
+def launch_app(root: Path, candidates_per_row: int | None = None):
     """Tiny untrained model registered as champion, the app on a free loopback port."""
     from recicl.config import PromptConfig, build_config
     from recicl.modeling import init_tiny_model
@@ -210,7 +215,12 @@ def launch_app(root: Path):
         {
             "workdir": str(root / "work"),
             "ray": {"num_cpus": 4},
-            "serve": {"max_candidates": 200, "host": "127.0.0.1", "port": _free_port()},
+            "serve": {
+                "max_candidates": 200,
+                "host": "127.0.0.1",
+                "port": _free_port(),
+                **({"candidates_per_row": candidates_per_row} if candidates_per_row else {}),
+            },
         }
     )
     register_model_folder(cfg, packaged, alias="champion")
@@ -333,6 +343,12 @@ def bench_event_to_effect(url: str, items: list[str], rounds: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,5,20,100")
+    parser.add_argument(
+        "--candidates-per-row",
+        type=int,
+        default=None,
+        help="serve.candidates_per_row of the app under load (default: the config default)",
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for (a)")
     parser.add_argument(
@@ -362,13 +378,15 @@ def main() -> None:
                 f"best of {args.repeats})"
             )
             print(
-                f"{'N':>5} {'P':>5} {'S':>5} {'naive ms':>10} {'shared ms':>10} {'speedup':>8} "
+                f"{'N':>5} {'P':>5} {'S':>5} {'naive ms':>10} {'1/row ms':>9} {'shared ms':>10} "
+                f"{'speedup':>8} "
                 f"{'ideal':>7} {'of ideal':>9} {'FLOP ideal':>11} {'of it':>6} {'max|diff|':>10}"
             )
             for r in rows:
                 print(
                     f"{r['N']:>5} {r['prefix_tokens']:>5} {r['suffix_tokens']:>5} "
-                    f"{r['naive_ms']:>10.1f} {r['shared_ms']:>10.1f} {r['speedup']:>7.2f}x "
+                    f"{r['naive_ms']:>10.1f} {r['one_per_row_ms']:>9.1f} {r['shared_ms']:>10.1f} "
+                    f"{r['speedup']:>7.2f}x "
                     f"{r['ideal']:>6.2f}x {r['of_ideal']:>8.0%} {r['flop_ideal']:>10.2f}x "
                     f"{r['of_flop_ideal']:>5.0%} {r['max_abs_diff']:>10.1e}"
                 )
@@ -376,7 +394,7 @@ def main() -> None:
             return
         from ray import serve
 
-        url, items = launch_app(root)
+        url, items = launch_app(root, args.candidates_per_row)
         try:
             load = bench_load(
                 url, items, args.requests, args.concurrency, args.candidates, args.cap_seconds

@@ -552,8 +552,17 @@ class ServeConfig(StrictModel):
     score_batch_rows: int = Field(
         64,
         ge=1,
-        description="Candidates per forward pass on the shared prefix cache (bounds the "
-        "memory of the repeated KV cache).",
+        description="Rows per forward pass on the shared prefix cache, each holding up to "
+        "candidates_per_row candidates (bounds the memory of the repeated KV cache).",
+    )
+    candidates_per_row: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Candidates of one request packed into one row on the shared prefix cache, "
+        "kept apart by a 4D attention mask: fewer cache copies and forward rows, for some "
+        "attention over masked-out neighbours. 1 = one candidate per row (always so for "
+        "FlashAttention, which takes no custom masks).",
     )
     num_replicas: int = Field(1, ge=1, description="Model replicas (without autoscaling).")
     max_replicas: int | None = Field(

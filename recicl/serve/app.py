@@ -226,6 +226,7 @@ def load_serving_model(
         builder,
         packaged.answer_tokens,
         max_rows=cfg.serve.score_batch_rows,
+        per_row=cfg.serve.candidates_per_row,
     )
     order = [str(i) for i in catalog.column("item_id").to_pylist() if i is not None]
     log.info("loaded %s/%s (catalog %s, %d items)", name, version, catalog_path, len(order))

@@ -6,11 +6,20 @@ demonstrations + the query's history (:meth:`~recicl.prompts.PromptBuilder.split
 same. So instead of N full prompts of P + S tokens we run:
 
 1. the prefix once with ``use_cache=True`` (several requests' prefixes in one right-padded batch),
-2. every candidate's suffix in one batch on that KV cache: the cache rows are repeated along the
-   batch dimension (one per candidate), suffixes are right-padded, the attention mask is
-   "prefix mask + suffix mask", position ids continue from each prefix's real length, and the
-   answer logits are read at each row's last real suffix token (``logits_to_keep`` as a
-   ``(batch, 1)`` index tensor, so the LM head runs on one position per row).
+2. the candidates' suffixes on that KV cache, ``per_row`` candidates of one request packed one
+   after another in each row: the cache rows are repeated along the batch dimension (one per
+   row), a 4D attention mask lets every suffix token see its prefix's real tokens and the
+   earlier tokens of its own suffix only, position ids restart at the prefix's real length for
+   each suffix, and the answer logits are read at each suffix's last token (``logits_to_keep``
+   as a boolean mask, so the LM head runs on one position per candidate).
+
+Why packed rows: with one candidate per row, each row copies the whole prefix cache to run a
+handful of tokens. On small models (and CPUs) those copies and per-row overheads outweigh the
+arithmetic: on the tiny model, 100 candidates scored in 34 ms packed 4 a row against 70 ms one
+a row (``benchmarks/bench_serve.py``). The price is attention over the masked-out neighbours in
+a row, so rows stay short. Attention kernels that build their own masks from 2D
+padding (FlashAttention) cannot take the 4D mask; for them, and with ``per_row = 1``, each row
+holds one candidate, right-padded, with the 2D mask "prefix mask + suffix mask".
 
 Cost drops from N·(P + S) token positions to P + N·S. The result equals the naive per-candidate
 score (:func:`recicl.modeling.score_prompts` on prefix + suffix) up to float rounding (tested to
@@ -23,8 +32,8 @@ cache), and the padding sits between a prefix and its suffix where the mask hide
 Why the cache is rebuilt for each chunk of candidates: ``DynamicCache`` layers grow by
 concatenation on every forward call (``DynamicLayer.update``), so a cache object can serve one
 suffix pass only; the prefix keys/values are kept as plain tensors and a fresh ``DynamicCache``
-(``ddp_cache_data=``) is made per chunk. Chunks of ``max_rows`` candidates bound the memory of the
-repeated cache (rows x prefix tokens x layers x 2 x hidden).
+(``ddp_cache_data=``) is made per chunk. Chunks of ``max_rows`` rows bound the memory of the
+repeated cache (rows x prefix tokens x layers x 2 x hidden) and of the packed mask.
 
 Models whose cache is not made of plain full-attention ``DynamicLayer``s (sliding-window, hybrid,
 linear attention) fall back to naive scoring of the full prompts: correct, just not shared.
@@ -134,12 +143,15 @@ def score_prefix_shared(
     *,
     pad_id: int,
     max_rows: int = 64,
+    per_row: int = 4,
 ) -> list[np.ndarray]:
     """P(Yes) of ``prefixes[r] + suffixes[r][j]`` for every request r and candidate j.
 
     ``prefixes``: one token-id list per request (non-empty); ``suffixes``: per request, the
-    candidates' question ids (non-empty each). Returns one float64 array per request, in input
-    order. Runs in eval mode under ``torch.inference_mode`` and restores the model's mode.
+    candidates' question ids (non-empty each). ``max_rows``: rows per forward pass on the cache;
+    ``per_row``: candidates of one request packed into a row (1 = one candidate per row).
+    Returns one float64 array per request, in input order. Runs in eval mode under
+    ``torch.inference_mode`` and restores the model's mode.
     """
     if len(prefixes) != len(suffixes):
         raise ValueError("prefixes and suffixes differ in length")
@@ -147,8 +159,8 @@ def score_prefix_shared(
         raise ValueError("an empty prefix cannot be scored")
     if any(len(s) == 0 for group in suffixes for s in group):
         raise ValueError("an empty candidate suffix cannot be scored")
-    if max_rows < 1:
-        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    if max_rows < 1 or per_row < 1:
+        raise ValueError(f"max_rows and per_row must be >= 1, got {max_rows} and {per_row}")
     out = [np.zeros(len(group), dtype=np.float64) for group in suffixes]
     live = [r for r, group in enumerate(suffixes) if len(group)]
     if not live:
@@ -159,7 +171,16 @@ def score_prefix_shared(
     try:
         with torch.inference_mode():
             _score_shared(
-                model, prefixes, suffixes, live, answer_tokens, pad_id, max_rows, device, out
+                model,
+                prefixes,
+                suffixes,
+                live,
+                answer_tokens,
+                pad_id,
+                max_rows,
+                per_row,
+                device,
+                out,
             )
     finally:
         model.train(was_training)
@@ -174,11 +195,10 @@ def _score_shared(
     tokens: AnswerTokens,
     pad_id: int,
     max_rows: int,
+    per_row: int,
     device: torch.device,
     out: list[np.ndarray],
 ) -> None:
-    from transformers import DynamicCache
-
     # 1. all prefixes in one right-padded pass; only the cache is needed (LM head on 1 position)
     prefix_ids, prefix_mask = _right_pad([prefixes[r] for r in live], pad_id)
     prefix_ids, prefix_mask = prefix_ids.to(device), prefix_mask.to(device)
@@ -204,46 +224,154 @@ def _score_shared(
             out[r][:] = scores
         return
 
-    # 2. candidate rows (request slot, candidate index), sorted by suffix length: less padding
-    rows = [
-        (slot, j, len(suffixes[r][j]))
-        for slot, r in enumerate(live)
-        for j in range(len(suffixes[r]))
-    ]
-    rows.sort(key=lambda row: row[2])
+    # 2. candidates on the cache, max_rows rows per forward pass
+    if per_row > 1 and _takes_custom_masks(model):
+        rows = _packed_rows(suffixes, live, per_row)
+        run = _run_packed
+    else:
+        rows = sorted(  # one candidate a row, sorted by suffix length: less padding
+            ((slot, [j]) for slot, r in enumerate(live) for j in range(len(suffixes[r]))),
+            key=lambda row: len(suffixes[live[row[0]]][row[1][0]]),
+        )
+        run = _run_single
     for start in range(0, len(rows), max_rows):
         chunk = rows[start : start + max_rows]
-        slots = torch.tensor([slot for slot, _, _ in chunk], device=device)
-        suffix_ids, suffix_mask = _right_pad(
-            [suffixes[live[slot]][j] for slot, j, _ in chunk], pad_id
-        )
-        suffix_ids, suffix_mask = suffix_ids.to(device), suffix_mask.to(device)
-        width = suffix_ids.shape[1]
-        cache = DynamicCache(ddp_cache_data=_cache_rows(layers, slots, len(live)))
-        mask = torch.cat([prefix_mask.index_select(0, slots), suffix_mask], dim=1)
-        positions = prefix_len.index_select(0, slots)[:, None] + torch.arange(width, device=device)
-        last = (suffix_mask.sum(dim=1) - 1)[:, None]  # each row's last real suffix token
-        result = model(
-            input_ids=suffix_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=last,
-        )
-        logits = result.logits
-        if logits.shape[:2] != (len(chunk), 1):  # model ignores index tensors: gather ourselves
-            logits = model(
-                input_ids=suffix_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=DynamicCache(ddp_cache_data=_cache_rows(layers, slots, len(live))),
-                use_cache=True,
-            ).logits
-            logits = logits.gather(1, last[:, :, None].expand(-1, 1, logits.shape[-1]))
-        probs = _answer_probs(logits[:, 0, :], tokens)
-        for (slot, j, _), p in zip(chunk, probs, strict=True):
+        probs = run(model, layers, chunk, suffixes, live, prefix_mask, prefix_len, pad_id, tokens)
+        flat = ((slot, j) for slot, js in chunk for j in js)
+        for (slot, j), p in zip(flat, probs, strict=True):
             out[live[slot]][j] = p
+
+
+Rows = list[tuple[int, list[int]]]  # (request slot, candidate indices) per row
+
+
+def _takes_custom_masks(model: torch.nn.Module) -> bool:
+    """Packing needs a 4D attention mask, which the SDPA and eager kernels take as given;
+    FlashAttention and others build their own masks from 2D padding, so they get one
+    candidate per row instead."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) in {"sdpa", "eager"}
+
+
+def _packed_rows(
+    suffixes: Sequence[Sequence[Sequence[int]]], live: list[int], per_row: int
+) -> Rows:
+    """Each request's candidates, sorted by suffix length, in rows of ``per_row``: rows of
+    similar token counts, so little padding."""
+    rows: Rows = []
+    for slot, r in enumerate(live):
+        order = sorted(range(len(suffixes[r])), key=lambda j: len(suffixes[r][j]))
+        rows.extend((slot, order[a : a + per_row]) for a in range(0, len(order), per_row))
+    return rows
+
+
+def _forward_on_cache(
+    model: torch.nn.Module,
+    layers: list[tuple[torch.Tensor, torch.Tensor]],
+    slots: torch.Tensor,
+    prefixes: int,
+    **inputs: Any,
+) -> torch.Tensor:
+    """One forward pass of suffix tokens on a fresh cache holding prefix ``slots[i]`` in row i."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(ddp_cache_data=_cache_rows(layers, slots, prefixes))
+    return model(past_key_values=cache, use_cache=True, **inputs).logits
+
+
+def _run_single(
+    model: torch.nn.Module,
+    layers: list[tuple[torch.Tensor, torch.Tensor]],
+    chunk: Rows,
+    suffixes: Sequence[Sequence[Sequence[int]]],
+    live: list[int],
+    prefix_mask: torch.Tensor,
+    prefix_len: torch.Tensor,
+    pad_id: int,
+    tokens: AnswerTokens,
+) -> np.ndarray:
+    """One candidate per row: right-padded suffixes, a 2D mask (prefix mask + suffix mask) that
+    every attention kernel understands, the answer read at each row's last real token."""
+    device = prefix_mask.device
+    slots = torch.tensor([slot for slot, _ in chunk], device=device)
+    suffix_ids, suffix_mask = _right_pad(
+        [suffixes[live[slot]][js[0]] for slot, js in chunk], pad_id
+    )
+    suffix_ids, suffix_mask = suffix_ids.to(device), suffix_mask.to(device)
+    inputs = {
+        "input_ids": suffix_ids,
+        "attention_mask": torch.cat([prefix_mask.index_select(0, slots), suffix_mask], dim=1),
+        "position_ids": prefix_len.index_select(0, slots)[:, None]
+        + torch.arange(suffix_ids.shape[1], device=device),
+    }
+    last = (suffix_mask.sum(dim=1) - 1)[:, None]  # each row's last real suffix token
+    logits = _forward_on_cache(model, layers, slots, len(prefix_len), **inputs, logits_to_keep=last)
+    if logits.shape[:2] != (len(chunk), 1):  # model ignores index tensors: gather ourselves
+        logits = _forward_on_cache(model, layers, slots, len(prefix_len), **inputs)
+        logits = logits.gather(1, last[:, :, None].expand(-1, 1, logits.shape[-1]))
+    return _answer_probs(logits[:, 0, :], tokens)
+
+
+def _run_packed(
+    model: torch.nn.Module,
+    layers: list[tuple[torch.Tensor, torch.Tensor]],
+    chunk: Rows,
+    suffixes: Sequence[Sequence[Sequence[int]]],
+    live: list[int],
+    prefix_mask: torch.Tensor,
+    prefix_len: torch.Tensor,
+    pad_id: int,
+    tokens: AnswerTokens,
+) -> np.ndarray:
+    """Several candidates of one request per row, their suffixes one after another.
+
+    Why: with one candidate per row, every row carries a copy of the prefix cache and runs a
+    forward pass of a few tokens; on small models those copies and per-row overheads cost more
+    than the arithmetic. Packed, a row holds one cache copy for ``per_row`` candidates. A 4D
+    mask keeps them apart: a suffix token sees its prefix's real tokens and the earlier tokens
+    of its own suffix, never another candidate's; position ids restart at the prefix length for
+    each suffix. So each candidate's answer logits are those of its own full prompt.
+    """
+    device = prefix_mask.device
+    blocks = [[suffixes[live[slot]][j] for j in js] for slot, js in chunk]
+    width = max(sum(len(s) for s in row) for row in blocks)
+    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(chunk), width), dtype=torch.long)
+    block_of = torch.full((len(chunk), width), -1, dtype=torch.long)  # -1: padding
+    answer_at = torch.zeros((len(chunk), width), dtype=torch.bool)
+    for i, ((slot, _), row) in enumerate(zip(chunk, blocks, strict=True)):
+        start = 0
+        for b, suffix in enumerate(row):
+            end = start + len(suffix)
+            ids[i, start:end] = torch.as_tensor(list(suffix), dtype=torch.long)
+            positions[i, start:end] = int(prefix_len[slot]) + torch.arange(len(suffix))
+            block_of[i, start:end] = b
+            answer_at[i, end - 1] = True
+            start = end
+    slots = torch.tensor([slot for slot, _ in chunk], device=device)
+    own_block = (block_of[:, :, None] == block_of[:, None, :]) & (block_of[:, :, None] >= 0)
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    sees_prefix = prefix_mask.index_select(0, slots).bool()[:, None, :].cpu()
+    allowed = torch.cat(
+        [sees_prefix.expand(-1, width, -1), own_block & causal], dim=2
+    )  # (rows, suffix tokens, prefix + suffix tokens)
+    allowed[:, :, 0] = True  # padding queries attend to something (never read): no NaN rows
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    inputs = {
+        "input_ids": ids.to(device),
+        "attention_mask": mask[:, None].to(device),
+        "position_ids": positions.to(device),
+    }
+    answer_at = answer_at.to(device)
+    answers = int(answer_at.sum())
+    logits = _forward_on_cache(
+        model, layers, slots, len(prefix_len), **inputs, logits_to_keep=answer_at
+    )
+    # a boolean logits_to_keep yields (answers, vocab) in row-major order: row by row, in order
+    if logits.dim() != 2 or logits.shape[0] != answers:  # model ignores it: select ourselves
+        logits = _forward_on_cache(model, layers, slots, len(prefix_len), **inputs)[answer_at]
+    return _answer_probs(logits, tokens)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,6 +405,7 @@ class CandidateScorer:
         answer_tokens: AnswerTokens,
         *,
         max_rows: int = 64,
+        per_row: int = 4,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -284,6 +413,7 @@ class CandidateScorer:
         self.answer_tokens = answer_tokens
         self.pad_id = _pad_id(tokenizer)
         self.max_rows = max_rows
+        self.per_row = per_row
         self._lock = threading.Lock()
 
     def encode(self, job: ScoreJob) -> tuple[list[int], list[list[int]]]:
@@ -307,6 +437,7 @@ class CandidateScorer:
                     self.answer_tokens,
                     pad_id=self.pad_id,
                     max_rows=self.max_rows,
+                    per_row=self.per_row,
                 )
             return score_naive(
                 self.model,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -175,3 +177,50 @@ def test_model_mode_is_restored(world):
         assert model.training
     finally:
         model.eval()
+
+
+@pytest.mark.parametrize("per_row", [1, 3, 16])
+def test_packed_rows_keep_candidates_apart(world, monkeypatch, per_row):
+    """Several candidates share a row (a 4D mask keeps them apart): each still gets the score of
+    its own full prompt, across requests with prefixes of different lengths, ragged suffixes and
+    rows split over several forward passes. A leak between candidates would change the scores."""
+    builder = PromptBuilder(PromptConfig(), world["catalog"], world["tokenizer"])
+    calls = {"packed": 0, "single": 0}
+    for name in ("packed", "single"):
+        original = getattr(scoring, f"_run_{name}")
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(scoring, f"_run_{name}", counted)
+    prefixes, groups = [], []
+    for n_demos, count in [(3, 8), (0, 5), (1, 1)]:
+        history, demos = _context(n_demos)
+        prefixes.append(builder.split_prefix(history, demos))
+        groups.append([builder.query_suffix(str((n_demos + k) % 8)) for k in range(count)])
+    pad = world["tokenizer"].pad_token_id
+    shared = score_prefix_shared(
+        world["model"], prefixes, groups, world["tokens"], pad_id=pad, max_rows=2, per_row=per_row
+    )
+    for prefix, group, got in zip(prefixes, groups, shared, strict=True):
+        want = _naive(world["model"], world["tokenizer"], world["tokens"], prefix, group)
+        np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+    assert (calls["packed"] > 0) == (per_row > 1) and (calls["single"] > 0) == (per_row == 1)
+
+
+def test_kernels_without_custom_masks_get_one_candidate_per_row(world, monkeypatch):
+    model = world["model"]
+    assert scoring._takes_custom_masks(model)  # the tiny model runs SDPA
+    flash = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
+    assert not scoring._takes_custom_masks(flash)
+    # such a model gets one candidate per row, whatever per_row says
+    monkeypatch.setattr(scoring, "_takes_custom_masks", lambda m: False)
+    monkeypatch.setattr(scoring, "_run_packed", lambda *a, **k: pytest.fail("packed path taken"))
+    builder = PromptBuilder(PromptConfig(), world["catalog"], world["tokenizer"])
+    history, demos = _context(2)
+    prefix = builder.split_prefix(history, demos)
+    suffixes = [builder.query_suffix(str(i)) for i in range(6)]
+    got = score_prefix_shared(model, [prefix], [suffixes], world["tokens"], pad_id=0, per_row=8)[0]
+    want = _naive(model, world["tokenizer"], world["tokens"], prefix, suffixes)
+    np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
