@@ -339,12 +339,13 @@ def _run_packed(
     positions = torch.zeros((len(chunk), width), dtype=torch.long)
     block_of = torch.full((len(chunk), width), -1, dtype=torch.long)  # -1: padding
     answer_at = torch.zeros((len(chunk), width), dtype=torch.bool)
+    starts = prefix_len.tolist()  # one device sync, not one per suffix
     for i, ((slot, _), row) in enumerate(zip(chunk, blocks, strict=True)):
         start = 0
         for b, suffix in enumerate(row):
             end = start + len(suffix)
             ids[i, start:end] = torch.as_tensor(list(suffix), dtype=torch.long)
-            positions[i, start:end] = int(prefix_len[slot]) + torch.arange(len(suffix))
+            positions[i, start:end] = starts[slot] + torch.arange(len(suffix))
             block_of[i, start:end] = b
             answer_at[i, end - 1] = True
             start = end
@@ -356,7 +357,7 @@ def _run_packed(
         [sees_prefix.expand(-1, width, -1), own_block & causal], dim=2
     )  # (rows, suffix tokens, prefix + suffix tokens)
     allowed[:, :, 0] = True  # padding queries attend to something (never read): no NaN rows
-    dtype = next(model.parameters()).dtype
+    dtype = getattr(model, "dtype", None) or next(model.parameters()).dtype  # of the additive mask
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
     inputs = {
         "input_ids": ids.to(device),
