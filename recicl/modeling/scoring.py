@@ -50,6 +50,19 @@ def left_align(
     return torch.gather(input_ids, 1, source), left.to(attention_mask.dtype)
 
 
+def last_position(ids: torch.Tensor) -> torch.Tensor:
+    """``logits_to_keep`` for "the last column only", as an index tensor rather than the int 1.
+
+    Why not ``logits_to_keep=1``: transformers then slices ``hidden[:, -1:, :]``, a
+    non-contiguous view, and when the LM head's weight does not require grad (a frozen or merged
+    LoRA base) ``torch.matmul`` broadcasts the weight instead of folding the batch: it copies the
+    whole ``[vocab, hidden]`` matrix once per row. With Gemma's 262k-token vocabulary that copy
+    cost 3.7x the rest of the forward pass (8 x 400 tokens: 7.6 s vs 2.1 s on 2 cores). An index
+    tensor makes the slice a contiguous copy of B hidden vectors, and the head one matmul.
+    """
+    return torch.tensor([ids.shape[1] - 1], device=ids.device)
+
+
 def answer_logits(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -69,7 +82,7 @@ def answer_logits(
         input_ids=ids,
         attention_mask=mask,
         position_ids=position_ids,
-        logits_to_keep=1,
+        logits_to_keep=last_position(ids),
         use_cache=False,
     )
     logits = output.logits if hasattr(output, "logits") else output[0]

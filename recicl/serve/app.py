@@ -169,13 +169,25 @@ class ServingModel:
             "history_len": self.history_len,
             "prompt_format": self.prompt_format,
             "loaded_at": self.loaded_at,
+            "scoring": {
+                "attention": sorted(set(self.scorer.layout.kinds)),
+                "sliding_window": self.scorer.layout.window,
+                "prefix_fallbacks": dict(self.scorer.fallbacks),
+            },
         }
 
 
 def load_serving_model(
-    cfg: ReciclConfig, tracking_uri: str, name: str, version: str, *, device: str = "cpu"
+    cfg: ReciclConfig,
+    tracking_uri: str,
+    name: str,
+    version: str,
+    *,
+    device: str = "cpu",
+    on_fallback: Callable[[str], None] | None = None,
 ) -> ServingModel:
-    """Download ``name`` version ``version`` from the registry and make it ready to score."""
+    """Download ``name`` version ``version`` from the registry and make it ready to score.
+    ``on_fallback(reason)``: called whenever prefix-shared scoring falls back to full prompts."""
     import pyarrow.parquet as pq
 
     from recicl.modeling.packaged import load_packaged_model
@@ -227,6 +239,7 @@ def load_serving_model(
         packaged.answer_tokens,
         max_rows=cfg.serve.score_batch_rows,
         per_row=cfg.serve.candidates_per_row,
+        on_fallback=on_fallback,
     )
     order = [str(i) for i in catalog.column("item_id").to_pylist() if i is not None]
     log.info("loaded %s/%s (catalog %s, %d items)", name, version, catalog_path, len(order))
@@ -346,6 +359,14 @@ class ModelServer:
         self.swaps = 0
         self._reload_lock = asyncio.Lock()
         self._reload_token: Any = None
+        from ray.serve.metrics import Counter
+
+        self._fallback_metric = Counter(
+            "recicl_prefix_sharing_fallbacks",
+            description="Score batches whose candidates were scored as full prompts instead of "
+            "on a shared prefix cache, by reason (see recicl.serve.scoring).",
+            tag_keys=("model_version", "reason"),
+        )
         try:
             await self.refresh()
         except Exception as error:  # serve anyway (503 until a version exists), keep polling
@@ -356,8 +377,18 @@ class ModelServer:
     # -- which version ---------------------------------------------------------------------
 
     def _load(self, version: str) -> ServingModel:
+        def fallback(reason: str) -> None:
+            self._fallback_metric.inc(
+                tags={"model_version": str(version), "reason": reason.split(":", 1)[0]}
+            )
+
         return load_serving_model(
-            self.cfg, self.tracking_uri, self.name, version, device=self.device
+            self.cfg,
+            self.tracking_uri,
+            self.name,
+            version,
+            device=self.device,
+            on_fallback=fallback,
         )
 
     async def refresh(self, *, force: bool = False) -> dict[str, Any]:

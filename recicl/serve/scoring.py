@@ -35,23 +35,94 @@ suffix pass only; the prefix keys/values are kept as plain tensors and a fresh `
 (``ddp_cache_data=``) is made per chunk. Chunks of ``max_rows`` rows bound the memory of the
 repeated cache (rows x prefix tokens x layers x 2 x hidden) and of the packed mask.
 
-Models whose cache is not made of plain full-attention ``DynamicLayer``s (sliding-window, hybrid,
-linear attention) fall back to naive scoring of the full prompts: correct, just not shared.
+Sliding-window and hybrid models (Gemma 2/3: five sliding layers to one global; Mistral-style
+all-sliding) share too. The prefix pass runs on a plain ``DynamicCache`` whose layers all keep
+every prefix position (a sliding layer's own cache would keep only its window), and the suffix
+pass gets one 4D mask per attention kind (``{"full_attention": ..., "sliding_attention": ...}``,
+the mapping those models accept): the sliding mask additionally hides every key whose *position*
+is ``sliding_window`` or more before the query's, exactly the rule transformers applies
+(``kv > q - window``). So scores equal plain scoring whether or not prefix + suffix fits the
+window. (Positions, not indices: the prefix batch is right-padded, so a suffix's index distance to
+its prefix can exceed its position distance; ordinary left-padded prompts have equal ones.)
+
+What still falls back to scoring the full prompts (correct, just not shared): layer kinds other
+than full and sliding attention (linear attention, state-space, chunked attention), caches that
+are not plain key/value layers, and kernels that take no custom masks (FlashAttention) on a
+sliding-window model when a prefix + suffix is longer than the window. Every fallback is logged
+and counted (``on_fallback``; the Serve deployment exports it as a metric).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from recicl.modeling.scoring import last_position
 from recicl.prompts import AnswerTokens, PromptBuilder
 
-__all__ = ["CandidateScorer", "ScoreJob", "score_naive", "score_prefix_shared"]
+__all__ = [
+    "AttentionLayout",
+    "CandidateScorer",
+    "ScoreJob",
+    "attention_layout",
+    "score_naive",
+    "score_prefix_shared",
+]
+
+log = logging.getLogger(__name__)
+
+FULL, SLIDING = "full_attention", "sliding_attention"
+#: Called with "<code>: <detail>" whenever the full prompts are scored instead of sharing;
+#: codes: unsupported_layers, window_without_masks, cache_layers.
+FallbackHook = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """Which attention each decoder layer runs, as far as prefix sharing needs to know."""
+
+    kinds: tuple[str, ...]  # per layer: full_attention, sliding_attention, or something else
+    window: int | None  # sliding window (tokens) of the sliding layers
+
+    @property
+    def unsupported(self) -> list[str]:
+        return sorted(set(self.kinds) - {FULL, SLIDING})
+
+    @property
+    def sliding(self) -> bool:
+        return SLIDING in self.kinds
+
+    @property
+    def mixed(self) -> bool:
+        return len(set(self.kinds)) > 1
+
+
+def attention_layout(model: torch.nn.Module) -> AttentionLayout:
+    """Per-layer attention kinds from the model's config (``layer_types`` when it has them;
+    otherwise every layer is sliding when ``sliding_window`` is set and in use, else full)."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    window = getattr(text, "sliding_window", None)
+    kinds = getattr(text, "layer_types", None)
+    if not kinds:
+        layers = int(getattr(text, "num_hidden_layers", 0) or 0)
+        in_use = window is not None and getattr(text, "use_sliding_window", True) is not False
+        kinds = [SLIDING if in_use else FULL] * max(layers, 1)
+    return AttentionLayout(tuple(kinds), int(window) if window else None)
+
+
+def _fall_back(reason: str, on_fallback: FallbackHook | None) -> None:
+    log.warning("prefix-shared scoring fell back to full prompts: %s", reason)
+    if on_fallback is not None:
+        on_fallback(reason)
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -78,7 +149,8 @@ def _right_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, t
 
 
 def _plain_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-    """Per-layer (keys, values) when every layer is a plain full-attention DynamicLayer."""
+    """Per-layer (keys, values) when every layer is a plain DynamicLayer holding every position
+    (the prefix pass asks for one, see the module docstring)."""
     from transformers.cache_utils import DynamicLayer
 
     layers = getattr(cache, "layers", None)
@@ -144,13 +216,15 @@ def score_prefix_shared(
     pad_id: int,
     max_rows: int = 64,
     per_row: int = 4,
+    on_fallback: FallbackHook | None = None,
 ) -> list[np.ndarray]:
     """P(Yes) of ``prefixes[r] + suffixes[r][j]`` for every request r and candidate j.
 
     ``prefixes``: one token-id list per request (non-empty); ``suffixes``: per request, the
     candidates' question ids (non-empty each). ``max_rows``: rows per forward pass on the cache;
     ``per_row``: candidates of one request packed into a row (1 = one candidate per row).
-    Returns one float64 array per request, in input order. Runs in eval mode under
+    ``on_fallback(reason)`` is called (and a warning logged) whenever the full prompts are scored
+    instead. Returns one float64 array per request, in input order. Runs in eval mode under
     ``torch.inference_mode`` and restores the model's mode.
     """
     if len(prefixes) != len(suffixes):
@@ -181,6 +255,7 @@ def score_prefix_shared(
                 per_row,
                 device,
                 out,
+                on_fallback,
             )
     finally:
         model.train(was_training)
@@ -198,21 +273,13 @@ def _score_shared(
     per_row: int,
     device: torch.device,
     out: list[np.ndarray],
+    on_fallback: FallbackHook | None = None,
 ) -> None:
-    # 1. all prefixes in one right-padded pass; only the cache is needed (LM head on 1 position)
-    prefix_ids, prefix_mask = _right_pad([prefixes[r] for r in live], pad_id)
-    prefix_ids, prefix_mask = prefix_ids.to(device), prefix_mask.to(device)
-    prefix_len = prefix_mask.sum(dim=1)
-    output = model(
-        input_ids=prefix_ids,
-        attention_mask=prefix_mask,
-        position_ids=torch.arange(prefix_ids.shape[1], device=device).expand_as(prefix_ids),
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    layers = _plain_layers(getattr(output, "past_key_values", None))
-    if layers is None:  # sliding-window / hybrid cache: score the full prompts instead
-        naive = score_naive(
+    from transformers import DynamicCache
+
+    def naive(reason: str) -> None:
+        _fall_back(reason, on_fallback)
+        scores = score_naive(
             model,
             [prefixes[r] for r in live],
             [suffixes[r] for r in live],
@@ -220,14 +287,43 @@ def _score_shared(
             pad_id=pad_id,
             batch_size=max_rows,
         )
-        for r, scores in zip(live, naive, strict=True):
-            out[r][:] = scores
-        return
+        for r, values in zip(live, scores, strict=True):
+            out[r][:] = values
 
-    # 2. candidates on the cache, max_rows rows per forward pass
-    if per_row > 1 and _takes_custom_masks(model):
+    layout = attention_layout(model)
+    if layout.unsupported:
+        return naive(f"unsupported_layers: layer kinds {layout.unsupported} cannot be shared")
+    packed = _takes_custom_masks(model)
+    longest = max(len(prefixes[r]) for r in live) + max(len(s) for r in live for s in suffixes[r])
+    if layout.sliding and not packed and layout.window and longest > layout.window:
+        return naive(
+            f"window_without_masks: {_kernel(model)} takes no custom masks and prefix + suffix "
+            f"({longest} tokens) is "
+            f"longer than the sliding window ({layout.window})"
+        )
+
+    # 1. all prefixes in one right-padded pass; only the cache is needed (LM head on 1 position).
+    # A plain DynamicCache keeps every position in every layer, sliding ones included.
+    prefix_ids, prefix_mask = _right_pad([prefixes[r] for r in live], pad_id)
+    prefix_ids, prefix_mask = prefix_ids.to(device), prefix_mask.to(device)
+    prefix_len = prefix_mask.sum(dim=1)
+    output = model(
+        input_ids=prefix_ids,
+        attention_mask=prefix_mask,
+        position_ids=torch.arange(prefix_ids.shape[1], device=device).expand_as(prefix_ids),
+        past_key_values=DynamicCache(),
+        use_cache=True,
+        logits_to_keep=last_position(prefix_ids),  # the head's output is not used
+    )
+    layers = _plain_layers(getattr(output, "past_key_values", None))
+    if layers is None or len(layers) != len(layout.kinds):
+        return naive("cache_layers: the prefix cache is not made of plain key/value layers")
+
+    # 2. candidates on the cache, max_rows rows per forward pass; with sliding layers the 4D
+    # mask path is taken even for one candidate a row (it encodes the window by position)
+    if packed and (per_row > 1 or layout.sliding):
         rows = _packed_rows(suffixes, live, per_row)
-        run = _run_packed
+        run = functools.partial(_run_packed, layout=layout)
     else:
         rows = sorted(  # one candidate a row, sorted by suffix length: less padding
             ((slot, [j]) for slot, r in enumerate(live) for j in range(len(suffixes[r]))),
@@ -240,6 +336,12 @@ def _score_shared(
         flat = ((slot, j) for slot, js in chunk for j in js)
         for (slot, j), p in zip(flat, probs, strict=True):
             out[live[slot]][j] = p
+    return None
+
+
+def _kernel(model: torch.nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return str(getattr(config, "_attn_implementation", None) or "this attention kernel")
 
 
 Rows = list[tuple[int, list[int]]]  # (request slot, candidate indices) per row
@@ -304,12 +406,14 @@ def _run_single(
         "position_ids": prefix_len.index_select(0, slots)[:, None]
         + torch.arange(suffix_ids.shape[1], device=device),
     }
-    last = (suffix_mask.sum(dim=1) - 1)[:, None]  # each row's last real suffix token
-    logits = _forward_on_cache(model, layers, slots, len(prefix_len), **inputs, logits_to_keep=last)
-    if logits.shape[:2] != (len(chunk), 1):  # model ignores index tensors: gather ourselves
-        logits = _forward_on_cache(model, layers, slots, len(prefix_len), **inputs)
-        logits = logits.gather(1, last[:, :, None].expand(-1, 1, logits.shape[-1]))
-    return _answer_probs(logits[:, 0, :], tokens)
+    last = suffix_mask.sum(dim=1) - 1  # each row's last real suffix token
+    keep = torch.zeros_like(suffix_mask, dtype=torch.bool)
+    keep[torch.arange(len(chunk), device=device), last] = True
+    # a boolean logits_to_keep yields (rows, vocab), one answer position per row, in row order
+    logits = _forward_on_cache(model, layers, slots, len(prefix_len), **inputs, logits_to_keep=keep)
+    if logits.dim() != 2 or logits.shape[0] != len(chunk):  # model ignores it: select ourselves
+        logits = _forward_on_cache(model, layers, slots, len(prefix_len), **inputs)[keep]
+    return _answer_probs(logits, tokens)
 
 
 def _run_packed(
@@ -322,6 +426,8 @@ def _run_packed(
     prefix_len: torch.Tensor,
     pad_id: int,
     tokens: AnswerTokens,
+    *,
+    layout: AttentionLayout | None = None,
 ) -> np.ndarray:
     """Several candidates of one request per row, their suffixes one after another.
 
@@ -356,12 +462,32 @@ def _run_packed(
     allowed = torch.cat(
         [sees_prefix.expand(-1, width, -1), own_block & causal], dim=2
     )  # (rows, suffix tokens, prefix + suffix tokens)
-    allowed[:, :, 0] = True  # padding queries attend to something (never read): no NaN rows
+    padding = block_of < 0
+    allowed[padding] = False
+    allowed[:, :, 0] |= padding  # padding queries attend to something (never read): no NaN rows
     dtype = getattr(model, "dtype", None) or next(model.parameters()).dtype  # of the additive mask
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+
+    def additive(keep: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(keep.shape, dtype=dtype).masked_fill(~keep, torch.finfo(dtype).min)
+        return mask[:, None].to(device)
+
+    masks = {FULL: allowed}
+    if layout is not None and layout.sliding and layout.window:
+        # the rule of transformers' sliding layers, by position: key > query - window
+        prefix_positions = torch.arange(prefix_mask.shape[1]).expand(len(chunk), -1)
+        key_positions = torch.cat([prefix_positions, positions], dim=1)
+        near = key_positions[:, None, :] > positions[:, :, None] - layout.window
+        window = allowed & near
+        window[:, :, 0] |= padding
+        masks[SLIDING] = window
+    if layout is not None and layout.mixed:
+        attention_mask: Any = {kind: additive(masks[kind]) for kind in set(layout.kinds)}
+    else:
+        only = layout.kinds[0] if layout is not None else FULL
+        attention_mask = additive(masks[only])
     inputs = {
         "input_ids": ids.to(device),
-        "attention_mask": mask[:, None].to(device),
+        "attention_mask": attention_mask,
         "position_ids": positions.to(device),
     }
     answer_at = answer_at.to(device)
@@ -407,6 +533,7 @@ class CandidateScorer:
         *,
         max_rows: int = 64,
         per_row: int = 4,
+        on_fallback: FallbackHook | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -415,7 +542,16 @@ class CandidateScorer:
         self.pad_id = _pad_id(tokenizer)
         self.max_rows = max_rows
         self.per_row = per_row
+        self.layout = attention_layout(model)
+        #: how often the full prompts were scored instead of sharing, by reason code
+        self.fallbacks: Counter[str] = Counter()
+        self._on_fallback = on_fallback
         self._lock = threading.Lock()
+
+    def _fallback(self, reason: str) -> None:
+        self.fallbacks[reason.split(":", 1)[0]] += 1
+        if self._on_fallback is not None:
+            self._on_fallback(reason)
 
     def encode(self, job: ScoreJob) -> tuple[list[int], list[list[int]]]:
         """(prefix ids, one suffix per candidate) for one job."""
@@ -439,6 +575,7 @@ class CandidateScorer:
                     pad_id=self.pad_id,
                     max_rows=self.max_rows,
                     per_row=self.per_row,
+                    on_fallback=self._fallback,
                 )
             return score_naive(
                 self.model,

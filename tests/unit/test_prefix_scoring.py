@@ -224,3 +224,110 @@ def test_kernels_without_custom_masks_get_one_candidate_per_row(world, monkeypat
     got = score_prefix_shared(model, [prefix], [suffixes], world["tokens"], pad_id=0, per_row=8)[0]
     want = _naive(model, world["tokenizer"], world["tokens"], prefix, suffixes)
     np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sliding-window and hybrid caches (Gemma 3's five local layers to one global, Mistral-style
+# all-local): tiny random models of those architectures, with a window far shorter than the
+# prompts so that the window really cuts attention.
+
+WINDOW = 8
+
+
+def _windowed_model(world, kind: str) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig, MistralConfig
+
+    vocab = len(world["tokenizer"])
+    common = {
+        "vocab_size": vocab,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "max_position_embeddings": 4096,
+        "sliding_window": WINDOW,
+        "pad_token_id": world["tokenizer"].pad_token_id,
+    }
+    if kind == "hybrid":
+        kinds = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
+        config = Gemma3TextConfig(num_hidden_layers=4, layer_types=kinds, **common)
+    else:
+        config = MistralConfig(num_hidden_layers=3, **common)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(5)
+    model = AutoModelForCausalLM.from_config(
+        config, dtype=torch.float32, attn_implementation="sdpa"
+    )
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["hybrid", "sliding"])
+@pytest.mark.parametrize("per_row", [1, 4])
+def test_sliding_window_models_share_the_prefix(world, kind, per_row):
+    model = _windowed_model(world, kind)
+    layout = scoring.attention_layout(model)
+    assert layout.sliding and layout.window == WINDOW
+    assert layout.mixed == (kind == "hybrid")
+    builder = PromptBuilder(PromptConfig(), world["catalog"], world["tokenizer"])
+    prefixes, groups = [], []
+    for n_demos, count in [(3, 6), (0, 3)]:
+        history, demos = _context(n_demos)
+        prefixes.append(builder.split_prefix(history, demos))
+        groups.append([builder.query_suffix(str((n_demos + k) % 8)) for k in range(count)])
+    assert min(len(p) for p in prefixes) > 4 * WINDOW  # the window really cuts
+    fallbacks: list[str] = []
+    shared = score_prefix_shared(
+        model,
+        prefixes,
+        groups,
+        world["tokens"],
+        pad_id=world["tokenizer"].pad_token_id,
+        max_rows=2,
+        per_row=per_row,
+        on_fallback=fallbacks.append,
+    )
+    assert fallbacks == []
+    for prefix, group, got in zip(prefixes, groups, shared, strict=True):
+        want = _naive(model, world["tokenizer"], world["tokens"], prefix, group)
+        np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+    # the window matters: the same model with a global mask scores differently
+    full = _naive(model, world["tokenizer"], world["tokens"], prefixes[0], groups[0])
+    model.config.sliding_window = 10_000
+    try:
+        wide = _naive(model, world["tokenizer"], world["tokens"], prefixes[0], groups[0])
+    finally:
+        model.config.sliding_window = WINDOW
+    assert np.abs(full - wide).max() > 1e-3
+
+
+def test_fallbacks_are_reported(world, monkeypatch, caplog):
+    """Layer kinds that cannot be shared, and windowed models on kernels without custom masks
+    with prompts beyond the window, score the full prompts, log it and call the hook."""
+    model = _windowed_model(world, "hybrid")
+    builder = PromptBuilder(PromptConfig(), world["catalog"], world["tokenizer"])
+    history, demos = _context(2)
+    prefix = builder.split_prefix(history, demos)
+    suffixes = [builder.query_suffix(str(i)) for i in range(4)]
+    want = _naive(model, world["tokenizer"], world["tokens"], prefix, suffixes)
+    scorer = CandidateScorer(model, world["tokenizer"], builder, world["tokens"])
+
+    monkeypatch.setattr(scoring, "_takes_custom_masks", lambda m: False)
+    with caplog.at_level("WARNING", logger="recicl.serve.scoring"):
+        got = scorer.score([ScoreJob(history, demos, [str(i) for i in range(4)])])[0]
+    np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+    assert dict(scorer.fallbacks) == {"window_without_masks": 1}
+    assert "fell back" in caplog.text and "sliding window" in caplog.text
+
+    monkeypatch.setattr(
+        scoring,
+        "attention_layout",
+        lambda m: scoring.AttentionLayout(("linear_attention", "full_attention"), None),
+    )
+    seen: list[str] = []
+    got = score_prefix_shared(
+        model, [prefix], [suffixes], world["tokens"], pad_id=0, on_fallback=seen.append
+    )[0]
+    np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+    assert len(seen) == 1 and seen[0].startswith("unsupported_layers:")
+    assert "linear_attention" in seen[0]
