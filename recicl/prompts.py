@@ -13,6 +13,16 @@ Layout (RecICL format; ``tallrec`` is the same without the demonstration blocks)
     The user liked these movies: "A", "B", "X".
     Will the user enjoy the movie "T" (Drama)? Answer:
 
+With ``prompt.demo_history_len: 0`` the demonstrations are bare solved questions, one per line,
+and only the query block shows the user's history (a third of the tokens)::
+
+    <instruction>
+    Will the user enjoy the movie "X" (Action, Comedy)? Answer: Yes
+    Will the user enjoy the movie "Y" (Horror)? Answer: No
+
+    The user liked these movies: "A", "B", "X".
+    Will the user enjoy the movie "T" (Drama)? Answer:
+
 Each demonstration is a solved example (its own history, its item, its answer); the query comes
 last and the prompt ends with ``Answer:`` so the next token is the answer. The query's history
 sits *before* the query item: everything up to the query item is a per-user prefix that serving
@@ -245,12 +255,11 @@ def _encode_plain(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _answer_id(tokenizer: Any, label: int) -> int | None:
-    word = answer_text(label)
-    # Preferred: the token that follows "Answer:" when the answer is written in running text,
+def _answer_id(tokenizer: Any, cue_text: str, word: str) -> int | None:
+    # Preferred: the token that follows the cue when the answer is written in running text,
     # i.e. what a pretrained model has seen after such cues.
-    cue = _encode_plain(tokenizer, ANSWER_CUE)
-    full = _encode_plain(tokenizer, ANSWER_CUE + word)
+    cue = _encode_plain(tokenizer, cue_text)
+    full = _encode_plain(tokenizer, cue_text + word)
     if len(full) == len(cue) + 1 and full[: len(cue)] == cue:
         return full[-1]
     for variant in (word, word.strip()):
@@ -260,23 +269,28 @@ def _answer_id(tokenizer: Any, label: int) -> int | None:
     return None
 
 
-def answer_token_ids(tokenizer: PreTrainedTokenizerBase) -> AnswerTokens:
-    """Resolve the single-token ids of " Yes" and " No" as they follow ``Answer:``.
+def answer_token_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    cue: str = ANSWER_CUE,
+    words: tuple[str, str] = (answer_text(1), answer_text(0)),
+) -> AnswerTokens:
+    """Resolve the single-token ids of " Yes" and " No" as they follow ``Answer:`` (or
+    ``words`` = (yes, no) after another ``cue``, e.g. "Yes"/"No" after an Alpaca-style
+    "### Response:" line).
 
     Why single tokens: the score is P(Yes) from the logits of one next-token position. The
     builder writes exactly these ids as demonstration answers, so the answers the model sees in
     context are the ones it is scored on. Raises :class:`AnswerTokenError` naming the tokenizer.
     """
-    yes, no = _answer_id(tokenizer, 1), _answer_id(tokenizer, 0)
+    yes, no = _answer_id(tokenizer, cue, words[0]), _answer_id(tokenizer, cue, words[1])
     if yes is None or no is None or yes == no:
         shown = {
-            w: tokenizer.convert_ids_to_tokens(_encode_plain(tokenizer, ANSWER_CUE + w))
-            for w in (answer_text(1), answer_text(0))
+            w: tokenizer.convert_ids_to_tokens(_encode_plain(tokenizer, cue + w)) for w in words
         }
         raise AnswerTokenError(
             f"tokenizer {_tokenizer_name(tokenizer)!r} has no single token for the answers "
-            f"'Yes'/'No' after {ANSWER_CUE!r} (tokens: {shown}); use a model whose vocabulary "
-            "holds ' Yes' and ' No' (or 'Yes'/'No') as single tokens"
+            f"{words[0].strip()!r}/{words[1].strip()!r} after {cue!r} (tokens: {shown}); use a "
+            "model whose vocabulary holds ' Yes' and ' No' (or 'Yes'/'No') as single tokens"
         )
     return AnswerTokens(no=no, yes=yes)
 
@@ -312,6 +326,7 @@ class _Block:
     items: list[str]  # quoted item texts, oldest → newest
     question: str
     label: int | None  # None for the query
+    show_history: bool = True  # False: a bare solved question (prompt.demo_history_len = 0)
 
 
 @dataclass
@@ -481,9 +496,13 @@ class PromptBuilder:
                     raise PromptError(f"demo {position} label must be 0 or 1, got {label!r}")
                 if demo.get("item_id") is None:
                     raise PromptError(f"demo {position} has no item_id")
-                layout.blocks.append(
-                    self._block(layout, demo.get("history"), str(demo["item_id"]), int(label))
-                )
+                demo_history = _item_ids(demo.get("history"))
+                shown = self.config.demo_history_len
+                if shown is not None:  # its newest `shown` likes
+                    demo_history = demo_history[len(demo_history) - shown :] if shown else []
+                block = self._block(layout, demo_history, str(demo["item_id"]), int(label))
+                block.show_history = shown != 0
+                layout.blocks.append(block)
         query = str(item_id) if with_query else None
         layout.blocks.append(self._block(layout, history, query, None))
         return layout
@@ -514,8 +533,9 @@ class PromptBuilder:
         layout = self._layout(history, demos, item_id)
         parts = [self.template.instruction]
         for block in layout.blocks:
-            parts.append(self.template.history_head)
-            parts.extend(self._history_pieces(block.items))
+            if block.show_history:
+                parts.append(self.template.history_head)
+                parts.extend(self._history_pieces(block.items))
             parts.append(block.question)
             if block.label is not None:
                 parts.append(answer_text(block.label))
@@ -564,10 +584,10 @@ class PromptBuilder:
             )
             costs.append(
                 _Costs(
-                    head=cache[self.template.history_head],
+                    head=cache[self.template.history_head] if block.show_history else [],
                     mids=pieces[:-1],
                     last=pieces[-1] if pieces else [],
-                    empty=cache[self.template.empty_history],
+                    empty=cache[self.template.empty_history] if block.show_history else [],
                     question=cache[block.question],
                     answer=answer,
                     n_items=len(block.items),

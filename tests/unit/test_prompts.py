@@ -432,3 +432,49 @@ def test_bad_inputs_raise_prompt_errors(tokenizer) -> None:
 def test_catalog_first_row_wins_and_missing_attributes_column(tmp_path: Path) -> None:
     catalog = pa.table({"item_id": ["1", "1"], "title": ["First", "Second"]})
     assert builder(catalog=catalog).render([], [], "1").endswith('"First"? Answer:')
+
+
+# ---------------------------------------------------------------------------------------------
+# compact demonstrations (prompt.demo_history_len)
+
+
+def test_render_compact_demonstrations_exact() -> None:
+    text = builder(demo_history_len=0).render(HISTORY, DEMOS, "4")
+    assert text == (
+        "Predict whether the user will enjoy a movie, given the movies they liked before. "
+        "The user's earlier decisions come first, as solved examples. Answer Yes or No.\n"
+        'Will the user enjoy the movie "Heat (1995)" (Action, Crime, Thriller)? Answer: Yes\n'
+        'Will the user enjoy the movie "Sabrina (1995)" (Comedy, Romance)? Answer: No\n'
+        "\n"
+        'The user liked these movies: "Toy Story (1995)", "Heat (1995)", "Sabrina (1995)".\n'
+        'Will the user enjoy the movie "Casino (1995)" (Crime, Drama)? Answer:'
+    )
+
+
+def test_demo_history_len_keeps_each_demonstrations_newest_likes() -> None:
+    text = builder(demo_history_len=1).render(HISTORY, DEMOS, "4")
+    blocks = text.split("\n\n")[1:]
+    assert blocks[0].startswith('The user liked these movies: "Toy Story (1995)".')
+    assert blocks[1].startswith('The user liked these movies: "Heat (1995)".')  # newest only
+    # the query's own history is never cut by this setting
+    assert blocks[2].startswith('The user liked these movies: "Toy Story (1995)", "Heat')
+    assert builder(demo_history_len=5).render(HISTORY, DEMOS, "4") == builder().render(
+        HISTORY, DEMOS, "4"
+    )
+
+
+def test_compact_encoding_matches_its_text_and_shares_the_prefix(tokenizer) -> None:
+    history, demos = long_sample()
+    compact = builder(tokenizer, demo_history_len=0)
+    encoded = compact.encode(history, demos, "4")
+    assert encoded.input_ids == tokenizer(compact.render(history, demos, "4"))["input_ids"]
+    assert len(encoded.input_ids) < len(builder(tokenizer).encode(history, demos, "4").input_ids)
+    answers = [encoded.input_ids[p] for p in encoded.demo_answer_positions]
+    tokens = compact.answer_tokens
+    assert answers == [tokens.yes if d["label"] else tokens.no for d in demos]
+    prefix = compact.split_prefix(history, demos)
+    assert prefix + compact.query_suffix("4") == encoded.input_ids
+    # trimming still works: the query's history shrinks, then the oldest demonstrations go
+    tight = builder(tokenizer, demo_history_len=0, max_length=len(encoded.input_ids) - 8)
+    trimmed = tight.encode(history, demos, "4")
+    assert len(trimmed.input_ids) <= tight.config.max_length and trimmed.trimmed_history > 0
