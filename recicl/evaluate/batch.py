@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -25,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import ray.data
 
-from recicl.config import PromptConfig, ReciclConfig
+from recicl.config import ModelConfig, PromptConfig, ReciclConfig
 from recicl.data.pipeline import CATALOG_FILE, MANIFEST_FILE, read_samples_dataset
 from recicl.errors import ReciclError
 from recicl.evaluate.metrics import metrics_by_period
@@ -40,6 +41,31 @@ EVAL_KIND_TAG, MODEL_NAME_TAG, MODEL_VERSION_TAG = (
     "recicl.model_version",
 )
 SAMPLES_TAG, PERIODS_TAG = "recicl.samples_hash", "recicl.periods"
+#: Which samples of each period an evaluation scored: "all", or "cap<N>" (evaluate.max_samples:
+#: a seeded random subset of N per period, the same for every model on the same samples).
+SUBSET_TAG = "recicl.eval_subset"
+#: Seed of the evaluate.max_samples subset: fixed, so every version meets the same samples.
+SUBSET_SEED = 0
+
+
+def subset_name(max_samples: int | None) -> str:
+    return "all" if max_samples is None else f"cap{max_samples}"
+
+
+def subsample_per_period(table: pa.Table, cap: int | None, seed: int) -> pa.Table:
+    """At most ``cap`` rows per period, chosen at random with a fixed seed (reproducible)."""
+    import pyarrow.compute as pc
+
+    if cap is None:
+        return table
+    parts = []
+    for period in sorted(set(table["period"].to_pylist())):
+        part = table.filter(pc.equal(table["period"], period))
+        if part.num_rows > cap:
+            rows = np.random.default_rng(seed + period).choice(part.num_rows, cap, replace=False)
+            part = part.take(pa.array(np.sort(rows)))
+        parts.append(part)
+    return pa.concat_tables(parts) if parts else table
 
 
 class EvaluationError(ReciclError):
@@ -98,6 +124,8 @@ class ScoreBatches:
         prompt: dict[str, Any] | None,
         batch_size: int,
         threads: int,
+        force_prompt: bool = False,
+        model: dict[str, Any] | None = None,
     ) -> None:
         import pyarrow.parquet as pq
         import torch
@@ -108,7 +136,13 @@ class ScoreBatches:
         torch.set_num_threads(max(1, threads))
         prompt_cfg = PromptConfig.model_validate(prompt) if prompt else None
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.packaged = load_packaged_model(model_dir, prompt=prompt_cfg, device=device)
+        self.packaged = load_packaged_model(
+            model_dir,
+            prompt=prompt_cfg,
+            model_cfg=ModelConfig.model_validate(model) if model else None,
+            device=device,
+            force_prompt=force_prompt,
+        )
         self.builder = PromptBuilder(
             self.packaged.prompt, pq.read_table(catalog_path), self.packaged.tokenizer
         )
@@ -137,6 +171,53 @@ class ScoreBatches:
         }
 
 
+def run_scoring_pool(
+    dataset: ray.data.Dataset,
+    scorer: type,
+    scorer_kwargs: dict[str, Any],
+    *,
+    total: int,
+    replicas: int = 2,
+    use_gpu: bool = False,
+    label: str = "model",
+) -> pa.Table:
+    """Run ``scorer`` (a Ray Data callable class taking ``threads`` besides ``scorer_kwargs``)
+    over ``dataset`` on a pool of ``replicas`` model replicas; the scored rows, in no order.
+
+    A progress bar on stderr counts the scored rows as batches come back: a real LLM on CPUs
+    takes minutes per period, and a silent run looks hung.
+    """
+    import ray
+    from tqdm.auto import tqdm
+
+    # One period is often one file (one block): split it so every replica gets work, in batches
+    # small enough (at least 8 per replica) for the progress bar to move every minute or so.
+    rows_per_batch = max(16, min(256, math.ceil(total / (max(1, replicas) * 8))))
+    dataset = dataset.repartition(max(max(2, replicas) * 4, math.ceil(total / rows_per_batch)))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    threads = max(1, (os.cpu_count() or 1) // max(1, replicas))
+    scored = dataset.map_batches(
+        scorer,
+        fn_constructor_kwargs={**scorer_kwargs, "threads": threads},
+        batch_size=rows_per_batch,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=max(1, replicas)),
+        num_cpus=0 if use_gpu else max(0.5, min(1.0, cpus / max(1, replicas) / 2)),
+        num_gpus=1 if use_gpu else 0,
+    )
+    tables = []
+    with tqdm(
+        total=total, unit="prompt", desc=f"scoring {label}", mininterval=2.0, dynamic_ncols=True
+    ) as progress:
+        for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+            if batch.num_rows:
+                tables.append(batch)
+                progress.update(batch.num_rows)
+    if not tables:
+        raise EvaluationError(f"nothing was scored with {label}: the input is empty")
+    return pa.concat_tables(tables)
+
+
 def score_samples(
     model_dir: Path,
     samples_dir: Path,
@@ -147,36 +228,34 @@ def score_samples(
     batch_size: int = 32,
     use_gpu: bool = False,
     samples: ray.data.Dataset | None = None,
+    force_prompt: bool = False,
+    label: str | None = None,
+    model: ModelConfig | None = None,
 ) -> pa.Table:
     """Scores (sorted by sample_id) of the samples of ``periods``, or of ``samples`` when given,
-    from a pool of ``replicas`` model replicas."""
-    import ray
-
+    from a pool of ``replicas`` model replicas. ``force_prompt``: score with ``prompt`` even if
+    the model folder records another one (see ``load_packaged_model``). ``model``: how to load a
+    plain HF folder (dtype, attention; a packaged version loads as it was trained)."""
     dataset = samples if samples is not None else read_samples_dataset(samples_dir, periods)
-    # One period is often one file (one block): split it so every replica gets work.
-    dataset = dataset.repartition(max(2, replicas) * 4)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    threads = max(1, (os.cpu_count() or 1) // max(1, replicas))
-    scored = dataset.map_batches(
+    total = dataset.count()
+    if total == 0:
+        raise EvaluationError(f"no samples to score in {samples_dir} for periods {periods}")
+    return run_scoring_pool(
+        dataset,
         ScoreBatches,
-        fn_constructor_kwargs={
+        {
             "model_dir": str(model_dir),
             "catalog_path": str(Path(samples_dir) / CATALOG_FILE),
             "prompt": prompt.model_dump(mode="json") if prompt else None,
             "batch_size": batch_size,
-            "threads": threads,
+            "force_prompt": force_prompt,
+            "model": model.model_dump(mode="json") if model else None,
         },
-        batch_size=256,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=max(1, replicas)),
-        num_cpus=0 if use_gpu else max(0.5, min(1.0, cpus / max(1, replicas) / 2)),
-        num_gpus=1 if use_gpu else 0,
-    )
-    tables = [ray.get(ref) for ref in scored.to_arrow_refs()]
-    tables = [t for t in tables if t.num_rows]
-    if not tables:
-        raise EvaluationError(f"no samples to score in {samples_dir} for periods {periods}")
-    return pa.concat_tables(tables).sort_by("sample_id")
+        total=total,
+        replicas=replicas,
+        use_gpu=use_gpu,
+        label=label or Path(model_dir).name,
+    ).sort_by("sample_id")
 
 
 def samples_hash(samples_dir: Path) -> str:
@@ -219,14 +298,24 @@ def evaluate_model(
     source = resolve_model(model_uri, cfg)
     ensure_ray(cfg.ray)
     started = time.perf_counter()
+    cap = cfg.evaluate.max_samples
+    subset = None
+    if cap is not None:
+        from recicl.data.pipeline import read_samples_table
+
+        table = read_samples_table(samples_dir, periods)
+        subset = ray.data.from_arrow(subsample_per_period(table, cap, SUBSET_SEED))
     scores = score_samples(
         source.local_dir,
         samples_dir,
         periods,
+        samples=subset,
         prompt=cfg.prompt,
         replicas=cfg.evaluate.replicas,
         batch_size=cfg.evaluate.batch_size,
         use_gpu=cfg.evaluate.use_gpu,
+        label=source.label,
+        model=cfg.model,
     )
     report = report_from_scores(scores)
     report.update(
@@ -241,6 +330,7 @@ def evaluate_model(
                 "dir": str(samples_dir),
                 "hash": samples_hash(samples_dir),
                 "periods": sorted({int(p) for p in report["periods"]}),
+                "subset": subset_name(cap),
             },
             "seconds": round(time.perf_counter() - started, 2),
         }
@@ -277,6 +367,7 @@ def log_evaluation(cfg: ReciclConfig, report: dict[str, Any], artifacts: list[Pa
         MODEL_VERSION_TAG: model["version"] or "",
         SAMPLES_TAG: report["samples"]["hash"],
         PERIODS_TAG: ",".join(map(str, report["samples"]["periods"])),
+        SUBSET_TAG: report["samples"].get("subset", "all"),
         "mlflow.runName": f"eval-{model['label'].replace('/', '-')}",
     }
     run = mlc.create_run(experiment_id, tags=tags)

@@ -3,8 +3,15 @@ period with **no update**, for several variants side by side.
 
 * ``zero-shot``  the base model with RecICL prompts, no tuning;
 * ``tallrec``    tuned on prompts without demonstrations (history only): the baseline;
+* ``tallrec+demos`` the ``tallrec`` model given the same demonstrations as ``recicl`` at
+  inference: RecICL's claim is that a model tuned without the ICL format cannot use them;
 * ``recicl``     tuned on prompts with demonstrations (the user's newest events);
+* ``<format>@N`` (``experiment.few_shot``) tuned on only N training samples (or a fraction),
+  the few-shot settings of TALLRec (16/64/256) and ReLLa (< 10 % of the data);
 * ``classical``  logistic regression on user/item/genre features (scikit-learn), same periods;
+* ``demo-rate``  no model at all: the share of Yes among the sample's demonstrations (the user's
+  recent like rate). On MovieLens this alone is a strong signal, so it shows how much of an
+  LLM's AUC is "reads the user's recent like rate" and how much is more;
 * ``retrained``  ``recicl`` re-tuned on all periods before each evaluated one: the costly upper
   bound that RecICL tries to approach without retraining.
 
@@ -28,7 +35,7 @@ import pyarrow.parquet as pq
 
 from recicl.config import ConfigError, ReciclConfig, parse_periods
 from recicl.data.pipeline import CATALOG_FILE, read_samples_table
-from recicl.evaluate.batch import report_from_scores, score_samples
+from recicl.evaluate.batch import report_from_scores, score_samples, subsample_per_period
 from recicl.evaluate.classical import fit_classical
 from recicl.evaluate.metrics import metrics_by_period
 from recicl.evaluate.plots import plot_by_period
@@ -36,24 +43,14 @@ from recicl.evaluate.plots import plot_by_period
 log = logging.getLogger(__name__)
 
 
-def _subsample(table: pa.Table, cap: int | None, seed: int) -> pa.Table:
-    """At most ``cap`` rows per period, chosen at random with a fixed seed (reproducible)."""
-    if cap is None:
-        return table
-    parts = []
-    for period in sorted(set(table["period"].to_pylist())):
-        part = table.filter(pc.equal(table["period"], period))
-        if part.num_rows > cap:
-            rows = np.random.default_rng(seed + period).choice(part.num_rows, cap, replace=False)
-            part = part.take(pa.array(np.sort(rows)))
-        parts.append(part)
-    return pa.concat_tables(parts)
-
-
 def _base_model(cfg: ReciclConfig, samples_dir: Path, workdir: Path) -> str:
     """The configured base model, or a tiny one built from the catalog (nothing downloaded)."""
     if cfg.model.name_or_path:
-        return cfg.model.name_or_path
+        from recicl.modeling.importing import ensure_base_model
+
+        ensure_base_model(cfg.model)
+        local = Path(cfg.model.name_or_path).expanduser()
+        return str(local.resolve()) if local.exists() else cfg.model.name_or_path
     from recicl.modeling import init_tiny_model
 
     target = workdir / "tiny-model"
@@ -62,8 +59,29 @@ def _base_model(cfg: ReciclConfig, samples_dir: Path, workdir: Path) -> str:
     return str(target)
 
 
+def demo_like_rate(table: pa.Table) -> np.ndarray:
+    """Share of Yes among each sample's demonstrations (0.5 without any)."""
+    out = np.full(table.num_rows, 0.5)
+    for row, demos in enumerate(table["demos"].to_pylist()):
+        if demos:
+            out[row] = float(np.mean([d["label"] for d in demos]))
+    return out
+
+
+def few_shot_name(prompt_format: str, size: int | float) -> str:
+    """Row name of a few-shot variant: 'recicl@256', 'recicl@10%'."""
+    if isinstance(size, float) and not size.is_integer():
+        return f"{prompt_format}@{100 * size:g}%"
+    return f"{prompt_format}@{int(size)}"
+
+
 def _train_variant(
-    cfg: ReciclConfig, base: str, prompt_format: str, periods: list[int], run_name: str
+    cfg: ReciclConfig,
+    base: str,
+    prompt_format: str,
+    periods: list[int],
+    run_name: str,
+    max_train_samples: int | float | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Tune one variant; return its packaged model folder and training facts."""
     from recicl.train import train
@@ -74,6 +92,8 @@ def _train_variant(
     raw["train"]["train_periods"] = periods
     raw["train"]["val_periods"] = []
     raw["train"]["run_name"] = run_name
+    if max_train_samples is not None:
+        raw["train"]["max_train_samples"] = max_train_samples
     variant_cfg = ReciclConfig.model_validate(raw)
     result = train(variant_cfg)
     if result.model_dir is None:
@@ -82,6 +102,8 @@ def _train_variant(
         "train_run_id": result.run_id,
         "version": result.version,
         "train_seconds": round(result.seconds, 1),
+        "train_samples": int(result.plan.get("train_rows", 0)),
+        "steps": int(result.plan.get("total_steps", 0)),
     }
     return Path(result.model_dir), facts
 
@@ -120,7 +142,7 @@ def run_streaming(cfg: ReciclConfig) -> dict[str, Any]:
     output.mkdir(parents=True, exist_ok=True)
     ensure_ray(cfg.ray)
     seed = cfg.train.seed
-    eval_table = _subsample(
+    eval_table = subsample_per_period(
         read_samples_table(samples_dir, eval_periods), exp.max_eval_samples, seed
     )
     catalog = pq.read_table(samples_dir / CATALOG_FILE)
@@ -137,7 +159,9 @@ def run_streaming(cfg: ReciclConfig) -> dict[str, Any]:
     mlc.log_param(parent, "eval_periods", ",".join(map(str, eval_periods)))
     mlc.log_param(parent, "samples_hash", manifest["config_hash"])
 
-    def llm_report(model_dir: Path, prompt_override: Any, table: pa.Table) -> dict[str, Any]:
+    def llm_report(
+        model_dir: Path, prompt_override: Any, table: pa.Table, label: str, force: bool = False
+    ) -> dict[str, Any]:
         scores = score_samples(
             model_dir,
             samples_dir,
@@ -147,24 +171,55 @@ def run_streaming(cfg: ReciclConfig) -> dict[str, Any]:
             batch_size=cfg.evaluate.batch_size,
             use_gpu=cfg.evaluate.use_gpu,
             samples=ray.data.from_arrow(table),
+            force_prompt=force,
+            label=label,
+            model=cfg.model,  # the zero-shot base loads with the tuned variants' dtype
         )
-        return report_from_scores(scores)
+        report = report_from_scores(scores)
+        report["mean_prompt_tokens"] = report["prompts"]["mean_tokens"]
+        return report
 
     base = _base_model(cfg, samples_dir, workdir)
+    recicl_prompt = cfg.prompt.model_copy(update={"format": "recicl"})
+    tuned: dict[str, tuple[Path, dict[str, Any]]] = {}
+
+    def tuned_once(prompt_format: str) -> tuple[Path, dict[str, Any]]:
+        """tallrec is tuned once, whether tallrec, tallrec+demos or both are asked for."""
+        if prompt_format not in tuned:
+            tuned[prompt_format] = _train_variant(
+                cfg, base, prompt_format, train_periods, f"streaming-{stamp}-{prompt_format}"
+            )
+        return tuned[prompt_format]
+
+    variants: list[str] = list(exp.variants)
+    few_shot = {few_shot_name(exp.few_shot_format, n): n for n in exp.few_shot}
+    variants += [name for name in few_shot if name not in variants]
     reports: dict[str, dict[str, Any]] = {}
     facts: dict[str, dict[str, Any]] = {}
-    for variant in exp.variants:
+    for variant in variants:
         started = time.perf_counter()
         log.info("streaming: variant %s", variant)
         if variant == "zero-shot":
-            zero_prompt = cfg.prompt.model_copy(update={"format": "recicl"})
-            reports[variant] = llm_report(Path(base), zero_prompt, eval_table)
+            reports[variant] = llm_report(Path(base), recicl_prompt, eval_table, variant)
             facts[variant] = {}
         elif variant in ("tallrec", "recicl"):
+            model_dir, trained = tuned_once(variant)
+            facts[variant] = dict(trained)
+            reports[variant] = llm_report(model_dir, None, eval_table, variant)
+        elif variant == "tallrec+demos":
+            model_dir, trained = tuned_once("tallrec")
+            facts[variant] = {"model": "the tallrec variant", "version": trained.get("version")}
+            reports[variant] = llm_report(model_dir, recicl_prompt, eval_table, variant, True)
+        elif variant in few_shot:
             model_dir, facts[variant] = _train_variant(
-                cfg, base, variant, train_periods, f"streaming-{stamp}-{variant}"
+                cfg,
+                base,
+                exp.few_shot_format,
+                train_periods,
+                f"streaming-{stamp}-{variant.replace('@', '-').replace('%', 'pct')}",
+                max_train_samples=few_shot[variant],
             )
-            reports[variant] = llm_report(model_dir, None, eval_table)
+            reports[variant] = llm_report(model_dir, None, eval_table, variant)
         elif variant == "classical":
             train_table = read_samples_table(samples_dir, train_periods)
             model = fit_classical(train_table, catalog)
@@ -176,17 +231,31 @@ def run_streaming(cfg: ReciclConfig) -> dict[str, Any]:
                 scores,
             )
             facts[variant] = {"train_samples": train_table.num_rows}
+        elif variant == "demo-rate":
+            scores = demo_like_rate(eval_table)
+            reports[variant] = metrics_by_period(
+                eval_table["period"].to_numpy(),
+                eval_table["user_id"].to_numpy(zero_copy_only=False),
+                eval_table["label"].to_numpy(),
+                scores,
+            )
+            facts[variant] = {}
         elif variant == "retrained":
             per_period: dict[str, Any] = {"periods": {}}
+            versions: dict[str, Any] = {}
             for period in eval_periods:
                 history = [p for p in available if p < period]
-                model_dir, _ = _train_variant(
+                model_dir, trained = _train_variant(
                     cfg, base, "recicl", history, f"streaming-{stamp}-retrained-{period}"
                 )
+                versions[str(period)] = trained.get("version")
                 table = eval_table.filter(pc.equal(eval_table["period"], period))
-                per_period["periods"].update(llm_report(model_dir, None, table)["periods"])
+                report = llm_report(model_dir, None, table, f"retrained-D{period}")
+                per_period["periods"].update(report["periods"])
             reports[variant] = per_period
-            facts[variant] = {}
+            facts[variant] = {"versions": versions}
+        if "mean_prompt_tokens" in reports[variant]:
+            facts[variant]["mean_prompt_tokens"] = round(reports[variant]["mean_prompt_tokens"], 1)
         facts[variant]["seconds"] = round(time.perf_counter() - started, 1)
         child = mlc.create_run(
             experiment_id,

@@ -53,12 +53,18 @@ def load_packaged_model(
     model_cfg: ModelConfig | None = None,
     label: str | None = None,
     device: str = "cpu",
+    force_prompt: bool = False,
 ) -> PackagedModel:
     """Load base model + adapter (or full weights) + tokenizer from ``model_dir``.
 
     ``model_dir`` is either a packaged version folder (has ``recicl_model.json``) or a plain
-    Hugging Face causal-LM folder, scored as is with ``prompt`` (zero-shot).
+    Hugging Face causal-LM folder, scored as is with ``prompt`` (zero-shot). ``force_prompt``:
+    score a packaged version with ``prompt`` instead of the one it was tuned with, on purpose
+    (the streaming experiment's ``tallrec+demos``: a model tuned without demonstrations, given
+    them at inference).
     """
+    if force_prompt and prompt is None:
+        raise PackagedModelError("force_prompt needs a prompt to force")
     from recicl.modeling.loading import load_model, load_tokenizer
 
     model_dir = Path(model_dir)
@@ -91,7 +97,9 @@ def load_packaged_model(
     return PackagedModel(
         model=model.to(device),
         tokenizer=tokenizer,
-        prompt=PromptConfig.model_validate(manifest["prompt"]),
+        prompt=prompt
+        if force_prompt and prompt
+        else PromptConfig.model_validate(manifest["prompt"]),
         manifest=manifest,
         label=label or model_dir.name,
     )

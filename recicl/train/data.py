@@ -148,6 +148,50 @@ def encode_samples(
     return out
 
 
+def train_subset_size(max_train_samples: int | float | None, rows: int) -> int:
+    """How many of ``rows`` training samples ``train.max_train_samples`` keeps."""
+    if max_train_samples is None:
+        return rows
+    if isinstance(max_train_samples, float):
+        return min(rows, max(1, round(rows * max_train_samples)))
+    return min(rows, int(max_train_samples))
+
+
+def choose_train_subset(
+    samples_dir: Path, periods: list[int], max_train_samples: int | float | None, seed: int
+) -> np.ndarray | None:
+    """Sample ids of the few-shot training subset (``train.max_train_samples``), or None for
+    all. The ids with the smallest seeded hash keys are kept: the same ids in every run, on any
+    number of workers, and nested across sizes (16 ⊂ 64 ⊂ 256 for the same seed)."""
+    import pyarrow.parquet as pq
+
+    if max_train_samples is None:
+        return None
+    from recicl.data.pipeline import _period_paths
+
+    ids = np.concatenate(
+        [
+            pq.read_table(path, columns=["sample_id"]).column("sample_id").to_numpy()
+            for path in _period_paths(samples_dir, periods)
+        ]
+    ).astype(object)
+    keep = train_subset_size(max_train_samples, len(ids))
+    if keep >= len(ids):
+        return None
+    order = np.argsort(shuffle_keys(ids, seed), kind="stable")
+    return np.sort(ids[order[:keep]].astype(str))
+
+
+def _keep_subset(
+    batch: dict[str, np.ndarray], train_ids: np.ndarray, train_periods: list[int]
+) -> dict[str, np.ndarray]:
+    """Ray Data UDF: rows of training periods only when chosen for the few-shot subset."""
+    in_train = np.isin(np.asarray(batch["period"]), train_periods)
+    chosen = np.isin(np.asarray(batch["sample_id"]).astype(str), train_ids)
+    mask = ~in_train | chosen
+    return {key: np.asarray(values)[mask] for key, values in batch.items()}
+
+
 def _keep_periods(batch: dict[str, np.ndarray], periods: list[int]) -> dict[str, np.ndarray]:
     mask = np.isin(np.asarray(batch["period"]), periods)
     return {key: np.asarray(values)[mask] for key, values in batch.items() if key != "period"}
@@ -169,7 +213,19 @@ def encoded_datasets(
         {"prompt": cfg.prompt.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json")},
         sort_keys=True,
     )
-    encoded = read_samples_dataset(samples_dir, periods).map_batches(
+    samples = read_samples_dataset(samples_dir, periods)
+    train_ids = choose_train_subset(
+        samples_dir, train_periods, cfg.train.max_train_samples, cfg.train.seed
+    )
+    if train_ids is not None:
+        rest = [p for p in train_periods if p not in val_periods]
+        samples = samples.map_batches(
+            _keep_subset,
+            fn_kwargs={"train_ids": train_ids, "train_periods": rest},
+            batch_format="numpy",
+            num_cpus=0.25,
+        )
+    encoded = samples.map_batches(
         encode_samples,
         fn_kwargs={
             "settings": settings,

@@ -349,13 +349,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             window_loss = []
             if rank == 0 and state.step % tc.log_every_steps == 0:
                 seconds = time.perf_counter() - step_started
+                rate = step_samples * world / max(seconds, 1e-9)
                 logger.add(
                     state.step,
                     loss=mean_loss,
                     lr=lr,
                     epoch=state.epoch + state.micro_in_epoch / max(limit, 1),
                     padding_fraction=padding.padding_fraction,
-                    samples_per_second=step_samples * world / max(seconds, 1e-9),
+                    samples_per_second=rate,
+                )
+                # a console line too: a real LLM on CPUs takes minutes between checkpoints
+                print(
+                    f"[recicl] step {state.step}/{plan.total_steps} loss {mean_loss:.4f} "
+                    f"lr {lr:.2e} {rate:.2f} samples/s",
+                    flush=True,
                 )
                 if len(logger.rows) >= 50:
                     logger.flush()

@@ -314,6 +314,9 @@ def train(cfg: ReciclConfig) -> TrainResult:
             "model.name_or_path is not set: give a Hugging Face id or a local model folder "
             "(`recicl model init-tiny` makes a small one)"
         )
+    from recicl.modeling.importing import ensure_base_model
+
+    ensure_base_model(cfg.model)
     cfg = resolve_train_config(cfg)
     tc = cfg.train
     assert tc.run_name and tc.storage_path
@@ -326,7 +329,9 @@ def train(cfg: ReciclConfig) -> TrainResult:
     periods = {"train_periods": train_periods, "val_periods": val_periods}
 
     ensure_ray(cfg.ray)
-    train_rows = train_data.count_rows(samples_dir, train_periods, manifest)
+    train_rows = train_data.train_subset_size(
+        tc.max_train_samples, train_data.count_rows(samples_dir, train_periods, manifest)
+    )
     val_rows = train_data.count_rows(samples_dir, val_periods, manifest)
     steps = plan_steps(cfg, train_rows, val_rows)
 

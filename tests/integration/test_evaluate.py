@@ -7,6 +7,7 @@ which is all the gate needs — it is tested against the AUCs that evaluation ac
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -173,3 +174,88 @@ def test_promotion_gate(world):
         promote(cfg, "recicl", "42", samples_dir=world["samples"])
     with pytest.raises(RegistryError, match="no registered model 'nope'"):
         promote(cfg, "nope", "1", samples_dir=world["samples"])
+
+
+def test_capped_evaluation_uses_one_subset_and_the_gate_compares_like_with_like(world):
+    """evaluate.max_samples scores the same seeded subset for every version, tags the run with
+    it, and the promotion gate reuses only evaluations of the same subset."""
+    from recicl.registry import evaluation_auc
+
+    capped = build_config({**world["cfg"].model_dump(mode="json"), "evaluate": {"max_samples": 9}})
+    v0, v1 = world["versions"][0], world["versions"][1]
+    reports = [
+        evaluate_model(capped, f"models:/recicl/{v}", world["samples"], [2]) for v in (v0, v1)
+    ]
+    for report in reports:
+        assert report["periods"]["2"]["count"] == 9 and report["samples"]["subset"] == "cap9"
+        run = client(resolve_tracking_uri(capped)).get_run(report["mlflow_run_id"])
+        assert run.data.tags["recicl.eval_subset"] == "cap9"
+    # the same 9 samples for both versions (same like rate, same users)
+    assert reports[0]["periods"]["2"]["like_rate"] == reports[1]["periods"]["2"]["like_rate"]
+    assert reports[0]["periods"]["2"]["auc"] != reports[1]["periods"]["2"]["auc"]
+    assert evaluation_auc(capped, "recicl", v1, world["samples"], 2) == pytest.approx(
+        reports[1]["periods"]["2"]["auc"]
+    )
+    # an uncapped gate does not take the capped number: it finds (or makes) a full evaluation
+    full = evaluation_auc(world["cfg"], "recicl", v1, world["samples"], 2)
+    table = read_samples_table(world["samples"], [2])
+    assert table.num_rows > 9 and full != pytest.approx(reports[1]["periods"]["2"]["auc"])
+
+
+def test_instruction_file_scores_and_reports(world, tmp_path):
+    """An Alpaca-style Yes/No file is scored by the model pool in record order, and its report
+    is what sklearn says of those scores."""
+    from sklearn.metrics import roc_auc_score
+
+    from recicl.evaluate.instructions import (
+        evaluate_instructions,
+        read_instruction_file,
+        render,
+        score_instructions,
+    )
+    from recicl.modeling import score_prompts
+    from recicl.modeling.packaged import load_packaged_model
+    from recicl.prompts import PromptBuilder, answer_token_ids
+
+    source = resolve_model(f"models:/recicl/{world['versions'][0]}", world["cfg"])
+    packaged = load_packaged_model(source.local_dir)
+    builder = PromptBuilder(
+        packaged.prompt, pq.read_table(world["samples"] / "catalog.parquet"), packaged.tokenizer
+    )
+    rows = read_samples_table(world["samples"], [2]).slice(0, 24).to_pylist()
+    records = [
+        {
+            "instruction": builder.render(r["history"], r["demos"], r["item_id"]).rsplit(
+                "Answer:", 1
+            )[0],
+            "input": f"user {r['user_id']}",
+            "output": "Yes." if r["label"] else "No.",
+            "user_id": r["user_id"],
+        }
+        for r in rows
+    ]
+    path = tmp_path / "bench.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    table = read_instruction_file(path)
+    scores = score_instructions(source.local_dir, table, template="answer", replicas=2)
+    assert scores["record"].to_pylist() == list(range(24))
+    tokenizer = packaged.tokenizer
+    texts = [render("answer", r["instruction"], r["input"]) for r in records]
+    direct = score_prompts(
+        packaged.model,
+        tokenizer,
+        tokenizer(texts)["input_ids"],
+        answer_tokens=answer_token_ids(tokenizer),
+    )
+    np.testing.assert_allclose(scores["score"].to_numpy(), direct, atol=1e-6)
+
+    report = evaluate_instructions(
+        world["cfg"], f"models:/recicl/{world['versions'][0]}", path, template="answer"
+    )
+    labels = [r["label"] for r in rows]
+    assert report["overall"]["count"] == 24 and report["file"]["template"] == "answer"
+    assert report["overall"]["auc"] == pytest.approx(roc_auc_score(labels, direct))
+    saved = json.loads(Path(report["report_path"]).read_text())
+    assert saved["overall"]["auc"] == pytest.approx(report["overall"]["auc"])
+    run = client(resolve_tracking_uri(world["cfg"])).get_run(report["mlflow_run_id"])
+    assert run.data.tags["recicl.kind"] == "instruction-evaluation"

@@ -55,3 +55,14 @@ def test_flags_override_file_values(tmp_path):
 def test_boundaries_must_increase():
     with pytest.raises(ConfigError, match="strictly increasing"):
         with_overrides(ReciclConfig(), {"samples.boundaries": ["2001-01-01", "2000-01-01"]})
+
+
+def test_max_train_samples_is_a_count_or_a_fraction() -> None:
+    from recicl.config import build_config
+
+    assert build_config({"train": {"max_train_samples": 64}}).train.max_train_samples == 64
+    assert build_config({"train": {"max_train_samples": 0.1}}).train.max_train_samples == 0.1
+    assert build_config({"train": {"max_train_samples": 256.0}}).train.max_train_samples == 256
+    for bad in (0, 1.5, -3):
+        with pytest.raises(ConfigError, match="max_train_samples"):
+            build_config({"train": {"max_train_samples": bad}})
