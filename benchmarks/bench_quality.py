@@ -4,8 +4,10 @@ Runs ``recicl experiment streaming`` (the library call) once per seed with ``tra
 (the seed also draws the evaluated samples of each period, so a range covers both the tuning and
 the evaluation sample), then prints one table: AUC and UAUC per variant and period as
 min–max over the seeds, the facts the pretrained-LLM issue asks about (RecICL ≥ 0.80 on every
-period; above zero-shot and TALLRec on every period; the margin over the classical model), and
-how long each variant took. Numbers are measured, never asserted.
+period; above zero-shot and TALLRec on every period; the margin over the classical model), the
+taste-switch shift of every model (``recicl.evaluate.taste``: does the new taste of a scripted
+user lift its candidates, with no update?) and how long each variant took. Numbers are measured,
+never asserted.
 
     python benchmarks/bench_quality.py --config ray_jobs/configs/gemma3-270m-cpu.yaml \
         --seeds 0,1 [--few-shot 16,64,256,0.1] [--add-variants demo-rate] \
@@ -82,6 +84,39 @@ def run_seed(
     return result
 
 
+def add_taste_shifts(config: Path, seed: int, result: dict, output: Path) -> None:
+    """The taste-switch probe (recicl.evaluate.taste) for every variant with a model: how far a
+    user's new taste lifts its candidates relative to the old taste's, with no update."""
+    from recicl.config import load_config, with_overrides
+    from recicl.evaluate.taste import taste_switch_shift
+
+    cfg = with_overrides(load_config(config), {"train.seed": seed})
+    samples = Path(cfg.train.samples_dir or cfg.samples.output or "")
+    recicl_prompt = cfg.prompt.model_copy(update={"format": "recicl"})
+    taste = result.setdefault("taste", {})
+    for variant, facts in result.get("variants", {}).items():
+        if variant in taste:
+            continue
+        if variant == "zero-shot":
+            base = cfg.model.name_or_path
+            taste[variant] = taste_switch_shift(
+                base, samples, prompt=recicl_prompt, model_cfg=cfg.model
+            )
+        elif variant == "tallrec+demos" and "model_dir" in result["variants"].get("tallrec", {}):
+            taste[variant] = taste_switch_shift(
+                result["variants"]["tallrec"]["model_dir"],
+                samples,
+                prompt=recicl_prompt,
+                force_prompt=True,
+            )
+        elif facts.get("model_dir"):
+            taste[variant] = taste_switch_shift(facts["model_dir"], samples)
+        else:
+            continue
+        print(f"[quality] seed {seed} {variant}: taste shift {taste[variant]['shift']:+.4f}")
+        (output / "streaming.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
 def _span(values: list[float | None]) -> str:
     known = [v for v in values if v is not None]
     if not known:
@@ -134,7 +169,7 @@ def print_summary(summary: dict[str, Any], results: dict[int, dict], command: st
     seeds = sorted(results)
     print(f"\nstreaming protocol, seeds {seeds} (min–max over seeds); reproduce: {command}")
     header = f"{'variant':<16}" + "".join(f"{'AUC D' + str(p):>15}" for p in periods)
-    print(header + f"{'UAUC (mean of periods)':>26}")
+    print(header + f"{'UAUC (mean of periods)':>26}{'taste shift':>17}")
     for variant, cells in summary["table"].items():
         aucs = "".join(f"{_span(cells[p]['auc']):>15}" if p in cells else f"{'-':>15}"
                        for p in periods)  # fmt: skip
@@ -144,7 +179,8 @@ def print_summary(summary: dict[str, Any], results: dict[int, dict], command: st
                       i < len(cells[p]["uauc"]) and cells[p]["uauc"][i] is not None]  # fmt: skip
             if values:
                 uauc_means.append(sum(values) / len(values))
-        print(f"{variant:<16}{aucs}{_span(uauc_means):>26}")
+        shifts = [r.get("taste", {}).get(variant, {}).get("shift") for r in results.values()]
+        print(f"{variant:<16}{aucs}{_span(uauc_means):>26}{_span(shifts):>17}")
     counts = {c for cells in summary["table"].values() for p in cells for c in cells[p]["count"]}
     print(f"samples per period: {sorted(counts)}")
     for name, outcomes in summary["checks"].items():
@@ -179,6 +215,7 @@ def main() -> None:
     for seed in seeds:
         extra = [v.strip() for v in args.add_variants.split(",") if v.strip()]
         results[seed] = run_seed(args.config, seed, args.output / f"seed-{seed}", few_shot, extra)
+        add_taste_shifts(args.config, seed, results[seed], args.output / f"seed-{seed}")
     summary = summarize(results)
     command = "python benchmarks/bench_quality.py " + shlex.join(sys.argv[1:])
     print_summary(summary, results, command)

@@ -37,94 +37,52 @@ def _step(number: int, text: str) -> None:
     console.rule(f"[bold]{number}. {text}")
 
 
-def _genre_items(samples_dir: Path, genre: str, exclude: set[str], count: int) -> list[str]:
-    """The most-rated items whose genres include ``genre`` (and not the other demo genre)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from recicl.data.pipeline import read_samples_table
-
-    catalog = pq.read_table(samples_dir / "catalog.parquet")
-    genres = {
-        row["item_id"]: dict(row["attributes"] or []).get("genres", "")
-        for row in catalog.to_pylist()
-    }
-    table = read_samples_table(samples_dir)
-    counts = pc.value_counts(table["item_id"]).to_pylist()
-    ranked = sorted(counts, key=lambda c: -c["counts"])
-    chosen = [
-        c["values"]
-        for c in ranked
-        if genre in genres.get(c["values"], "").split("|") and c["values"] not in exclude
-    ]
-    return chosen[:count]
-
-
-def _taste(user: str, liked: list[str], disliked: list[str], start: int) -> list[dict]:
-    """Events that alternate a liked and a disliked item, one second apart: whatever the
-    number of demonstrations, the newest ones show both sides of the taste."""
-    events = []
-    for i, (yes, no) in enumerate(zip(liked, disliked, strict=True)):
-        events.append({"user_id": user, "item_id": no, "rating": 1.0, "timestamp": start + 2 * i})
-        events.append(
-            {"user_id": user, "item_id": yes, "rating": 5.0, "timestamp": start + 2 * i + 1}
-        )
-    return events
-
-
 def _personalization(cfg: ReciclConfig, samples_dir: Path) -> dict[str, Any]:
     """Serve the champion, then show a user's scores before and after a taste switch."""
     import httpx
     from ray import serve
 
+    from recicl.evaluate.taste import NEW, OLD, taste_switch
     from recicl.serve.app import start_app
 
     serve_cfg = cfg.serve.model_copy(update={"host": "127.0.0.1", "port": _free_port()})
     try:
         url = start_app(cfg.model_copy(update={"serve": serve_cfg}))
         console.print(f"serving {url} (OpenAPI at {url}/docs)")
-        comedy = _genre_items(samples_dir, "Comedy", set(), 40)
-        horror = _genre_items(samples_dir, "Horror", set(comedy), 40)
-        candidates = comedy[20:25] + horror[20:25]
         user = f"demo-user-{int(time.time())}"  # a fresh user: the store outlives runs
-        now = int(time.time())
+        probe = taste_switch(samples_dir, user, int(time.time()))
+        candidates = probe.candidates
         with httpx.Client(base_url=url, timeout=300) as http:
-            old_taste = _taste(user, comedy[:10], horror[:10], now - 86_400)
-            http.post("/v1/events", json=old_taste).raise_for_status()
+            http.post("/v1/events", json=probe.before).raise_for_status()
             before = http.post("/v1/score", json={"user_id": user, "candidates": candidates})
             before.raise_for_status()
-            new_taste = _taste(user, horror[10:20], comedy[10:20], now - 3_600)
-            http.post("/v1/events", json=new_taste).raise_for_status()
+            http.post("/v1/events", json=probe.after).raise_for_status()
             after = http.post("/v1/score", json={"user_id": user, "candidates": candidates})
             after.raise_for_status()
             top = http.post("/v1/recommend", json={"user_id": user, "k": 5}).json()
         old_scores = {s["item_id"]: s["score"] for s in before.json()["scores"]}
         new_scores = {s["item_id"]: s["score"] for s in after.json()["scores"]}
         table = Table(
-            title=f"{user}: P(Yes) before and after {len(new_taste)} new events (no model update)"
+            title=f"{user}: P(Yes) before and after {len(probe.after)} new events (no model update)"
         )
         for column in ("item", "genre", "before", "after", "change"):
             table.add_column(column, justify="right")
         for item in candidates:
-            genre = "Comedy" if item in comedy else "Horror"
+            genre = OLD if item in probe.old_genre else NEW
             delta = new_scores[item] - old_scores[item]
             table.add_row(
                 item, genre, f"{old_scores[item]:.4f}", f"{new_scores[item]:.4f}", f"{delta:+.4f}"
             )
         console.print(table)
 
-        def mean(scores: dict[str, float], genre: list[str]) -> float:
-            return sum(scores[i] for i in candidates if i in genre) / 5
-
-        gap_before = mean(old_scores, horror) - mean(old_scores, comedy)
-        gap_after = mean(new_scores, horror) - mean(new_scores, comedy)
+        gap_before, gap_after = probe.gap(old_scores), probe.gap(new_scores)
         versions = (before.json()["model_version"], after.json()["model_version"])
         follows = gap_after > gap_before
         console.print(
             f"model_version before: {versions[0]}, after: {versions[1]} (the same model); "
             f"context events: {before.json()['context_events']} → "
             f"{after.json()['context_events']}.\n"
-            f"mean P(Yes) Horror − Comedy: {gap_before:+.4f} before, {gap_after:+.4f} after: the "
+            f"mean P(Yes) {NEW} − {OLD}: {gap_before:+.4f} before, {gap_after:+.4f} after: the "
             + (
                 "new taste's candidates rose relative to the old taste's, from the user's newest "
                 "events alone."

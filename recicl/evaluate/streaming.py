@@ -102,6 +102,7 @@ def _train_variant(
         "train_run_id": result.run_id,
         "version": result.version,
         "train_seconds": round(result.seconds, 1),
+        "model_dir": str(result.model_dir),
         "train_samples": int(result.plan.get("train_rows", 0)),
         "steps": int(result.plan.get("total_steps", 0)),
     }
