@@ -117,12 +117,25 @@ def add_taste_shifts(config: Path, seed: int, result: dict, output: Path) -> Non
         (output / "streaming.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
-def _span(values: list[float | None]) -> str:
+def _span(values: list[float | None], fmt: str = "{:.3f}") -> str:
     known = [v for v in values if v is not None]
     if not known:
         return "-"
     low, high = min(known), max(known)
-    return f"{low:.3f}" if abs(high - low) < 5e-4 else f"{low:.3f}–{high:.3f}"
+    if abs(high - low) < 5e-4:
+        return fmt.format(low)
+    return f"{fmt.format(low)}–{fmt.format(high)}"
+
+
+def _uauc_means(cells: dict[int, dict[str, list]], periods: list[int], seeds: int) -> list:
+    """Each seed's UAUC averaged over the periods (a range over seeds is then one span)."""
+    means = []
+    for i in range(seeds):
+        values = [cells[p]["uauc"][i] for p in periods if p in cells and
+                  i < len(cells[p]["uauc"]) and cells[p]["uauc"][i] is not None]  # fmt: skip
+        if values:
+            means.append(sum(values) / len(values))
+    return means
 
 
 def summarize(results: dict[int, dict]) -> dict[str, Any]:
@@ -173,14 +186,9 @@ def print_summary(summary: dict[str, Any], results: dict[int, dict], command: st
     for variant, cells in summary["table"].items():
         aucs = "".join(f"{_span(cells[p]['auc']):>15}" if p in cells else f"{'-':>15}"
                        for p in periods)  # fmt: skip
-        uauc_means = []
-        for i in range(len(seeds)):
-            values = [cells[p]["uauc"][i] for p in periods if p in cells and
-                      i < len(cells[p]["uauc"]) and cells[p]["uauc"][i] is not None]  # fmt: skip
-            if values:
-                uauc_means.append(sum(values) / len(values))
+        uauc_means = _uauc_means(cells, periods, len(seeds))
         shifts = [r.get("taste", {}).get(variant, {}).get("shift") for r in results.values()]
-        print(f"{variant:<16}{aucs}{_span(uauc_means):>26}{_span(shifts):>17}")
+        print(f"{variant:<16}{aucs}{_span(uauc_means):>26}{_span(shifts, '{:+.3f}'):>17}")
     counts = {c for cells in summary["table"].values() for p in cells for c in cells[p]["count"]}
     print(f"samples per period: {sorted(counts)}")
     for name, outcomes in summary["checks"].items():
@@ -189,6 +197,25 @@ def print_summary(summary: dict[str, Any], results: dict[int, dict], command: st
         facts = results[seed].get("variants", {})
         timing = ", ".join(f"{v} {f.get('seconds', 0):.0f}s" for v, f in facts.items())
         print(f"  seed {seed}: {results[seed].get('wall_seconds', '?')}s in all ({timing})")
+
+
+def markdown_table(summary: dict[str, Any], results: dict[int, dict]) -> str:
+    """The printed table as Markdown (``<output>/table.md``), for the README."""
+    periods = summary["periods"]
+    seeds = sorted(results)
+    lines = [
+        "| variant | "
+        + " | ".join(f"AUC D{p}" for p in periods)
+        + " | UAUC (mean) | taste shift |",
+        "|---" * (len(periods) + 3) + "|",
+    ]
+    for variant, cells in summary["table"].items():
+        aucs = [_span(cells[p]["auc"]) if p in cells else "-" for p in periods]
+        uauc_means = _uauc_means(cells, periods, len(seeds))
+        shifts = [r.get("taste", {}).get(variant, {}).get("shift") for r in results.values()]
+        shift = _span(shifts, "{:+.3f}")
+        lines.append(f"| {variant} | " + " | ".join(aucs) + f" | {_span(uauc_means)} | {shift} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -219,6 +246,7 @@ def main() -> None:
     summary = summarize(results)
     command = "python benchmarks/bench_quality.py " + shlex.join(sys.argv[1:])
     print_summary(summary, results, command)
+    (args.output / "table.md").write_text(markdown_table(summary, results))
     (args.output / "summary.json").write_text(
         json.dumps({"command": command, **summary}, indent=2, default=str) + "\n"
     )
