@@ -43,10 +43,12 @@ demo: $(STAMP)
 demo-tiny: $(STAMP)
 	$(BIN)/recicl demo --config ray_jobs/configs/tiny-cpu.yaml
 
-bench: $(STAMP)
+bench: $(STAMP) model
 	$(BIN)/python benchmarks/bench_samples.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_serve.py --shapes "" --model $(GEMMA_DIR) --skip-http \
+	  --sizes 1,5,20 --threads 2 --repeats 3
 
 lint: $(STAMP)
 	$(BIN)/ruff check recicl ray_jobs benchmarks tests

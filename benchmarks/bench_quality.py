@@ -11,7 +11,7 @@ never asserted.
 
     python benchmarks/bench_quality.py --config ray_jobs/configs/gemma3-270m-cpu.yaml \
         --seeds 0,1 [--few-shot 16,64,256,0.1] [--add-variants demo-rate] \
-        [--output recicl-work/quality]
+        [--set train.max_steps=40 ...] [--output recicl-work/quality]
 
 Each seed's run is kept in ``<output>/seed-<s>/streaming.json``; rerunning reuses finished seeds
 and runs only the variants they lack (delete the folder to measure again). Samples are built
@@ -30,13 +30,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def run_seed(
-    config: Path, seed: int, output: Path, few_shot: list[float] | None, extra: list[str]
+    config: Path,
+    seed: int,
+    output: Path,
+    few_shot: list[float] | None,
+    extra: list[str],
+    settings: dict[str, Any],
 ) -> dict:
     """One seed's streaming run; a finished seed is reused, and only the variants it lacks
     (e.g. few-shot sizes or reference rows asked for later) are run and merged in."""
@@ -44,7 +51,11 @@ def run_seed(
     from recicl.data.pipeline import build_samples
     from recicl.evaluate.streaming import few_shot_name, run_streaming
 
-    overrides: dict[str, Any] = {"train.seed": seed, "experiment.output": str(output)}
+    overrides: dict[str, Any] = {
+        **settings,
+        "train.seed": seed,
+        "experiment.output": str(output),
+    }
     cfg = with_overrides(load_config(config), overrides)
     variants = list(dict.fromkeys([*cfg.experiment.variants, *extra]))
     sizes = cfg.experiment.few_shot if few_shot is None else few_shot
@@ -84,13 +95,15 @@ def run_seed(
     return result
 
 
-def add_taste_shifts(config: Path, seed: int, result: dict, output: Path) -> None:
+def add_taste_shifts(
+    config: Path, seed: int, result: dict, output: Path, settings: dict[str, Any]
+) -> None:
     """The taste-switch probe (recicl.evaluate.taste) for every variant with a model: how far a
     user's new taste lifts its candidates relative to the old taste's, with no update."""
     from recicl.config import load_config, with_overrides
     from recicl.evaluate.taste import taste_switch_shift
 
-    cfg = with_overrides(load_config(config), {"train.seed": seed})
+    cfg = with_overrides(load_config(config), {**settings, "train.seed": seed})
     samples = Path(cfg.train.samples_dir or cfg.samples.output or "")
     recicl_prompt = cfg.prompt.model_copy(update={"format": "recicl"})
     taste = result.setdefault("taste", {})
@@ -233,7 +246,20 @@ def main() -> None:
         help="variants besides the config's, e.g. demo-rate (a finished seed runs only these)",
     )
     parser.add_argument("--output", type=Path, default=Path("recicl-work/quality"))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override (dotted key, YAML value), e.g. train.max_steps=40; repeatable",
+    )
     args = parser.parse_args()
+    settings = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE, e.g. train.max_steps=40")
+        settings[key.strip()] = yaml.safe_load(value)
     few_shot = None
     if args.few_shot:
         few_shot = [float(x) if "." in x else int(x) for x in args.few_shot.split(",")]
@@ -241,8 +267,9 @@ def main() -> None:
     results = {}
     for seed in seeds:
         extra = [v.strip() for v in args.add_variants.split(",") if v.strip()]
-        results[seed] = run_seed(args.config, seed, args.output / f"seed-{seed}", few_shot, extra)
-        add_taste_shifts(args.config, seed, results[seed], args.output / f"seed-{seed}")
+        folder = args.output / f"seed-{seed}"
+        results[seed] = run_seed(args.config, seed, folder, few_shot, extra, settings)
+        add_taste_shifts(args.config, seed, results[seed], folder, settings)
     summary = summarize(results)
     command = "python benchmarks/bench_quality.py " + shlex.join(sys.argv[1:])
     print_summary(summary, results, command)
