@@ -282,6 +282,11 @@ class PromotionDecision:
             f"candidate v{self.candidate} AUC {fmt(self.candidate_auc)}, champion {champion} "
             f"AUC {fmt(self.champion_auc)} on {where} (tolerance {self.tolerance})"
         )
+        if self.promoted and self.champion is None and not self.forced:
+            return (
+                f"promoted {self.name}@{self.alias} → v{self.candidate}: the alias had no holder, "
+                "so there was nothing to compare against"
+            )
         if self.promoted and self.forced:
             return f"forced {self.name}@{self.alias} → v{self.candidate} ({self.reason}); {numbers}"
         if self.promoted:
