@@ -260,6 +260,15 @@ def main() -> None:
         if not sep:
             parser.error(f"--set {item!r}: expected KEY=VALUE, e.g. train.max_steps=40")
         settings[key.strip()] = yaml.safe_load(value)
+    if settings:  # a mistyped key or value is a clear error now, not a traceback an hour in
+        from recicl.config import ConfigError, load_config, with_overrides
+
+        try:
+            with_overrides(load_config(args.config), settings)
+        except KeyError as missing:
+            parser.error(f"--set: the config has no section {missing} (see README: Configuration)")
+        except ConfigError as error:
+            parser.error(f"--set: {error}")
     few_shot = None
     if args.few_shot:
         few_shot = [float(x) if "." in x else int(x) for x in args.few_shot.split(",")]
