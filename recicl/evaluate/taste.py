@@ -41,8 +41,9 @@ class TasteSwitch:
         return new - old
 
 
-def _genre_items(samples_dir: Path, genre: str, exclude: set[str], count: int) -> list[str]:
-    """The most-rated items whose genres include ``genre`` (and that are not in ``exclude``)."""
+def _items_by_genre(samples_dir: Path) -> list[tuple[str, set[str]]]:
+    """Every catalog item that has samples, most-sampled first, with its genres (one read of
+    the catalog and of the samples for both genres of the probe)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -50,35 +51,32 @@ def _genre_items(samples_dir: Path, genre: str, exclude: set[str], count: int) -
 
     catalog = pq.read_table(samples_dir / "catalog.parquet")
     genres = {
-        row["item_id"]: dict(row["attributes"] or []).get("genres", "")
-        for row in catalog.to_pylist()
+        row["item_id"]: set(dict(row["attributes"] or []).get("genres", "").split("|"))
+        for row in catalog.select(["item_id", "attributes"]).to_pylist()
     }
     counts = pc.value_counts(read_samples_table(samples_dir)["item_id"]).to_pylist()
     ranked = sorted(counts, key=lambda c: -c["counts"])
-    chosen = [
-        c["values"]
-        for c in ranked
-        if genre in genres.get(c["values"], "").split("|") and c["values"] not in exclude
-    ]
-    return chosen[:count]
+    return [(c["values"], genres.get(c["values"], set())) for c in ranked]
 
 
 def _interleaved(user: str, liked: list[str], disliked: list[str], start: int) -> list[dict]:
-    """A disliked and a liked item in turn, one second apart."""
+    """A disliked and a liked item in turn, one second apart (explicit labels: no rating
+    threshold to agree on between the demo's HTTP events and the in-process probe)."""
     events = []
     for i, (yes, no) in enumerate(zip(liked, disliked, strict=True)):
-        events.append({"user_id": user, "item_id": no, "rating": 1.0, "timestamp": start + 2 * i})
-        events.append(
-            {"user_id": user, "item_id": yes, "rating": 5.0, "timestamp": start + 2 * i + 1}
-        )
+        for offset, item, label, rating in ((0, no, 0, 1.0), (1, yes, 1, 5.0)):
+            events.append(
+                {"user_id": user, "item_id": item, "label": label, "rating": rating,
+                 "timestamp": start + 2 * i + offset}
+            )  # fmt: skip
     return events
 
 
 def taste_switch(samples_dir: str | Path, user: str, now: int) -> TasteSwitch:
     """The scripted user of a MovieLens-like samples folder (genres in the catalog)."""
-    samples_dir = Path(samples_dir)
-    comedy = _genre_items(samples_dir, OLD, set(), 40)
-    horror = _genre_items(samples_dir, NEW, set(comedy), 40)
+    ranked = _items_by_genre(Path(samples_dir))
+    comedy = [item for item, genres in ranked if OLD in genres][:40]
+    horror = [item for item, genres in ranked if NEW in genres and item not in comedy][:40]
     if len(comedy) < 25 or len(horror) < 25:
         raise ValueError(f"{samples_dir}: too few {OLD}/{NEW} items for the taste-switch probe")
     return TasteSwitch(
@@ -128,7 +126,7 @@ def taste_switch_shift(
     gaps = []
     for events in (probe.before, probe.before + probe.after):
         stored = [
-            Event(e["user_id"], e["item_id"], int(e["rating"] >= 4), e["timestamp"], e["rating"])
+            Event(e["user_id"], e["item_id"], e["label"], e["timestamp"], e["rating"])
             for e in events
         ]
         history, demos = context_from_events(stored, demos_n, history_n)
