@@ -713,12 +713,17 @@ def _describe_errors(error: ValidationError, source: str, raw: Any) -> str:
                 parent = parent.get(part, {}) if isinstance(parent, dict) else {}
             model = _model_at(ReciclConfig, item["loc"][:-1])
             known = sorted(model.model_fields) if model else []
-            close = difflib.get_close_matches(str(item["loc"][-1]), known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = _did_you_mean(str(item["loc"][-1]), known)
             lines.append(f"  - {loc}: unknown key{hint}; allowed keys here: {', '.join(known)}")
         else:
             lines.append(f"  - {loc}: {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)
+
+
+def _did_you_mean(key: str, known: list[str]) -> str:
+    """' (did you mean 'x'?)' for the closest known name, or '': one wording for YAML and flags."""
+    close = difflib.get_close_matches(key, known, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -768,8 +773,22 @@ def with_overrides(config: ReciclConfig, overrides: dict[str, Any]) -> ReciclCon
             continue
         node = raw
         *parents, leaf = dotted.split(".")
-        for part in parents:
+        for depth, part in enumerate(parents):
+            where = ".".join(parents[: depth + 1])
+            sections = sorted(key for key, child in node.items() if isinstance(child, dict))
+            if part not in node:
+                # Without this check a mistyped section is a bare KeyError; a mistyped leaf
+                # needs none: the validation below names it as it does a typo in the YAML.
+                raise ConfigError(
+                    f"override {dotted!r}: unknown section {where!r}"
+                    f"{_did_you_mean(part, sections)}; sections here: {', '.join(sections)}"
+                )
             node = node[part]
+            if not isinstance(node, dict):
+                raise ConfigError(
+                    f"override {dotted!r}: {where} is not a section but a value; "
+                    f"set it as {where}=..."
+                )
         node[leaf] = value
     return build_config(raw, "command-line flags")
 

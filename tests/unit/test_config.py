@@ -66,3 +66,32 @@ def test_max_train_samples_is_a_count_or_a_fraction() -> None:
     for bad in (0, 1.5, -3):
         with pytest.raises(ConfigError, match="max_train_samples"):
             build_config({"train": {"max_train_samples": bad}})
+
+
+def test_override_of_a_mistyped_section_names_it_and_the_valid_sections() -> None:
+    with pytest.raises(ConfigError) as error:
+        with_overrides(ReciclConfig(), {"srve.port": 1})
+    message = str(error.value)
+    assert "unknown section 'srve'" in message and "did you mean 'serve'" in message
+    listed = message.rpartition("sections here: ")[2].split(", ")
+    assert {"data", "samples", "serve", "train"} <= set(listed)
+    assert "workdir" not in listed  # a value, not a section
+
+
+def test_override_of_a_mistyped_nested_section_names_its_full_path() -> None:
+    with pytest.raises(ConfigError) as error:
+        with_overrides(ReciclConfig(), {"data.colums.user_id": "uid"})
+    message = str(error.value)
+    assert "unknown section 'data.colums'" in message and "did you mean 'columns'" in message
+
+
+def test_override_of_a_mistyped_key_in_a_valid_section_names_it() -> None:
+    with pytest.raises(ConfigError) as error:
+        with_overrides(ReciclConfig(), {"serve.prot": 1})
+    message = str(error.value)
+    assert "serve.prot" in message and "did you mean 'port'" in message
+
+
+def test_override_below_a_plain_value_says_it_is_not_a_section() -> None:
+    with pytest.raises(ConfigError, match=r"serve\.port is not a section"):
+        with_overrides(ReciclConfig(), {"serve.port.number": 1})
