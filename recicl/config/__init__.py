@@ -1,0 +1,70 @@
+"""Typed configuration for every stage, loaded from YAML.
+
+Why pydantic with ``extra="forbid"`` everywhere: a typo in a YAML key (``num_demo``) must fail
+loudly and name the key, not silently fall back to a default and produce a different dataset.
+Each field's ``description`` is the documentation users see (``recicl config show``) and the
+README's configuration table is generated from the same text.
+
+Import everything from here (``from recicl.config import ReciclConfig``); the modules are:
+
+- :mod:`~recicl.config.base`: the strict base model, :class:`ConfigError`, period syntax;
+- :mod:`~recicl.config.data`, :mod:`~recicl.config.model`, :mod:`~recicl.config.train`,
+  :mod:`~recicl.config.services`: the sections, grouped by stage;
+- :mod:`~recicl.config.root`: :class:`ReciclConfig`, one field per section;
+- :mod:`~recicl.config.loading`: YAML files and flag overrides → a validated config;
+- :mod:`~recicl.config.reference`: the generated key/default/meaning table.
+"""
+
+from recicl.config.base import ConfigError, StrictModel, parse_periods
+from recicl.config.data import (
+    BUNDLED_MOVIELENS,
+    CatalogMapping,
+    ColumnMapping,
+    DataConfig,
+    SamplesConfig,
+    SourceName,
+    TimestampUnit,
+)
+from recicl.config.loading import build_config, load_config, with_overrides
+from recicl.config.model import LoraSettings, ModelConfig, PromptConfig, TinyModelSettings
+from recicl.config.reference import reference_markdown, reference_rows
+from recicl.config.root import ReciclConfig
+from recicl.config.services import (
+    EvaluateConfig,
+    ExperimentConfig,
+    MLflowConfig,
+    RayConfig,
+    ServeConfig,
+    StreamingVariant,
+)
+from recicl.config.train import TrainConfig
+
+__all__ = [
+    "BUNDLED_MOVIELENS",
+    "CatalogMapping",
+    "ColumnMapping",
+    "ConfigError",
+    "DataConfig",
+    "EvaluateConfig",
+    "ExperimentConfig",
+    "LoraSettings",
+    "MLflowConfig",
+    "ModelConfig",
+    "PromptConfig",
+    "RayConfig",
+    "ReciclConfig",
+    "SamplesConfig",
+    "ServeConfig",
+    "SourceName",
+    "StreamingVariant",
+    "StrictModel",
+    "TimestampUnit",
+    "TinyModelSettings",
+    "TrainConfig",
+    "build_config",
+    "load_config",
+    "parse_periods",
+    "reference_markdown",
+    "reference_rows",
+    "with_overrides",
+]

@@ -1,0 +1,137 @@
+"""Sections for the data stage: where logs come from (``data``) and how samples are cut."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from recicl.config.base import StrictModel
+
+SourceName = Literal["movielens", "amazon", "parquet", "csv"]
+TimestampUnit = Literal["s", "ms", "us", "iso"]
+
+#: The MovieLens latest-small copy shipped in the wheel: the default source, no download.
+BUNDLED_MOVIELENS = Path(__file__).parents[1] / "datasets" / "ml-latest-small"
+
+
+class ColumnMapping(StrictModel):
+    """Where the canonical event fields live in a generic Parquet/CSV source."""
+
+    user_id: str = Field("user_id", description="Column holding the user id.")
+    item_id: str = Field("item_id", description="Column holding the item id.")
+    rating: str | None = Field(
+        "rating", description="Column holding the rating; null if the source has only labels."
+    )
+    label: str | None = Field(
+        None, description="Column holding an explicit 0/1 label; overrides the like threshold."
+    )
+    timestamp: str = Field("timestamp", description="Column holding the event time.")
+
+
+class CatalogMapping(StrictModel):
+    """Where the catalog fields live in a generic Parquet/CSV catalog file."""
+
+    item_id: str = Field("item_id", description="Column holding the item id.")
+    title: str = Field("title", description="Column holding the item title.")
+    attributes: list[str] = Field(
+        default_factory=lambda: ["genres"],
+        description="Extra columns kept as attributes (e.g. genres, author); missing ones are "
+        "ignored. List values are joined with '|'.",
+    )
+
+
+class DataConfig(StrictModel):
+    """Where interaction logs come from and what counts as a valid event."""
+
+    source: SourceName = Field(
+        "movielens", description="Log format: movielens, amazon, parquet or csv."
+    )
+    path: str = Field(
+        str(BUNDLED_MOVIELENS),
+        description="Folder holding the source files (layout detected for movielens/amazon). "
+        "Default: the bundled MovieLens latest-small.",
+    )
+    like_threshold: float = Field(
+        4.0, description="label = 1 when rating >= like_threshold (unless labels are explicit)."
+    )
+    rating_range: tuple[float, float] | None = Field(
+        None,
+        description="Valid [min, max] rating; null = the source's scale (MovieLens 0.5-5, "
+        "Amazon 1-5, generic: unchecked).",
+    )
+    min_date: date = Field(
+        date(1990, 1, 1), description="Events before this date are quarantined as absurd."
+    )
+    max_date: date | None = Field(
+        None, description="Events after this date are quarantined; null = tomorrow (UTC)."
+    )
+    timestamp_unit: TimestampUnit = Field(
+        "s", description="Generic sources only: unit of the timestamp column (s, ms, us, iso)."
+    )
+    events_glob: str = Field(
+        "events*", description="Generic sources only: file or folder name pattern of the events."
+    )
+    catalog_glob: str = Field(
+        "catalog*", description="Generic sources only: file name pattern of the catalog."
+    )
+    columns: ColumnMapping = Field(default_factory=ColumnMapping)
+    catalog_columns: CatalogMapping = Field(default_factory=CatalogMapping)
+
+    @field_validator("rating_range")
+    @classmethod
+    def _ordered_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and value[0] > value[1]:
+            raise ValueError(f"rating_range min {value[0]} is above max {value[1]}")
+        return value
+
+    def time_bounds(self) -> tuple[int, int]:
+        """Valid event time range in unix seconds, [low, high)."""
+        low = datetime.combine(self.min_date, datetime.min.time(), tzinfo=timezone.utc)
+        if self.max_date is None:
+            high_ts = int(datetime.now(timezone.utc).timestamp()) + 86_400
+        else:
+            high = datetime.combine(self.max_date, datetime.min.time(), tzinfo=timezone.utc)
+            high_ts = int(high.timestamp()) + 86_400
+        return int(low.timestamp()), high_ts
+
+
+class SamplesConfig(StrictModel):
+    """How events become in-context-learning samples."""
+
+    num_demos: int = Field(
+        4, ge=0, le=64, description="Demonstrations per sample (latest earlier events)."
+    )
+    history_len: int = Field(
+        10, ge=0, le=200, description="Liked items per history (latest earlier likes)."
+    )
+    min_demos: int = Field(
+        1, ge=0, description="A sample needs at least this many earlier events of its user."
+    )
+    periods: int = Field(
+        10, ge=1, le=1000, description="Cut the timeline into N periods of equal event counts."
+    )
+    boundaries: list[date] | None = Field(
+        None,
+        description="Explicit period start dates (ISO); overrides `periods`. N dates give N+1 "
+        "periods: before the first date is period 0.",
+    )
+    num_partitions: int | None = Field(
+        None,
+        ge=1,
+        description="Shuffle partitions for the group-by-user stage; null = Ray's default.",
+    )
+    output: str | None = Field(None, description="Output folder; required to build.")
+
+    @field_validator("boundaries")
+    @classmethod
+    def _increasing(cls, value: list[date] | None) -> list[date] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("boundaries is empty: give at least one date or use `periods`")
+            if any(b <= a for a, b in itertools.pairwise(value)):
+                raise ValueError("boundaries must be strictly increasing dates")
+        return value

@@ -1,0 +1,46 @@
+"""The whole configuration: one section per stage, assembled from the section modules."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pydantic import Field
+
+from recicl.config.base import StrictModel
+from recicl.config.data import DataConfig, SamplesConfig
+from recicl.config.model import ModelConfig, PromptConfig
+from recicl.config.services import (
+    EvaluateConfig,
+    ExperimentConfig,
+    MLflowConfig,
+    RayConfig,
+    ServeConfig,
+)
+from recicl.config.train import TrainConfig
+
+
+class ReciclConfig(StrictModel):
+    """The whole configuration: one section per stage."""
+
+    workdir: str = Field(
+        "recicl-work", description="Folder for embedded state (MLflow DB, events DB, outputs)."
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    samples: SamplesConfig = Field(default_factory=SamplesConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    prompt: PromptConfig = Field(
+        default_factory=PromptConfig, description="Prompt template and token budget."
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Base model and LoRA.")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="HTTP serving (Ray Serve).")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+
+    def fingerprint(self, *sections: str) -> str:
+        """Stable hash of the named sections (all if none), recorded in manifests."""
+        dump = self.model_dump(mode="json")
+        chosen = {k: dump[k] for k in sections} if sections else dump
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]

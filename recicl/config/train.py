@@ -1,0 +1,185 @@
+"""The ``train`` section: Ray Train with DeepSpeed ZeRO or DDP, optimizer, data order, checkpoints.
+
+Its own module because it is the largest section (every knob of a training run).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from recicl.config.base import StrictModel, parse_periods
+
+
+class TrainConfig(StrictModel):
+    """How to tune the model on ICL samples with Ray Train (DeepSpeed ZeRO or DDP)."""
+
+    samples_dir: str | None = Field(
+        None,
+        description="Folder written by `recicl samples build` (samples/, catalog.parquet, "
+        "manifest.json); a local or shared-mount path. null = samples.output.",
+    )
+    train_periods: list[int] | None = Field(
+        None,
+        description="Periods to train on: a list or a string like '0-5' or '0,2,4-6'. "
+        "null = every period found except the validation ones.",
+    )
+    val_periods: list[int] | None = Field(
+        None,
+        description="Periods for the per-epoch validation AUC (same syntax). null = the newest "
+        "period found (if there are at least two); [] = no validation.",
+    )
+    strategy: Literal["deepspeed", "ddp"] = Field(
+        "deepspeed", description="deepspeed (ZeRO, optimizer state sharded) or ddp (plain torch)."
+    )
+    zero_stage: Literal[2, 3] = Field(
+        2,
+        description="DeepSpeed ZeRO stage: 2 shards optimizer state + gradients, 3 also the "
+        "weights (needed when one copy of the base model does not fit a GPU).",
+    )
+    offload_optimizer: bool = Field(
+        False, description="DeepSpeed only: keep optimizer state in CPU memory (ZeRO-Offload)."
+    )
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (one per GPU on GPU nodes).")
+    use_gpu: bool = Field(False, description="One GPU per worker (NCCL); false = CPU (gloo).")
+    cpus_per_worker: float = Field(
+        1.0, gt=0, description="Logical CPUs reserved per worker (leave some for Ray Data)."
+    )
+    batch_size: int = Field(8, ge=1, description="Micro-batch size per worker (samples).")
+    eval_batch_size: int | None = Field(
+        None, ge=1, description="Validation batch size per worker; null = 2 x batch_size."
+    )
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Fraction of the steps spent warming the LR up linearly "
+        "from 0; afterwards `lr_schedule` applies.",
+    )
+    lr_schedule: Literal["linear", "constant"] = Field(
+        "linear",
+        description="After warm-up: linear = decay linearly to 0 at the last step; constant = "
+        "keep the peak LR (short runs that must not slow down before they have learned).",
+    )
+    adam_betas: tuple[float, float] = Field(
+        (0.9, 0.999),
+        description="AdamW (beta1, beta2). A lower beta2 (0.98, 0.95) adapts faster when the "
+        "gradient scale changes, as it does when a small model starts using its context.",
+    )
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= beta < 1.0 for beta in value):
+            raise ValueError(f"adam_betas must both be in [0, 1), got {list(value)}")
+        return value
+
+    max_train_samples: int | float | None = Field(
+        None,
+        description="Few-shot training: keep only this many training samples (an integer), or "
+        "this fraction of them (a number in (0, 1), e.g. 0.1), chosen by a seeded hash of the "
+        "sample id (`seed`): reproducible, and nested (the 16 chosen are among the 64). "
+        "null = all. Validation periods are never cut.",
+    )
+
+    @field_validator("max_train_samples")
+    @classmethod
+    def _count_or_fraction(cls, value: int | float | None) -> int | float | None:
+        if value is None or isinstance(value, bool):
+            return None if value is None else int(value)
+        if isinstance(value, float) and not value.is_integer():
+            if not 0 < value < 1:
+                raise ValueError(
+                    f"max_train_samples {value}: give a count (e.g. 256) or a fraction in (0, 1)"
+                )
+            return value
+        if value < 1:
+            raise ValueError(f"max_train_samples must be at least 1, got {value}")
+        return int(value)
+
+    epochs: int = Field(1, ge=1, description="Passes over the training periods.")
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many optimizer steps (overrides `epochs`, "
+        "cycling through the data as often as needed); null = epochs x steps per epoch.",
+    )
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip the global gradient norm to this; null = no clipping."
+    )
+    demo_loss_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of a loss on every in-context demonstration's answer, added to the "
+        "query's (each demo is a solved example, predicted from the demos before it). 0 = the "
+        "query's answer only. Speeds up learning to read demonstrations (see README).",
+    )
+    class_weights: tuple[float, float] | None = Field(
+        None,
+        description="Cross-entropy weights for [No, Yes] (e.g. [1.0, 3.0] when likes are "
+        "rare); null = unweighted.",
+    )
+    bf16: bool | Literal["auto"] = Field(
+        "auto", description="bfloat16 mixed precision; auto = on GPU only (slow on most CPUs)."
+    )
+    length_grouping: bool = Field(
+        True,
+        description="Group prompts of similar token length into the same batch (less "
+        "padding); batch order is still shuffled every epoch.",
+    )
+    shuffle: bool = Field(
+        True,
+        description="Shuffle the training rows (a seeded, reproducible global shuffle; the same "
+        "order every epoch). Stored samples are grouped by period and user: unshuffled, a "
+        "micro-batch holds one or two users.",
+    )
+    group_buffer_batches: int = Field(
+        16, ge=1, description="Length grouping window: batches buffered, sorted and regrouped."
+    )
+    checkpoint_every_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Also checkpoint every N optimizer steps (always at epoch end "
+        "and at the last step); null = epochs only.",
+    )
+    keep_checkpoints: int | None = Field(
+        2, ge=1, description="Checkpoints kept in storage (oldest deleted); null = all."
+    )
+    max_failures: int = Field(
+        0,
+        ge=-1,
+        description="Worker-group restarts Ray Train may do after a failure "
+        "(resuming from the latest checkpoint); -1 = unlimited.",
+    )
+    storage_path: str | None = Field(
+        None,
+        description="Where Ray Train keeps runs and checkpoints (local folder, s3://, "
+        "gs://; shared storage for multi-node). null = <workdir>/ray_results.",
+    )
+    run_name: str | None = Field(
+        None,
+        description="Ray Train run name; rerunning with the same name resumes from its "
+        "latest checkpoint. null = train-<date>-<time>.",
+    )
+    seed: int = Field(0, description="Seed for the LoRA init and the data order.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward (less memory, ~30% slower)."
+    )
+    materialize_data: bool = Field(
+        True,
+        description="Tokenize once before training and keep the tokens in Ray's object "
+        "store (spilled to disk when large); false = stream and re-tokenize every epoch (for "
+        "data far beyond the cluster's object store).",
+    )
+    log_every_steps: int = Field(
+        1, ge=1, description="Log loss/LR to MLflow every N optimizer steps."
+    )
+
+    @field_validator("train_periods", "val_periods", mode="before")
+    @classmethod
+    def _parse_periods(cls, value: Any) -> list[int] | None:
+        return parse_periods(value)
