@@ -31,7 +31,8 @@ def _prompts(workdir: Path, count: int) -> tuple[Path, list[list[int]], list[int
     import pyarrow.parquet as pq
 
     from recicl.config import PromptConfig, build_config
-    from recicl.data.pipeline import build_samples, read_samples_table
+    from recicl.data.pipeline import build_samples
+    from recicl.data.samples_folder import read_samples_table
     from recicl.modeling import init_tiny_model, load_tokenizer
     from recicl.prompts import PromptBuilder
 

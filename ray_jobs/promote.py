@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the job's working dir
 
 from recicl.config import load_config
-from recicl.registry import promote
+from recicl.promotion import promote
 
 
 def main() -> None:

@@ -378,7 +378,7 @@ def promote_command(
     config: Path | None = typer.Option(None, "--config", help="YAML config file."),
 ) -> None:
     """Move an alias to a version only if it is not worse than the current one (AUC)."""
-    from recicl.registry import promote
+    from recicl.promotion import promote
 
     cfg = resolve_config(config, {})
     decision = promote(

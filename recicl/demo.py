@@ -111,7 +111,7 @@ def run_demo(cfg: ReciclConfig) -> dict[str, Any]:
     from recicl.evaluate.batch import evaluate_model
     from recicl.modeling import init_tiny_model
     from recicl.modeling.importing import ensure_base_model, read_provenance
-    from recicl.registry import promote
+    from recicl.promotion import promote
     from recicl.train import train
 
     samples_dir = Path(cfg.train.samples_dir or cfg.samples.output or "")

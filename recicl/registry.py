@@ -27,7 +27,6 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +43,17 @@ MODEL_ARTIFACT_PATH = "model"
 MODEL_MANIFEST = "recicl_model.json"
 #: Tag on runs: the Ray Train run name, used to continue the same MLflow run on resume.
 RUN_NAME_TAG = "recicl.ray_run_name"
+#: Tags on evaluation runs, so that listing versions and the promotion gate find them:
+#: what kind of run, which model version, which samples (content identity) and periods.
+EVAL_KIND_TAG, MODEL_NAME_TAG, MODEL_VERSION_TAG = (
+    "recicl.kind",
+    "recicl.model_name",
+    "recicl.model_version",
+)
+SAMPLES_TAG, PERIODS_TAG = "recicl.samples_hash", "recicl.periods"
+#: Which samples of each period an evaluation scored: "all", or "cap<N>" (evaluate.max_samples:
+#: a seeded random subset of N per period, the same for every model on the same samples).
+SUBSET_TAG = "recicl.eval_subset"
 _PARAM_VALUE_LIMIT = 6000  # MLflow's limit on one param value (characters)
 
 
@@ -217,6 +227,20 @@ def resolve_version(tracking_uri: str, name: str, alias_or_version: str | int) -
     return str(client(tracking_uri).get_model_version_by_alias(name, ref).version)
 
 
+def version_identity(tracking_uri: str, name: str, version: str) -> str:
+    """A short hash naming *this* registry entry: the store, the version's run, its source and
+    creation time. A version number alone is not an identity: another store (or a store that
+    was reset) has its own version 1. Local caches of downloaded versions are keyed by this."""
+    import hashlib
+
+    entry = client(tracking_uri).get_model_version(name, version)
+    key = json.dumps(
+        [tracking_uri, name, str(entry.version), entry.run_id, entry.source,
+         entry.creation_timestamp]
+    )  # fmt: skip
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
 def load_version(
     name: str,
     alias_or_version: str | int,
@@ -256,48 +280,7 @@ class RegistryError(ReciclError):
     """A registry request that cannot be carried out (unknown model or version, bad flags)."""
 
 
-@dataclass
-class PromotionDecision:
-    """What `recicl promote` decided, with both numbers it decided on."""
-
-    promoted: bool
-    name: str
-    alias: str
-    candidate: str
-    champion: str | None
-    period: int | None
-    candidate_auc: float | None
-    champion_auc: float | None
-    tolerance: float
-    forced: bool = False
-    reason: str | None = None
-
-    def message(self) -> str:
-        def fmt(value: float | None) -> str:
-            return "n/a" if value is None else f"{value:.4f}"
-
-        champion = f"v{self.champion}" if self.champion else "(no champion)"
-        where = f"period {self.period}" if self.period is not None else "-"
-        numbers = (
-            f"candidate v{self.candidate} AUC {fmt(self.candidate_auc)}, champion {champion} "
-            f"AUC {fmt(self.champion_auc)} on {where} (tolerance {self.tolerance})"
-        )
-        if self.promoted and self.champion is None and not self.forced:
-            return (
-                f"promoted {self.name}@{self.alias} → v{self.candidate}: the alias had no holder, "
-                "so there was nothing to compare against"
-            )
-        if self.promoted and self.forced:
-            return f"forced {self.name}@{self.alias} → v{self.candidate} ({self.reason}); {numbers}"
-        if self.promoted:
-            return f"promoted {self.name}@{self.alias} → v{self.candidate}; {numbers}"
-        return (
-            f"refused: {self.name}@{self.alias} stays on {champion}; {numbers}. "
-            "Use --force --reason TEXT to override."
-        )
-
-
-def _registered_model(mlc: MlflowClient, name: str, tracking_uri: str) -> Any:
+def registered_model(mlc: MlflowClient, name: str, tracking_uri: str) -> Any:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -309,7 +292,7 @@ def _registered_model(mlc: MlflowClient, name: str, tracking_uri: str) -> Any:
         ) from None
 
 
-def _model_version(mlc: MlflowClient, name: str, version: str) -> Any:
+def model_version(mlc: MlflowClient, name: str, version: str) -> Any:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -331,10 +314,8 @@ def alias_version(mlc: MlflowClient, name: str, alias: str) -> str | None:
 
 def list_versions(tracking_uri: str, name: str) -> list[dict[str, Any]]:
     """Versions of ``name``, oldest first, with aliases, key tags and their evaluations."""
-    from recicl.evaluate.batch import EVAL_KIND_TAG, MODEL_NAME_TAG, MODEL_VERSION_TAG
-
     mlc = client(tracking_uri)
-    model = _registered_model(mlc, name, tracking_uri)
+    model = registered_model(mlc, name, tracking_uri)
     aliases: dict[str, list[str]] = {}
     for alias, version in (model.aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)
@@ -364,116 +345,3 @@ def list_versions(tracking_uri: str, name: str) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def evaluation_auc(
-    cfg: ReciclConfig, name: str, version: str, samples_dir: Path, period: int
-) -> float | None:
-    """AUC of ``name`` v``version`` on ``period`` of these samples: from an earlier evaluation run
-    on the same samples (and the same ``evaluate.max_samples`` subset) when there is one,
-    otherwise by evaluating now."""
-    from recicl.evaluate.batch import (
-        EVAL_KIND_TAG,
-        MODEL_NAME_TAG,
-        MODEL_VERSION_TAG,
-        SAMPLES_TAG,
-        SUBSET_TAG,
-        evaluate_model,
-        samples_hash,
-        subset_name,
-    )
-
-    tracking_uri = resolve_tracking_uri(cfg)
-    mlc = client(tracking_uri)
-    digest = samples_hash(samples_dir)
-    runs = mlc.search_runs(
-        [e.experiment_id for e in mlc.search_experiments()],
-        filter_string=f"tags.`{EVAL_KIND_TAG}` = 'evaluation' and "
-        f"tags.`{MODEL_NAME_TAG}` = '{name}' and tags.`{MODEL_VERSION_TAG}` = '{version}' and "
-        f"tags.`{SAMPLES_TAG}` = '{digest}'",
-        order_by=["attributes.start_time DESC"],
-    )
-    key = f"p{period}_auc"
-    subset = subset_name(cfg.evaluate.max_samples)  # compare on the same samples only
-    for run in runs:
-        if run.data.tags.get(SUBSET_TAG, "all") != subset:
-            continue
-        if key in run.data.metrics:
-            return float(run.data.metrics[key])
-    report = evaluate_model(cfg, model_uri(name, version), samples_dir, [period])
-    value = report["periods"].get(str(period), {}).get("auc")
-    return None if value is None else float(value)
-
-
-def promote(
-    cfg: ReciclConfig,
-    name: str,
-    version: str | int,
-    alias: str = "champion",
-    *,
-    samples_dir: str | Path | None = None,
-    period: int | None = None,
-    force: bool = False,
-    reason: str | None = None,
-) -> PromotionDecision:
-    """Move ``alias`` to ``version`` only if it is not worse than the current holder.
-
-    Both are compared on the same samples and period (the newest period with samples unless
-    given), evaluating either when no earlier evaluation exists. ``force`` skips the comparison
-    but needs a reason. Every move is recorded on the candidate version as a tag
-    ``recicl.promotion.<alias>.<unix time>`` holding from/to/when/metrics/reason as JSON.
-    """
-    import time
-
-    version = str(version)
-    if force and not (reason and reason.strip()):
-        raise RegistryError("--force needs --reason TEXT saying why the gate is overridden")
-    tracking_uri = resolve_tracking_uri(cfg)
-    mlc = client(tracking_uri)
-    _registered_model(mlc, name, tracking_uri)
-    _model_version(mlc, name, version)
-    champion = alias_version(mlc, name, alias)
-    tolerance = cfg.evaluate.promotion_tolerance
-    decision = PromotionDecision(
-        promoted=False, name=name, alias=alias, candidate=version, champion=champion,
-        period=period, candidate_auc=None, champion_auc=None, tolerance=tolerance,
-        forced=force, reason=reason,
-    )  # fmt: skip
-    if champion == version:
-        decision.promoted = True
-        return decision
-    if champion is not None and not force:
-        folder = Path(samples_dir or cfg.train.samples_dir or cfg.samples.output or "")
-        manifest_path = folder.expanduser() / "manifest.json"
-        if not manifest_path.is_file():
-            raise RegistryError(
-                f"promotion compares both versions on samples, but {folder} has none: pass "
-                "--samples DIR (a `recicl samples build` output)"
-            )
-        folder = folder.expanduser().resolve()
-        if period is None:
-            manifest = json.loads(manifest_path.read_text())
-            period = max(p["period"] for p in manifest["periods"] if p["samples"])
-        decision.period = period
-        decision.candidate_auc = evaluation_auc(cfg, name, version, folder, period)
-        decision.champion_auc = evaluation_auc(cfg, name, champion, folder, period)
-        if decision.candidate_auc is None or decision.champion_auc is None:
-            raise RegistryError(
-                f"AUC is undefined on period {period} (one class only); choose --period"
-            )
-        if decision.candidate_auc < decision.champion_auc - tolerance:
-            return decision
-    mlc.set_registered_model_alias(name, alias, version)
-    decision.promoted = True
-    when = int(time.time())
-    record = {
-        "alias": alias, "from": champion, "to": version, "when": when, "period": decision.period,
-        "candidate_auc": decision.candidate_auc, "champion_auc": decision.champion_auc,
-        "tolerance": tolerance, "forced": force, "reason": reason,
-    }  # fmt: skip
-    mlc.set_model_version_tag(name, version, f"recicl.promotion.{alias}.{when}", json.dumps(record))
-    if champion is not None:
-        mlc.set_model_version_tag(
-            name, champion, f"recicl.demotion.{alias}.{when}", json.dumps(record)
-        )
-    return decision

@@ -24,9 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pds
 import pyarrow.parquet as pq
-import ray
 import ray.data
 
 from recicl import __version__
@@ -40,18 +38,12 @@ from recicl.data.periods import (
 )
 from recicl.data.readers import check_source_folder, read_source
 from recicl.data.samples import KIND_DUPLICATE, KIND_SAMPLE, annotate_events, to_samples
-from recicl.data.schema import QUARANTINE, SAMPLES
+from recicl.data.samples_folder import BUILD_OUTPUTS, SamplesFolder
+from recicl.data.schema import QUARANTINE
 from recicl.data.validate import quarantined, valid_events, validate_batch
 from recicl.raycluster import ensure_ray
 
 log = logging.getLogger(__name__)
-
-SAMPLES_DIR, CATALOG_FILE, MANIFEST_FILE, QUARANTINE_DIR = (
-    "samples",
-    "catalog.parquet",
-    "manifest.json",
-    "quarantine",
-)
 
 
 def _with_periods(batch: pa.Table, *, boundaries: np.ndarray) -> pa.Table:
@@ -176,13 +168,14 @@ def build_samples(cfg: ReciclConfig) -> dict[str, Any]:
 
     if output.exists():
         # Re-running into the same folder replaces its outputs, never mixes old and new files.
-        for name in (SAMPLES_DIR, QUARANTINE_DIR, CATALOG_FILE, MANIFEST_FILE):
+        for name in BUILD_OUTPUTS:
             target = output / name
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
     output.mkdir(parents=True, exist_ok=True)
+    folder = SamplesFolder(output)
 
     if is_sample.any():
         annotated.map_batches(
@@ -190,17 +183,17 @@ def build_samples(cfg: ReciclConfig) -> dict[str, Any]:
             batch_size=None,
             batch_format="pyarrow",
             fn_kwargs={"boundaries": boundaries},
-        ).write_parquet(str(output / SAMPLES_DIR), partition_cols=["period"])
+        ).write_parquet(str(folder.samples_root), partition_cols=["period"])
     parts = [
         part
         for part in (_gather(validated, quarantined), _gather(annotated, _duplicates_as_quarantine))
         if part.num_rows
     ]
     quarantine_table = pa.concat_tables(parts) if parts else QUARANTINE.empty_table()
-    (output / QUARANTINE_DIR).mkdir()
-    pq.write_table(quarantine_table, output / QUARANTINE_DIR / "events.parquet")
-    pq.write_table(source.catalog_rejects, output / QUARANTINE_DIR / "catalog.parquet")
-    pq.write_table(source.catalog, output / CATALOG_FILE)
+    folder.quarantine_dir.mkdir()
+    pq.write_table(quarantine_table, folder.quarantine_dir / "events.parquet")
+    pq.write_table(source.catalog_rejects, folder.quarantine_dir / "catalog.parquet")
+    pq.write_table(source.catalog, folder.catalog_path)
 
     reasons: dict[str, int] = {}
     if quarantine_table.num_rows:
@@ -215,6 +208,7 @@ def build_samples(cfg: ReciclConfig) -> dict[str, Any]:
         "recicl_version": __version__,
         "created_at": iso(int(time.time())),
         "config_hash": cfg.fingerprint("data", "samples"),
+        "content_id": folder.content_id(),
         "source": {"name": cfg.data.source, "path": str(cfg.data.path), "layout": source.layout},
         "rows_read": rows_read,
         "events": len(timestamps),
@@ -238,55 +232,8 @@ def build_samples(cfg: ReciclConfig) -> dict[str, Any]:
             f"asked for {cfg.samples.periods} periods but timestamp ties allow only "
             f"{len(boundaries) + 1}"
         ]
-    (output / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    folder.manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading samples back (training, evaluation and tests use these, never raw globbing)
-# ----------------------------------------------------------------------------------------------
-
-
-def _period_paths(samples_dir: Path, periods: list[int] | None) -> list[str]:
-    root = Path(samples_dir) / SAMPLES_DIR
-    if not root.is_dir():
-        raise ConfigError(f"{samples_dir} has no {SAMPLES_DIR}/ folder: run `recicl samples build`")
-    available = sorted(int(p.name.split("=", 1)[1]) for p in root.glob("period=*"))
-    chosen = available if periods is None else periods
-    missing = sorted(set(chosen) - set(available))
-    if missing:
-        raise ConfigError(
-            f"periods {missing} have no samples in {samples_dir}; available: {available}"
-        )
-    return [str(root / f"period={p}") for p in chosen]
-
-
-def read_samples_table(samples_dir: str | Path, periods: list[int] | None = None) -> pa.Table:
-    """All samples of the chosen periods as one Arrow table in the SAMPLES schema."""
-    tables = []
-    for path in _period_paths(Path(samples_dir), periods):
-        period = int(path.rsplit("=", 1)[1])
-        table = pds.dataset(path, format="parquet").to_table()
-        table = table.append_column("period", pa.array(np.full(table.num_rows, period, np.int16)))
-        tables.append(table.select(SAMPLES.names).cast(SAMPLES))
-    return pa.concat_tables(tables) if tables else SAMPLES.empty_table()
-
-
-def _add_period(batch: pa.Table) -> pa.Table:
-    """Ray Data UDF: the period from each row's ``.../period=K/...`` file path, as int16."""
-    found = pc.extract_regex(batch["path"], r"period=(?P<period>\d+)")
-    periods = pc.struct_field(found, "period").cast(pa.int16())
-    return batch.drop_columns(["path"]).append_column("period", periods).select(SAMPLES.names)
-
-
-def read_samples_dataset(
-    samples_dir: str | Path, periods: list[int] | None = None
-) -> ray.data.Dataset:
-    """Samples of the chosen periods as a Ray Dataset in the SAMPLES schema."""
-    paths = _period_paths(Path(samples_dir), periods)
-    return ray.data.read_parquet(paths, include_paths=True, partitioning=None).map_batches(
-        _add_period, batch_size=None, batch_format="pyarrow"
-    )
 
 
 def print_summary(manifest: dict[str, Any]) -> None:

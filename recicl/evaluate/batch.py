@@ -27,23 +27,28 @@ import pyarrow as pa
 import ray.data
 
 from recicl.config import ModelConfig, PromptConfig, ReciclConfig
-from recicl.data.pipeline import CATALOG_FILE, MANIFEST_FILE, read_samples_dataset
+from recicl.data.samples_folder import SamplesFolder
 from recicl.errors import ReciclError
 from recicl.evaluate.metrics import metrics_by_period
 from recicl.evaluate.plots import plot_by_period
+from recicl.registry import (
+    EVAL_KIND_TAG,
+    MODEL_NAME_TAG,
+    MODEL_VERSION_TAG,
+    PERIODS_TAG,
+    SAMPLES_TAG,
+    SUBSET_TAG,
+    client,
+    ensure_experiment,
+    load_version,
+    resolve_tracking_uri,
+    resolve_version,
+    version_identity,
+)
 
 log = logging.getLogger(__name__)
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))$")
-EVAL_KIND_TAG, MODEL_NAME_TAG, MODEL_VERSION_TAG = (
-    "recicl.kind",
-    "recicl.model_name",
-    "recicl.model_version",
-)
-SAMPLES_TAG, PERIODS_TAG = "recicl.samples_hash", "recicl.periods"
-#: Which samples of each period an evaluation scored: "all", or "cap<N>" (evaluate.max_samples:
-#: a seeded random subset of N per period, the same for every model on the same samples).
-SUBSET_TAG = "recicl.eval_subset"
 #: Seed of the evaluate.max_samples subset: fixed, so every version meets the same samples.
 SUBSET_SEED = 0
 
@@ -84,7 +89,10 @@ class ModelSource:
 
 
 def resolve_model(uri: str, cfg: ReciclConfig) -> ModelSource:
-    """``models:/name/N`` / ``models:/name@alias`` (downloaded once per version) or a folder."""
+    """``models:/name/N`` / ``models:/name@alias`` or a folder. A registered version is
+    downloaded once per registry entry (:func:`recicl.registry.version_identity`), under
+    ``<workdir>/models/<name>/<version>-<identity>``: pointing the same workdir at another
+    MLflow store never scores a stale copy of a different "version N"."""
     match = _MODELS_URI.match(uri)
     if match is None:
         path = Path(uri).expanduser()
@@ -96,14 +104,13 @@ def resolve_model(uri: str, cfg: ReciclConfig) -> ModelSource:
         return ModelSource(uri, path.resolve(), path.name)
     from mlflow.exceptions import MlflowException
 
-    from recicl.registry import load_version, resolve_tracking_uri, resolve_version
-
     tracking_uri = resolve_tracking_uri(cfg)
     name = match["name"]
     ref = match["version"] or match["alias"]
     try:
         version = resolve_version(tracking_uri, name, ref)
-        cache = Path(cfg.workdir).expanduser().resolve() / "models" / name / version
+        identity = version_identity(tracking_uri, name, version)
+        cache = Path(cfg.workdir).expanduser().resolve() / "models" / name / f"{version}-{identity}"
         local = cache / "model"
         if not (local / "recicl_model.json").is_file():
             local = load_version(name, version, tracking_uri=tracking_uri, dst=cache)
@@ -236,7 +243,8 @@ def score_samples(
     from a pool of ``replicas`` model replicas. ``force_prompt``: score with ``prompt`` even if
     the model folder records another one (see ``load_packaged_model``). ``model``: how to load a
     plain HF folder (dtype, attention; a packaged version loads as it was trained)."""
-    dataset = samples if samples is not None else read_samples_dataset(samples_dir, periods)
+    folder = SamplesFolder.at(samples_dir)
+    dataset = samples if samples is not None else folder.read_dataset(periods)
     total = dataset.count()
     if total == 0:
         raise EvaluationError(f"no samples to score in {samples_dir} for periods {periods}")
@@ -245,7 +253,7 @@ def score_samples(
         ScoreBatches,
         {
             "model_dir": str(model_dir),
-            "catalog_path": str(Path(samples_dir) / CATALOG_FILE),
+            "catalog_path": str(folder.catalog_path),
             "prompt": prompt.model_dump(mode="json") if prompt else None,
             "batch_size": batch_size,
             "force_prompt": force_prompt,
@@ -256,12 +264,6 @@ def score_samples(
         use_gpu=use_gpu,
         label=label or Path(model_dir).name,
     ).sort_by("sample_id")
-
-
-def samples_hash(samples_dir: Path) -> str:
-    """Identity of a sample set: its manifest's config hash (same data + config → same hash)."""
-    manifest = json.loads((Path(samples_dir) / MANIFEST_FILE).read_text())
-    return str(manifest["config_hash"])
 
 
 def report_from_scores(scores: pa.Table) -> dict[str, Any]:
@@ -292,18 +294,16 @@ def evaluate_model(
     """Score, compute metrics, write JSON + PNG, log an MLflow evaluation run; return the report."""
     from recicl.raycluster import ensure_ray
 
-    samples_dir = Path(samples_dir).expanduser().resolve()
-    if not (samples_dir / MANIFEST_FILE).is_file():
-        raise EvaluationError(f"{samples_dir} has no manifest.json: run `recicl samples build`")
+    folder = SamplesFolder.at(samples_dir)
+    folder.require_manifest()
+    samples_dir = folder.root
     source = resolve_model(model_uri, cfg)
     ensure_ray(cfg.ray)
     started = time.perf_counter()
     cap = cfg.evaluate.max_samples
     subset = None
     if cap is not None:
-        from recicl.data.pipeline import read_samples_table
-
-        table = read_samples_table(samples_dir, periods)
+        table = folder.read_table(periods)
         subset = ray.data.from_arrow(subsample_per_period(table, cap, SUBSET_SEED))
     scores = score_samples(
         source.local_dir,
@@ -328,7 +328,7 @@ def evaluate_model(
             },
             "samples": {
                 "dir": str(samples_dir),
-                "hash": samples_hash(samples_dir),
+                "hash": folder.content_id(),
                 "periods": sorted({int(p) for p in report["periods"]}),
                 "subset": subset_name(cap),
             },
@@ -355,8 +355,6 @@ def evaluate_model(
 
 def log_evaluation(cfg: ReciclConfig, report: dict[str, Any], artifacts: list[Path]) -> str:
     """A new MLflow run holding the evaluation (metrics + report + plot), tagged for lookup."""
-    from recicl.registry import client, ensure_experiment, resolve_tracking_uri
-
     tracking_uri = resolve_tracking_uri(cfg)
     mlc = client(tracking_uri)
     experiment_id = ensure_experiment(cfg, tracking_uri)

@@ -324,8 +324,14 @@ def evaluate_instructions(
 def _log(cfg: ReciclConfig, report: dict[str, Any], artifact: Path) -> str:
     from mlflow.entities import Metric
 
-    from recicl.evaluate.batch import EVAL_KIND_TAG, MODEL_NAME_TAG, MODEL_VERSION_TAG
-    from recicl.registry import client, ensure_experiment, resolve_tracking_uri
+    from recicl.registry import (
+        EVAL_KIND_TAG,
+        MODEL_NAME_TAG,
+        MODEL_VERSION_TAG,
+        client,
+        ensure_experiment,
+        resolve_tracking_uri,
+    )
 
     tracking_uri = resolve_tracking_uri(cfg)
     mlc = client(tracking_uri)

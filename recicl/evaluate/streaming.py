@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recicl.config import ConfigError, ReciclConfig, parse_periods
-from recicl.data.pipeline import CATALOG_FILE, read_samples_table
+from recicl.data.samples_folder import CATALOG_FILE, read_samples_table
 from recicl.evaluate.batch import report_from_scores, score_samples, subsample_per_period
 from recicl.evaluate.classical import fit_classical
 from recicl.evaluate.metrics import metrics_by_period

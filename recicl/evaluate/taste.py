@@ -47,7 +47,7 @@ def _items_by_genre(samples_dir: Path) -> list[tuple[str, set[str]]]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from recicl.data.pipeline import read_samples_table
+    from recicl.data.samples_folder import read_samples_table
 
     catalog = pq.read_table(samples_dir / "catalog.parquet")
     genres = {

@@ -1,6 +1,6 @@
 """Training data: which periods, how many rows, and the tokenized Ray Datasets.
 
-Samples are read with the data layer's :func:`recicl.data.pipeline.read_samples_dataset` and
+Samples are read through the data layer's :class:`recicl.data.samples_folder.SamplesFolder` and
 encoded by :class:`recicl.prompts.PromptBuilder` in Ray Data tasks (one cached tokenizer + builder
 per worker process, its piece cache reused across batches). Ray Train splits each dataset across
 the workers (``streaming_split(equal=True)``), so every rank gets the same number of rows.
@@ -16,44 +16,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recicl.config import ConfigError, ReciclConfig, TrainConfig
+from recicl.data.samples_folder import SamplesFolder
 
 if TYPE_CHECKING:
     import ray.data
 
 log = logging.getLogger(__name__)
 
-SAMPLES_SUBDIR, CATALOG_FILE, MANIFEST_FILE = "samples", "catalog.parquet", "manifest.json"
 #: Columns the workers need; everything else is dropped after encoding.
 ENCODED_COLUMNS = ["input_ids", "demo_answers", "length", "label"]
-
-
-def resolve_samples_dir(cfg: ReciclConfig) -> Path:
-    """``train.samples_dir`` → ``samples.output``, as an absolute path that must exist."""
-    chosen = cfg.train.samples_dir or cfg.samples.output
-    if not chosen:
-        raise ConfigError(
-            "no samples to train on: set train.samples_dir (or --samples) to the output folder "
-            "of `recicl samples build`"
-        )
-    path = Path(chosen).expanduser().resolve()
-    if not (path / SAMPLES_SUBDIR).is_dir():
-        raise ConfigError(
-            f"{path} has no {SAMPLES_SUBDIR}/ folder: run `recicl samples build --output {path}`"
-        )
-    if not (path / CATALOG_FILE).is_file():
-        raise ConfigError(f"{path} has no {CATALOG_FILE}: it is not a samples folder")
-    return path
-
-
-def read_manifest(samples_dir: Path) -> dict[str, Any]:
-    """The data manifest, or {} when the folder has none (hand-made fixtures)."""
-    path = samples_dir / MANIFEST_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def available_periods(samples_dir: Path) -> list[int]:
-    root = samples_dir / SAMPLES_SUBDIR
-    return sorted(int(p.name.split("=", 1)[1]) for p in root.glob("period=*") if p.is_dir())
 
 
 def choose_periods(tc: TrainConfig, available: list[int]) -> tuple[list[int], list[int]]:
@@ -93,9 +64,7 @@ def count_rows(samples_dir: Path, periods: list[int], manifest: dict[str, Any]) 
     }
     if all(p in by_period for p in periods):
         return sum(by_period[p] for p in periods)
-    from recicl.data.pipeline import read_samples_dataset
-
-    return int(read_samples_dataset(samples_dir, periods).count())
+    return int(SamplesFolder.at(samples_dir).read_dataset(periods).count())
 
 
 #: Per-process builders (tokenizer + piece cache), keyed by prompt/model config and catalog file.
@@ -167,12 +136,10 @@ def choose_train_subset(
 
     if max_train_samples is None:
         return None
-    from recicl.data.pipeline import _period_paths
-
     ids = np.concatenate(
         [
             pq.read_table(path, columns=["sample_id"]).column("sample_id").to_numpy()
-            for path in _period_paths(samples_dir, periods)
+            for path in SamplesFolder.at(samples_dir).period_paths(periods)
         ]
     ).astype(object)
     keep = train_subset_size(max_train_samples, len(ids))
@@ -206,14 +173,13 @@ def encoded_datasets(
     """Tokenized (train, val) datasets. One encoding pass covers both; with
     ``train.materialize_data`` the tokens are computed once here and every epoch reads them from
     the object store instead of re-tokenizing."""
-    from recicl.data.pipeline import read_samples_dataset
-
     periods = sorted(set(train_periods) | set(val_periods))
     settings = json.dumps(
         {"prompt": cfg.prompt.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json")},
         sort_keys=True,
     )
-    samples = read_samples_dataset(samples_dir, periods)
+    folder = SamplesFolder.at(samples_dir)
+    samples = folder.read_dataset(periods)
     train_ids = choose_train_subset(
         samples_dir, train_periods, cfg.train.max_train_samples, cfg.train.seed
     )
@@ -229,7 +195,7 @@ def encoded_datasets(
         encode_samples,
         fn_kwargs={
             "settings": settings,
-            "catalog_path": str(samples_dir / CATALOG_FILE),
+            "catalog_path": str(folder.catalog_path),
             "seed": cfg.train.seed,
         },
         batch_format="numpy",

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from recicl.config import ConfigError, ReciclConfig, build_config
+from recicl.data.samples_folder import SamplesFolder, configured_samples_dir
 from recicl.errors import ReciclError
 from recicl.prompts import template_for
 from recicl.train.loop import (
@@ -80,8 +81,8 @@ def resolve_train_config(cfg: ReciclConfig) -> ReciclConfig:
     if model_path and Path(model_path).expanduser().exists():
         raw["model"]["name_or_path"] = str(Path(model_path).expanduser().resolve())
     tc = raw["train"]
-    if cfg.train.samples_dir or cfg.samples.output:
-        source = cfg.train.samples_dir or cfg.samples.output
+    source = configured_samples_dir(cfg)
+    if source:
         tc["samples_dir"] = source if _is_uri(source) else str(Path(source).expanduser().resolve())
     storage = cfg.train.storage_path or str(workdir / "ray_results")
     tc["storage_path"] = storage if _is_uri(storage) else str(Path(storage).expanduser().resolve())
@@ -320,12 +321,10 @@ def train(cfg: ReciclConfig) -> TrainResult:
     cfg = resolve_train_config(cfg)
     tc = cfg.train
     assert tc.run_name and tc.storage_path
-    samples_dir = train_data.resolve_samples_dir(cfg)
-    manifest = train_data.read_manifest(samples_dir)
-    manifest_hash = str(manifest.get("config_hash", "none"))
-    train_periods, val_periods = train_data.choose_periods(
-        tc, train_data.available_periods(samples_dir)
-    )
+    samples = SamplesFolder.from_config(cfg)
+    samples_dir, manifest = samples.root, samples.manifest()
+    manifest_hash = samples.content_id()  # what the version was tuned on, by content
+    train_periods, val_periods = train_data.choose_periods(tc, samples.periods())
     periods = {"train_periods": train_periods, "val_periods": val_periods}
 
     ensure_ray(cfg.ray)

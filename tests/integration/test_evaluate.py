@@ -15,15 +15,16 @@ import pytest
 from typer.testing import CliRunner
 
 from recicl.config import PromptConfig, TinyModelSettings, build_config
-from recicl.data.pipeline import build_samples, read_samples_table
+from recicl.data.pipeline import build_samples
+from recicl.data.samples_folder import read_samples_table
 from recicl.data.synth import SynthSpec, write_synthetic
 from recicl.evaluate.batch import EvaluationError, evaluate_model, resolve_model, score_samples
 from recicl.modeling.packaged import package_full_model
+from recicl.promotion import evaluation_auc, promote
 from recicl.registry import (
     RegistryError,
     alias_version,
     client,
-    promote,
     register_model_folder,
     resolve_tracking_uri,
 )
@@ -179,8 +180,6 @@ def test_promotion_gate(world):
 def test_capped_evaluation_uses_one_subset_and_the_gate_compares_like_with_like(world):
     """evaluate.max_samples scores the same seeded subset for every version, tags the run with
     it, and the promotion gate reuses only evaluations of the same subset."""
-    from recicl.registry import evaluation_auc
-
     capped = build_config({**world["cfg"].model_dump(mode="json"), "evaluate": {"max_samples": 9}})
     v0, v1 = world["versions"][0], world["versions"][1]
     reports = [
@@ -259,3 +258,57 @@ def test_instruction_file_scores_and_reports(world, tmp_path):
     assert saved["overall"]["auc"] == pytest.approx(report["overall"]["auc"])
     run = client(resolve_tracking_uri(world["cfg"])).get_run(report["mlflow_run_id"])
     assert run.data.tags["recicl.kind"] == "instruction-evaluation"
+
+
+def test_gate_reevaluates_both_versions_after_samples_are_rebuilt_from_a_grown_log(world):
+    """Samples rebuilt in place from a grown log (same config, so the same config hash) are new
+    data: an evaluation cached on the old samples must not stand in for the champion's AUC."""
+    root = world["root"] / "grown"
+    cfg = build_config(
+        {
+            **world["cfg"].model_dump(mode="json"),
+            "data": {"source": "parquet", "path": str(root / "log")},
+            "samples": {**world["cfg"].samples.model_dump(mode="json"), "output": str(root / "s")},
+        }
+    )
+    v0 = world["versions"][0]
+    write_synthetic(SynthSpec(users=30, events_per_user=15, seed=11), root / "log")
+    build_samples(cfg)
+    before = evaluate_model(cfg, f"models:/recicl/{v0}", root / "s", [2])["periods"]["2"]["auc"]
+    assert evaluation_auc(cfg, "recicl", v0, root / "s", 2) == pytest.approx(before)  # cached
+
+    write_synthetic(SynthSpec(users=45, events_per_user=15, seed=11), root / "log")  # grown
+    build_samples(cfg)
+    fresh = evaluate_model(cfg, f"models:/recicl/{v0}", root / "s", [2], log_to_mlflow=False)
+    after = fresh["periods"]["2"]["auc"]
+    assert after != pytest.approx(before)  # the data really changed
+    assert evaluation_auc(cfg, "recicl", v0, root / "s", 2) == pytest.approx(after)
+
+
+def test_model_cache_follows_the_registry_not_only_name_and_version(world, tmp_path):
+    """The same workdir pointed at a new MLflow store, whose version 1 is another model, must
+    score that model, not the folder cached for the old store's version 1."""
+    from recicl.modeling.packaged import load_packaged_model
+
+    cfg = world["cfg"]
+    first = resolve_model(f"models:/recicl/{world['versions'][0]}", cfg)
+    assert world["versions"][0] == "1"
+    other_store = build_config(
+        {
+            **cfg.model_dump(mode="json"),
+            "mlflow": {
+                **cfg.mlflow.model_dump(mode="json"),
+                "tracking_uri": "sqlite:///" + str(tmp_path / "other.db"),
+            },
+        }
+    )
+    # version 1 of the new store is the seed-1 model (the old store's version 2)
+    seed1 = resolve_model(f"models:/recicl/{world['versions'][1]}", cfg).local_dir
+    assert register_model_folder(other_store, seed1) == "1"
+    second = resolve_model("models:/recicl/1", other_store)
+    assert second.local_dir != first.local_dir
+    weights = [
+        next(load_packaged_model(src).model.parameters()).detach().numpy()
+        for src in (second.local_dir, seed1)
+    ]
+    np.testing.assert_array_equal(weights[0], weights[1])

@@ -14,7 +14,8 @@ import pytest
 import ray
 
 from recicl.config import build_config
-from recicl.data.pipeline import build_samples, read_samples_dataset, read_samples_table
+from recicl.data.pipeline import build_samples
+from recicl.data.samples_folder import read_samples_dataset, read_samples_table
 from recicl.data.synth import SynthSpec, generate, write_synthetic
 from tests.reference import reference_samples
 

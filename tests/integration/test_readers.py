@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from recicl.config import build_config
-from recicl.data.pipeline import build_samples, read_samples_table
+from recicl.data.pipeline import build_samples
+from recicl.data.samples_folder import read_samples_table
 from recicl.errors import DataError
 
 pytestmark = pytest.mark.integration

@@ -101,7 +101,7 @@ def test_demo_rate_is_the_recent_like_rate(protocols):
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from recicl.data.pipeline import read_samples_table
+    from recicl.data.samples_folder import read_samples_table
     from recicl.evaluate.batch import subsample_per_period
 
     cfg = protocols.cfg

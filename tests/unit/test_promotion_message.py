@@ -3,7 +3,7 @@ nothing (a first promotion), instead of printing 'AUC n/a' for both sides."""
 
 from __future__ import annotations
 
-from recicl.registry import PromotionDecision
+from recicl.promotion import PromotionDecision
 
 
 def decision(**changes) -> PromotionDecision:

@@ -1,0 +1,223 @@
+"""The samples folder: the one owner of the layout `recicl samples build` writes.
+
+Training, evaluation, promotion, the streaming experiment, the taste probe and serving all read
+this folder. Each used to spell the layout itself (``samples/period=K``, ``catalog.parquet``,
+``manifest.json``) and to choose between ``train.samples_dir`` and ``samples.output`` on its own;
+this type is now the only place that knows either.
+
+Layout::
+
+    <root>/
+      samples/period=K/*.parquet   one partition per period (the SAMPLES schema minus ``period``)
+      catalog.parquet              item_id, title, attributes: renders prompts, checks item ids
+      manifest.json                what was built from what (counts per period, config, source)
+      quarantine/                  rows and catalog entries that failed validation
+
+**Content identity.** Evaluations are cached in MLflow and reused by the promotion gate, so
+"the same samples" must mean the same *bytes*, not the same config: rebuilding from a grown log
+with an unchanged config gives new samples that a config hash cannot tell apart from the old
+ones. :meth:`SamplesFolder.content_id` hashes the sample and catalog files themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pds
+
+from recicl.config import ConfigError, ReciclConfig
+from recicl.data.schema import SAMPLES
+
+if TYPE_CHECKING:
+    import ray.data
+
+SAMPLES_DIR, CATALOG_FILE, MANIFEST_FILE, QUARANTINE_DIR = (
+    "samples",
+    "catalog.parquet",
+    "manifest.json",
+    "quarantine",
+)
+#: Everything a build writes, in the order a rebuild removes it (never mixing old and new files).
+BUILD_OUTPUTS = (SAMPLES_DIR, QUARANTINE_DIR, CATALOG_FILE, MANIFEST_FILE)
+_HASH_CHUNK = 1 << 20
+
+
+def configured_samples_dir(cfg: ReciclConfig) -> str | None:
+    """The samples folder a config points at: ``train.samples_dir``, else ``samples.output``
+    (the folder `recicl samples build` writes). None when neither is set."""
+    return cfg.train.samples_dir or cfg.samples.output
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class SamplesFolder:
+    """A samples folder on a local path or a shared mount (see the module doc for the layout)."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, path: str | Path) -> SamplesFolder:
+        """The folder at ``path``, checked to hold samples and a catalog (a clear error naming
+        the command that writes them otherwise)."""
+        root = Path(path).expanduser().resolve()
+        folder = cls(root)
+        if not folder.samples_root.is_dir():
+            raise ConfigError(
+                f"{root} has no {SAMPLES_DIR}/ folder: run `recicl samples build --output {root}`"
+            )
+        if not folder.catalog_path.is_file():
+            raise ConfigError(f"{root} has no {CATALOG_FILE}: it is not a samples folder")
+        return folder
+
+    @classmethod
+    def from_config(cls, cfg: ReciclConfig, override: str | Path | None = None) -> SamplesFolder:
+        """``override`` (a --samples flag) → ``train.samples_dir`` → ``samples.output``."""
+        chosen = override or configured_samples_dir(cfg)
+        if not chosen:
+            raise ConfigError(
+                "no samples folder: set train.samples_dir (or pass --samples DIR) to the output "
+                "folder of `recicl samples build`"
+            )
+        return cls.at(chosen)
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    @property
+    def samples_root(self) -> Path:
+        return self.root / SAMPLES_DIR
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / CATALOG_FILE
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST_FILE
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / QUARANTINE_DIR
+
+    # -- manifest and periods ------------------------------------------------------------------
+
+    def manifest(self) -> dict[str, Any]:
+        """The build manifest, or {} when the folder has none (hand-made test fixtures)."""
+        path = self.manifest_path
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def require_manifest(self) -> dict[str, Any]:
+        """The build manifest, for callers that need what it records (counts, config)."""
+        manifest = self.manifest()
+        if not manifest:
+            raise ConfigError(
+                f"{self.root} has no {MANIFEST_FILE}: run `recicl samples build --output "
+                f"{self.root}`"
+            )
+        return manifest
+
+    def periods(self) -> list[int]:
+        """Periods with a partition on disk, ascending."""
+        return sorted(
+            int(p.name.split("=", 1)[1]) for p in self.samples_root.glob("period=*") if p.is_dir()
+        )
+
+    def sample_counts(self) -> dict[int, int]:
+        """Samples per period as the manifest records them ({} without a manifest)."""
+        return {
+            int(row["period"]): int(row["samples"])
+            for row in self.manifest().get("periods", [])
+            if "period" in row and "samples" in row
+        }
+
+    def newest_period(self) -> int:
+        """The newest period that has samples (the default for evaluation and promotion)."""
+        counts = self.sample_counts()
+        with_samples = [p for p, n in counts.items() if n] if counts else self.periods()
+        if not with_samples:
+            raise ConfigError(f"{self.root} has no period with samples")
+        return max(with_samples)
+
+    def period_paths(self, periods: list[int] | None) -> list[str]:
+        """Partition folders of ``periods`` (all when None); unknown periods are an error that
+        lists the available ones."""
+        available = self.periods()
+        chosen = available if periods is None else periods
+        missing = sorted(set(chosen) - set(available))
+        if missing:
+            raise ConfigError(
+                f"periods {missing} have no samples in {self.root}; available: {available}"
+            )
+        return [str(self.samples_root / f"period={p}") for p in chosen]
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def read_table(self, periods: list[int] | None = None) -> pa.Table:
+        """All samples of the chosen periods as one Arrow table in the SAMPLES schema."""
+        tables = []
+        for path in self.period_paths(periods):
+            period = int(path.rsplit("=", 1)[1])
+            table = pds.dataset(path, format="parquet").to_table()
+            periods_column = pa.array(np.full(table.num_rows, period, np.int16))
+            table = table.append_column("period", periods_column)
+            tables.append(table.select(SAMPLES.names).cast(SAMPLES))
+        return pa.concat_tables(tables) if tables else SAMPLES.empty_table()
+
+    def read_dataset(self, periods: list[int] | None = None) -> ray.data.Dataset:
+        """Samples of the chosen periods as a Ray Dataset in the SAMPLES schema."""
+        import ray.data
+
+        return ray.data.read_parquet(
+            self.period_paths(periods), include_paths=True, partitioning=None
+        ).map_batches(_add_period, batch_size=None, batch_format="pyarrow")
+
+    # -- identity ------------------------------------------------------------------------------
+
+    @cached_property
+    def _content_id(self) -> str:
+        digest = hashlib.sha256()
+        files = sorted(p for p in self.samples_root.rglob("*") if p.is_file())
+        for path in [*files, self.catalog_path]:
+            relative = path.relative_to(self.root).as_posix()
+            digest.update(f"{relative}\0{_file_digest(path)}\n".encode())
+        return digest.hexdigest()[:16]
+
+    def content_id(self) -> str:
+        """Hash of the sample and catalog files (relative paths and bytes), computed once per
+        object. Equal identities mean the same files; a rebuild writes new file names, so it
+        gets a new identity even when the samples came out the same (conservative: a cached
+        evaluation is then recomputed, never reused on other data)."""
+        return self._content_id
+
+
+def _add_period(batch: pa.Table) -> pa.Table:
+    """Ray Data UDF: the period from each row's ``.../period=K/...`` file path, as int16."""
+    found = pc.extract_regex(batch["path"], r"period=(?P<period>\d+)")
+    periods = pc.struct_field(found, "period").cast(pa.int16())
+    return batch.drop_columns(["path"]).append_column("period", periods).select(SAMPLES.names)
+
+
+def read_samples_table(samples_dir: str | Path, periods: list[int] | None = None) -> pa.Table:
+    """Shorthand for ``SamplesFolder.at(samples_dir).read_table(periods)``."""
+    return SamplesFolder.at(samples_dir).read_table(periods)
+
+
+def read_samples_dataset(
+    samples_dir: str | Path, periods: list[int] | None = None
+) -> ray.data.Dataset:
+    """Shorthand for ``SamplesFolder.at(samples_dir).read_dataset(periods)``."""
+    return SamplesFolder.at(samples_dir).read_dataset(periods)
