@@ -1,302 +1,27 @@
-"""THE prompt builder: ICL sample (ids) → text → token ids within a budget.
-
-Training, evaluation and serving all call :class:`PromptBuilder`, so the model is scored on
-exactly the token sequences it was tuned on (no train/serve skew).
-
-Layout (RecICL format; ``tallrec`` is the same without the demonstration blocks)::
-
-    <instruction>
-
-    The user liked these movies: "A", "B".
-    Will the user enjoy the movie "X" (Action, Comedy)? Answer: Yes
-
-    The user liked these movies: "A", "B", "X".
-    Will the user enjoy the movie "T" (Drama)? Answer:
-
-With ``prompt.demo_history_len: 0`` the demonstrations are bare solved questions, one per line,
-and only the query block shows the user's history (a third of the tokens)::
-
-    <instruction>
-    Will the user enjoy the movie "X" (Action, Comedy)? Answer: Yes
-    Will the user enjoy the movie "Y" (Horror)? Answer: No
-
-    The user liked these movies: "A", "B", "X".
-    Will the user enjoy the movie "T" (Drama)? Answer:
-
-Each demonstration is a solved example (its own history, its item, its answer); the query comes
-last and the prompt ends with ``Answer:`` so the next token is the answer. The query's history
-sits *before* the query item: everything up to the query item is a per-user prefix that serving
-can compute once and share across candidates (:meth:`PromptBuilder.split_prefix`,
-:meth:`PromptBuilder.query_suffix`).
-
-Tokenization choice: a prompt is cut into pieces (instruction, block heads, one piece per history
-item, the question, the answer) and the token ids are the *concatenation of per-piece
-tokenizations* (plus the tokenizer's leading special tokens such as BOS). Why: trimming to the
-budget then costs additions of cached per-piece lengths instead of re-tokenizing the prompt again
-and again, item pieces repeat across blocks and users (so they are tokenized once and cached),
-and prefix + suffix is exactly the full prompt. For BPE tokenizers whose pieces start at a space
-(GPT-2/Llama-3/Qwen style) this equals tokenizing :meth:`PromptBuilder.render` as one string up to
-rare merges across piece boundaries; for others it may differ by a few tokens. That is harmless
-because nobody tokenizes the rendered text: training, evaluation and serving all use
-:meth:`PromptBuilder.encode`. Demonstration answers are the exact answer token ids the scorer
-reads (:func:`answer_token_ids`), so the in-context answers and the scored answer always agree.
-
-Budget (``max_length``, special tokens included): the instruction and the query item are never
-cut. Over budget, (1) history items are dropped, oldest first, always from the currently longest
-history (ties: the oldest block first, so the query's history goes last), keeping at least one
-item per history; (2) if that is not enough, whole demonstrations are dropped, oldest first (and
-the freed room goes back to histories); (3) with no demonstrations left, the query's last history
-item may go too. A prompt whose instruction + query alone exceed the budget is a
-:class:`PromptError`.
-"""
+"""The prompt builder: sample ids → layout of blocks → text or token ids within the budget."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from recicl.config import PromptConfig
-from recicl.errors import ReciclError
+from recicl.prompts.answers import AnswerTokens, answer_token_ids, leading_special_ids
+from recicl.prompts.budget import BlockCosts, blocks_cost, level_histories, prefix_ids
+from recicl.prompts.encoded import EncodedPrompt, TrimStats
+from recicl.prompts.wording import PromptError, answer_text, clean_text, template_for
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-__all__ = [
-    "ANSWER_CUE",
-    "AnswerTokenError",
-    "AnswerTokens",
-    "EncodedPrompt",
-    "PromptBuilder",
-    "PromptError",
-    "Template",
-    "TrimStats",
-    "answer_text",
-    "answer_token_ids",
-    "clean_text",
-    "template_for",
-]
-
-#: The text every question ends with; the answer token follows it.
-ANSWER_CUE = "Answer:"
 
 #: Columns copied unchanged from a sample batch to the encoded batch (when present).
 PASSTHROUGH_COLUMNS = ("sample_id", "user_id", "item_id", "timestamp", "period")
 
 _MAX_CACHE = 1_000_000  # entries per cache; bounds memory when serving sees unbounded unknown ids
-
-
-class PromptError(ReciclError):
-    """A sample that cannot become a prompt (bad field, or the query alone exceeds the budget)."""
-
-
-class AnswerTokenError(PromptError):
-    """The tokenizer cannot express the answers "Yes"/"No" as single tokens after ``Answer:``."""
-
-
-def answer_text(label: int) -> str:
-    """The answer as it follows ``Answer:`` in demonstrations: " Yes" (label 1) or " No"."""
-    return " Yes" if label else " No"
-
-
-# --------------------------------------------------------------------------------------------
-# Templates
-
-
-@dataclass(frozen=True)
-class Template:
-    """Wording of one domain/format. Every piece keeps its own leading whitespace, so that the
-    prompt is the plain concatenation of pieces (see the module docstring)."""
-
-    instruction: str
-    history_head: str  # starts a block: blank line, then the history sentence
-    question: str  # "{item}" is the quoted item; ends with ANSWER_CUE
-    empty_history: str  # replaces the list when a history is empty
-
-    def __post_init__(self) -> None:
-        if not self.question.endswith(ANSWER_CUE):
-            raise ValueError("a question template must end with the answer cue")
-
-
-_NOUNS = {
-    "movie": ("a movie", "movie", "movies"),
-    "book": ("a book", "book", "books"),
-    "generic": ("an item", "item", "items"),
-}
-
-
-def template_for(config: PromptConfig) -> Template:
-    """The template of ``config.domain`` in ``config.format``."""
-    a_noun, noun, plural = _NOUNS[config.domain]
-    instruction = (
-        f"Predict whether the user will enjoy {a_noun}, given the {plural} they liked before."
-    )
-    if config.format == "recicl":
-        instruction += " The user's earlier decisions come first, as solved examples."
-    instruction += " Answer Yes or No."
-    return Template(
-        instruction=instruction,
-        history_head=f"\n\nThe user liked these {plural}:",
-        question=f"\nWill the user enjoy the {noun} {{item}}? {ANSWER_CUE}",
-        empty_history=" none.",
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Safe text
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_SPACES = re.compile(r"\s+")
-# "Answer:" inside a title would fake the prompt's answer cue; lookalike colons count too.
-_FAKE_CUE = re.compile(r"(answer)\s*[:\uff1a\ufe55\ufe13\u2236]", re.IGNORECASE)
-
-
-def clean_text(text: str, max_chars: int) -> str:
-    """Make untrusted catalog text safe to place between double quotes in a prompt.
-
-    Why each step: newlines/control characters would break the one-block-per-line layout, so all
-    whitespace runs become one space; double quotes would end the quoted title early, so they
-    become single quotes; "Answer:" would plant a fake answer cue, so its colon becomes " -";
-    very long texts would eat the budget, so they are cut to ``max_chars`` with an ellipsis.
-    """
-    text = str(text)[: max_chars * 8 + 256]  # bound the regex work on absurd inputs
-    text = _CONTROL.sub(" ", text)
-    text = _SPACES.sub(" ", text).strip()
-    text = text.replace('"', "'")
-    text = _FAKE_CUE.sub(r"\1 -", text)
-    if len(text) > max_chars:
-        text = text[: max_chars - 1].rstrip() + "…"
-    return text
-
-
-# --------------------------------------------------------------------------------------------
-# Results and counters
-
-
-@dataclass
-class EncodedPrompt:
-    """Token ids of one prompt, and how much was dropped to fit the budget.
-
-    ``prefix_length``: number of leading ids that depend only on the user (instruction, demos,
-    query history); ``input_ids[prefix_length:]`` is the query question.
-    """
-
-    input_ids: list[int]
-    trimmed_history: int = 0  # history items dropped from kept blocks
-    trimmed_demos: int = 0  # whole demonstrations dropped
-    prefix_length: int = 0
-    #: index in ``input_ids`` of every kept demonstration's answer token (oldest first); training
-    #: can supervise them too (``train.demo_loss_weight``): each is a solved example
-    demo_answer_positions: list[int] = field(default_factory=list)
-
-    @property
-    def trimmed(self) -> bool:
-        return bool(self.trimmed_history or self.trimmed_demos)
-
-
-@dataclass
-class TrimStats:
-    """How often the budget forced trimming; callers report it (e.g. in manifests, MLflow)."""
-
-    prompts: int = 0
-    trimmed_prompts: int = 0
-    history_items_dropped: int = 0
-    demos_dropped: int = 0
-    unknown_items: int = 0  # item ids missing from the catalog, rendered as "item <id>"
-    max_tokens: int = 0  # longest encoded prompt seen
-
-    def record(self, encoded: EncodedPrompt, unknown: int) -> None:
-        self.prompts += 1
-        self.trimmed_prompts += int(encoded.trimmed)
-        self.history_items_dropped += encoded.trimmed_history
-        self.demos_dropped += encoded.trimmed_demos
-        self.unknown_items += unknown
-        self.max_tokens = max(self.max_tokens, len(encoded.input_ids))
-
-    @property
-    def trimmed_fraction(self) -> float:
-        return self.trimmed_prompts / self.prompts if self.prompts else 0.0
-
-    def merge(self, other: TrimStats) -> TrimStats:
-        """Sum of two counters (e.g. from several Ray actors)."""
-        return TrimStats(
-            prompts=self.prompts + other.prompts,
-            trimmed_prompts=self.trimmed_prompts + other.trimmed_prompts,
-            history_items_dropped=self.history_items_dropped + other.history_items_dropped,
-            demos_dropped=self.demos_dropped + other.demos_dropped,
-            unknown_items=self.unknown_items + other.unknown_items,
-            max_tokens=max(self.max_tokens, other.max_tokens),
-        )
-
-    def as_dict(self) -> dict[str, float]:
-        return {**asdict(self), "trimmed_fraction": self.trimmed_fraction}
-
-
-# --------------------------------------------------------------------------------------------
-# Answer tokens
-
-
-class AnswerTokens(NamedTuple):
-    """Vocabulary ids of the two answers; scorer columns are in this order: [no, yes]."""
-
-    no: int
-    yes: int
-
-
-def _tokenizer_name(tokenizer: Any) -> str:
-    return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
-
-
-def _encode_plain(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def _answer_id(tokenizer: Any, cue_text: str, word: str) -> int | None:
-    # Preferred: the token that follows the cue when the answer is written in running text,
-    # i.e. what a pretrained model has seen after such cues.
-    cue = _encode_plain(tokenizer, cue_text)
-    full = _encode_plain(tokenizer, cue_text + word)
-    if len(full) == len(cue) + 1 and full[: len(cue)] == cue:
-        return full[-1]
-    for variant in (word, word.strip()):
-        ids = _encode_plain(tokenizer, variant)
-        if len(ids) == 1:
-            return ids[0]
-    return None
-
-
-def answer_token_ids(
-    tokenizer: PreTrainedTokenizerBase,
-    cue: str = ANSWER_CUE,
-    words: tuple[str, str] = (answer_text(1), answer_text(0)),
-) -> AnswerTokens:
-    """Resolve the single-token ids of " Yes" and " No" as they follow ``Answer:`` (or
-    ``words`` = (yes, no) after another ``cue``, e.g. "Yes"/"No" after an Alpaca-style
-    "### Response:" line).
-
-    Why single tokens: the score is P(Yes) from the logits of one next-token position. The
-    builder writes exactly these ids as demonstration answers, so the answers the model sees in
-    context are the ones it is scored on. Raises :class:`AnswerTokenError` naming the tokenizer.
-    """
-    yes, no = _answer_id(tokenizer, cue, words[0]), _answer_id(tokenizer, cue, words[1])
-    if yes is None or no is None or yes == no:
-        shown = {
-            w: tokenizer.convert_ids_to_tokens(_encode_plain(tokenizer, cue + w)) for w in words
-        }
-        raise AnswerTokenError(
-            f"tokenizer {_tokenizer_name(tokenizer)!r} has no single token for the answers "
-            f"{words[0].strip()!r}/{words[1].strip()!r} after {cue!r} (tokens: {shown}); use a "
-            "model whose vocabulary holds ' Yes' and ' No' (or 'Yes'/'No') as single tokens"
-        )
-    return AnswerTokens(no=no, yes=yes)
-
-
-# --------------------------------------------------------------------------------------------
-# Builder internals
 
 
 def _as_list(values: Any) -> list[Any]:
@@ -335,53 +60,9 @@ class _Layout:
     unknown: int = 0
 
 
-@dataclass
-class _Costs:
-    """Token ids of one block's pieces and their lengths, for budget arithmetic."""
-
-    head: list[int]
-    mids: list[list[int]]  # ids of ' "A",' for all items but the newest, oldest → newest
-    last: list[int]  # ids of ' "Z".' for the newest item ([] when empty)
-    empty: list[int]
-    question: list[int]
-    answer: list[int]
-    n_items: int = 0  # history items before trimming
-    newest_mid_sums: list[int] = field(default_factory=list)  # sum of the j newest mids
-
-    def __post_init__(self) -> None:
-        sums = [0]
-        for ids in reversed(self.mids):
-            sums.append(sums[-1] + len(ids))
-        self.newest_mid_sums = sums
-
-    def history_cost(self, kept: int) -> int:
-        if kept == 0:
-            return len(self.empty)
-        return self.newest_mid_sums[kept - 1] + len(self.last)
-
-    def base_cost(self) -> int:
-        return len(self.head) + len(self.question) + len(self.answer)
-
-    def cost(self, kept: int) -> int:
-        return self.base_cost() + self.history_cost(kept)
-
-    def ids(self, kept: int, *, with_question: bool = True) -> list[int]:
-        out = list(self.head)
-        if kept == 0:
-            out += self.empty
-        else:
-            for ids in self.mids[len(self.mids) - (kept - 1) :]:
-                out += ids
-            out += self.last
-        if with_question:
-            out += self.question
-            out += self.answer
-        return out
-
-
 class PromptBuilder:
-    """Renders and encodes ICL prompts from catalog ids; see the module docstring for layout,
-    tokenization and trimming rules.
+    """Renders and encodes ICL prompts from catalog ids; the ``recicl.prompts`` docstring gives
+    the layout, tokenization and trimming rules.
 
     ``catalog``: Arrow table with ``item_id``, ``title`` and optionally ``attributes``
     (map<str,str> or struct); for duplicate ids the first row wins. Ids missing from the catalog
@@ -408,7 +89,7 @@ class PromptBuilder:
         self._lead: list[int] = []
         if tokenizer is not None:
             self.answer_tokens = answer_token_ids(tokenizer)
-            self._lead = _leading_special_ids(tokenizer)
+            self._lead = leading_special_ids(tokenizer)
 
     # -- catalog --------------------------------------------------------------------------
 
@@ -567,8 +248,8 @@ class PromptBuilder:
             texts.append(block.question)
         return texts
 
-    def _costs(self, layout: _Layout) -> tuple[list[int], list[_Costs]]:
-        """Token ids of every piece (leading specials + instruction, then one _Costs a block)."""
+    def _costs(self, layout: _Layout) -> tuple[list[int], list[BlockCosts]]:
+        """Token ids of every piece: leading specials + instruction, then one BlockCosts a block."""
         self._require_tokenizer()
         self._prefill(self._texts(layout))
         cache = self._token_cache
@@ -583,7 +264,7 @@ class PromptBuilder:
                 else [self.answer_tokens.yes if block.label else self.answer_tokens.no]
             )
             costs.append(
-                _Costs(
+                BlockCosts(
                     head=cache[self.template.history_head] if block.show_history else [],
                     mids=pieces[:-1],
                     last=pieces[-1] if pieces else [],
@@ -595,7 +276,9 @@ class PromptBuilder:
             )
         return fixed, costs
 
-    def _fit(self, fixed: list[int], costs: list[_Costs], query_cost: int) -> tuple[int, list[int]]:
+    def _fit(
+        self, fixed: list[int], costs: list[BlockCosts], query_cost: int
+    ) -> tuple[int, list[int]]:
         """Choose (demos dropped, kept history items per kept block) under the budget.
 
         ``query_cost`` is the token cost assumed for the query question (its real length, or a
@@ -603,16 +286,16 @@ class PromptBuilder:
         """
         budget = self.config.max_length - len(fixed) - query_cost
         full = [c.n_items for c in costs]
-        if _total(costs, full) <= budget:
+        if blocks_cost(costs, full) <= budget:
             return 0, full
         for dropped in range(len(costs)):  # stage 2 wraps stage 1: drop demos only if needed
             blocks = costs[dropped:]
-            if _total(blocks, [min(c.n_items, 1) for c in blocks]) <= budget:
-                return dropped, _level(blocks, budget)
+            if blocks_cost(blocks, [min(c.n_items, 1) for c in blocks]) <= budget:
+                return dropped, level_histories(blocks, budget)
         # stage 3: no demos left and the query's single history item does not fit either
-        if _total(costs[-1:], [0]) <= budget:
+        if blocks_cost(costs[-1:], [0]) <= budget:
             return len(costs) - 1, [0]
-        need = len(fixed) + query_cost + _total(costs[-1:], [0])
+        need = len(fixed) + query_cost + blocks_cost(costs[-1:], [0])
         raise PromptError(
             f"prompt.max_length={self.config.max_length} is too small: the instruction and the "
             f"query alone need {need} tokens; raise max_length or lower max_title_chars"
@@ -621,7 +304,7 @@ class PromptBuilder:
     def encode(
         self, history: Sequence[str], demos: Sequence[Mapping[str, Any]], item_id: str
     ) -> EncodedPrompt:
-        """Token ids of the prompt within ``max_length``, trimmed as the module docstring says."""
+        """Token ids of the prompt within ``max_length``, trimmed by the package's budget rules."""
         layout = self._layout(history, demos, item_id)
         encoded = self._encode_layout(layout)
         self.stats.record(encoded, layout.unknown)
@@ -632,7 +315,7 @@ class PromptBuilder:
         query = costs[-1]
         dropped, kept = self._fit(fixed, costs, len(query.question))
         answers: list[int] = []
-        ids = _prefix_ids(fixed, costs[dropped:], kept, answers)
+        ids = prefix_ids(fixed, costs[dropped:], kept, answers)
         prefix_length = len(ids)
         ids += query.question
         trimmed_history = sum(b.n_items - k for b, k in zip(costs[dropped:], kept, strict=True))
@@ -664,7 +347,7 @@ class PromptBuilder:
             dropped, kept = 0, [c.n_items for c in costs]
         else:
             dropped, kept = self._fit(fixed, costs, int(reserve))
-        return _prefix_ids(fixed, costs[dropped:], kept)
+        return prefix_ids(fixed, costs[dropped:], kept)
 
     def query_suffix(self, item_id: str) -> list[int]:
         """Ids of the query question about ``item_id`` (ends with ``Answer:``)."""
@@ -718,75 +401,12 @@ class PromptBuilder:
         return out
 
 
-def _total(blocks: list[_Costs], kept: list[int]) -> int:
-    """Token cost of ``blocks`` (demos..., query) keeping ``kept`` history items each; the
-    query's question is budgeted by the caller."""
-    *demos, query = blocks
-    return (
-        sum(c.cost(k) for c, k in zip(demos, kept[:-1], strict=True))
-        + len(query.head)
-        + query.history_cost(kept[-1])
-    )
-
-
-def _prefix_ids(
-    fixed: list[int], blocks: list[_Costs], kept: list[int], answers: list[int] | None = None
-) -> list[int]:
-    """Leading specials + instruction + kept demo blocks + query history (no question).
-    ``answers``, when given, receives the index of each demo's answer token (a block's last id)."""
-    ids = list(fixed)
-    for block, k in zip(blocks[:-1], kept[:-1], strict=True):
-        ids += block.ids(k)
-        if answers is not None and block.answer:
-            answers.append(len(ids) - 1)
-    ids += blocks[-1].ids(kept[-1], with_question=False)
-    return ids
-
-
-def _level(blocks: list[_Costs], budget: int) -> list[int]:
-    """Stage 1: lower all histories to a common cap (the longest loses its oldest item first;
-    ties: the oldest block first) until the blocks fit ``budget``. The caller has checked that
-    keeping one item per non-empty history fits."""
-    lengths = [c.n_items for c in blocks]
-
-    def capped(cap: int) -> list[int]:
-        return [min(n, max(cap, 1)) for n in lengths]
-
-    top = max(lengths)
-    cap = top
-    while cap > 1 and _total(blocks, capped(cap)) > budget:
-        cap -= 1
-    if cap == top:
-        return lengths
-    # capped(cap) fits and capped(cap + 1) does not: from cap + 1, take one item from each block
-    # at that level, oldest block first, until it fits.
-    kept = capped(cap + 1)
-    for position in range(len(blocks)):
-        if kept[position] == cap + 1:
-            kept[position] = cap
-            if _total(blocks, kept) <= budget:
-                break
-    return kept
-
-
-def _leading_special_ids(tokenizer: Any) -> list[int]:
-    """Special ids the tokenizer puts before a text (e.g. BOS); trailing ones (EOS) are left
-    out on purpose, since the answer must be the next token after ``Answer:``."""
-    probe = "Answer"
-    plain = _encode_plain(tokenizer, probe)
-    full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
-    for start in range(len(full) - len(plain) + 1):
-        if full[start : start + len(plain)] == plain:
-            return full[:start]
-    return []
-
-
 def _attribute_columns(column: pa.ChunkedArray, keys: list[str]) -> list[list[str | None]]:
     """One python list per wanted attribute key, row-aligned with the catalog."""
     import pyarrow.compute as pc
 
     kind = column.type
-    out = []
+    out: list[list[str | None]] = []
     for key in keys:
         if pa.types.is_map(kind):
             values = pc.map_lookup(column, pa.scalar(key, kind.key_type), "first")
