@@ -1,0 +1,37 @@
+"""The durable interaction store (see :mod:`recicl.serve.store.base` for the guarantees).
+
+Split by concern: :mod:`~recicl.serve.store.base` holds the event record, its validation and
+order, the :class:`InteractionStore` contract and :func:`open_store`; the two backends live in
+:mod:`~recicl.serve.store.sqlite_store` and :mod:`~recicl.serve.store.redis_store`. Everything
+a caller needs is importable from here.
+"""
+
+from recicl.serve.store.base import (
+    DEFAULT_MAX_EVENTS_PER_USER,
+    MAX_ABS_TIMESTAMP,
+    Event,
+    InteractionStore,
+    InvalidEventError,
+    StoreError,
+    StoreUnavailableError,
+    StoreURLError,
+    event_order_key,
+    open_store,
+)
+from recicl.serve.store.redis_store import RedisStore
+from recicl.serve.store.sqlite_store import SQLiteStore
+
+__all__ = [
+    "DEFAULT_MAX_EVENTS_PER_USER",
+    "MAX_ABS_TIMESTAMP",
+    "Event",
+    "InteractionStore",
+    "InvalidEventError",
+    "RedisStore",
+    "SQLiteStore",
+    "StoreError",
+    "StoreURLError",
+    "StoreUnavailableError",
+    "event_order_key",
+    "open_store",
+]
