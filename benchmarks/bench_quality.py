@@ -5,7 +5,7 @@ Runs ``recicl experiment streaming`` (the library call) once per seed with ``tra
 the evaluation sample), then prints one table: AUC and UAUC per variant and period as
 min–max over the seeds, the facts the pretrained-LLM issue asks about (RecICL ≥ 0.80 on every
 period; above zero-shot and TALLRec on every period; the margin over the classical model), the
-taste-switch shift of every model (``recicl.evaluate.taste``: does the new taste of a scripted
+taste-switch shift of every model (``recicl.experiments.taste``: does the new taste of a scripted
 user lift its candidates, with no update?) and how long each variant took. Numbers are measured,
 never asserted.
 
@@ -49,7 +49,7 @@ def run_seed(
     (e.g. few-shot sizes or reference rows asked for later) are run and merged in."""
     from recicl.config import load_config, with_overrides
     from recicl.data.pipeline import build_samples
-    from recicl.evaluate.streaming import few_shot_name, run_streaming
+    from recicl.experiments.streaming import few_shot_name, run_streaming
 
     overrides: dict[str, Any] = {
         **settings,
@@ -98,10 +98,10 @@ def run_seed(
 def add_taste_shifts(
     config: Path, seed: int, result: dict, output: Path, settings: dict[str, Any]
 ) -> None:
-    """The taste-switch probe (recicl.evaluate.taste) for every variant with a model: how far a
+    """The taste-switch probe (recicl.experiments.taste) for every variant with a model: how far a
     user's new taste lifts its candidates relative to the old taste's, with no update."""
     from recicl.config import load_config, with_overrides
-    from recicl.evaluate.taste import taste_switch_shift
+    from recicl.experiments.taste import taste_switch_shift
 
     cfg = with_overrides(load_config(config), {**settings, "train.seed": seed})
     samples = Path(cfg.train.samples_dir or cfg.samples.output or "")

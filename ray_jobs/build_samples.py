@@ -15,7 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the job's working dir
 
 from recicl.config import load_config, with_overrides
-from recicl.data.pipeline import build_samples, print_summary
+from recicl.data.pipeline import build_samples
+from recicl.reports import print_samples_summary
 
 
 def main() -> None:
@@ -27,7 +28,7 @@ def main() -> None:
     cfg = with_overrides(
         load_config(args.config), {"data.path": args.path, "samples.output": args.output}
     )
-    print_summary(build_samples(cfg))
+    print_samples_summary(build_samples(cfg))
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ def samples_build(
     like_threshold: float | None = typer.Option(None, help="Rating at or above = liked."),
 ) -> None:
     """Read logs, validate and quarantine, cut periods and write ICL samples (Ray Data)."""
-    from recicl.data.pipeline import build_samples, print_summary
+    from recicl.data.pipeline import build_samples
+    from recicl.reports import print_samples_summary
 
     cfg = resolve_config(
         config,
@@ -118,7 +119,7 @@ def samples_build(
     if periods is not None:
         cfg.samples.boundaries = None
     manifest = build_samples(cfg)
-    print_summary(manifest)
+    print_samples_summary(manifest)
 
 
 @data_app.command("synth")
@@ -279,11 +280,8 @@ def evaluate_command(
     """Score samples (or an instruction-format file) with a model; AUC/UAUC/LogLoss."""
     from recicl.config import ConfigError, parse_periods
     from recicl.evaluate.batch import evaluate_model
-    from recicl.evaluate.instructions import (
-        evaluate_instructions,
-        is_instruction_file,
-        print_instruction_report,
-    )
+    from recicl.evaluate.instructions import evaluate_instructions, is_instruction_file
+    from recicl.reports import print_evaluation, print_instruction_report
 
     cfg = resolve_config(config, {"evaluate.replicas": replicas})
     if is_instruction_file(samples):
@@ -298,34 +296,7 @@ def evaluate_command(
     except ValueError as error:
         raise ConfigError(f"--periods: {error}") from None
     report = evaluate_model(cfg, model, samples, chosen, output)
-    print_report(report)
-
-
-def print_report(report: dict[str, Any]) -> None:
-    """Metrics per period as a table, then where the report and plot went."""
-    from rich.table import Table
-
-    table = Table(title=f"evaluation of {report['model']['label']}")
-    for column in ("period", "n", "like rate", "AUC", "UAUC (users)", "LogLoss"):
-        table.add_column(column, justify="right")
-
-    def fmt(value: float | None) -> str:
-        return "-" if value is None else f"{value:.4f}"
-
-    rows = [(f"D{p}", v) for p, v in sorted(report["periods"].items(), key=lambda kv: int(kv[0]))]
-    for name, values in [*rows, ("all", report["overall"])]:
-        table.add_row(
-            name,
-            f"{values['count']:,}",
-            fmt(values["like_rate"]),
-            fmt(values["auc"]),
-            f"{fmt(values['uauc'])} ({values['uauc_users']})",
-            fmt(values["logloss"]),
-        )
-    Console().print(table)
-    console.print(f"report: {report['report_path']}  plot: {report['plot_path']}")
-    if report.get("mlflow_run_id"):
-        console.print(f"MLflow evaluation run: {report['mlflow_run_id']}")
+    print_evaluation(report)
 
 
 @models_app.command("list")
@@ -404,7 +375,8 @@ def experiment_streaming(
     config: Path | None = typer.Option(None, "--config", help="YAML config file."),
 ) -> None:
     """Train once on early periods, evaluate every later period unchanged, per variant."""
-    from recicl.evaluate.streaming import print_streaming, run_streaming
+    from recicl.experiments.streaming import run_streaming
+    from recicl.reports import print_streaming
 
     result = run_streaming(resolve_config(config, {}))
     print_streaming(result)

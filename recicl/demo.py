@@ -42,7 +42,7 @@ def _personalization(cfg: ReciclConfig, samples_dir: Path) -> dict[str, Any]:
     import httpx
     from ray import serve
 
-    from recicl.evaluate.taste import NEW, OLD, taste_switch
+    from recicl.experiments.taste import NEW, OLD, taste_switch
     from recicl.serve.app import start_app
 
     serve_cfg = cfg.serve.model_copy(update={"host": "127.0.0.1", "port": _free_port()})
@@ -107,11 +107,12 @@ def _personalization(cfg: ReciclConfig, samples_dir: Path) -> dict[str, Any]:
 def run_demo(cfg: ReciclConfig) -> dict[str, Any]:
     """Run every stage once and print what each produced."""
     from recicl.config import with_overrides
-    from recicl.data.pipeline import build_samples, print_summary
+    from recicl.data.pipeline import build_samples
     from recicl.evaluate.batch import evaluate_model
     from recicl.modeling import init_tiny_model
     from recicl.modeling.importing import ensure_base_model, read_provenance
     from recicl.promotion import promote
+    from recicl.reports import print_evaluation, print_samples_summary
     from recicl.train import train
 
     samples_dir = Path(cfg.train.samples_dir or cfg.samples.output or "")
@@ -121,7 +122,7 @@ def run_demo(cfg: ReciclConfig) -> dict[str, Any]:
             update={"samples": cfg.samples.model_copy(update={"output": str(samples_dir)})}
         )
     )
-    print_summary(manifest)
+    print_samples_summary(manifest)
     newest = max(p["period"] for p in manifest["periods"] if p["samples"])
 
     model_dir = Path(cfg.model.name_or_path or Path(cfg.workdir) / "tiny-model")
@@ -152,9 +153,8 @@ def run_demo(cfg: ReciclConfig) -> dict[str, Any]:
     _step(4, f"evaluation of v{result.version} on the newest period D{newest}")
     name = cfg.mlflow.registered_model
     report = evaluate_model(cfg, f"models:/{name}/{result.version}", samples_dir, [newest])
-    from recicl.cli import print_report
 
-    print_report(report)
+    print_evaluation(report)
 
     _step(5, "promotion through the registry gate")
     decision = promote(cfg, name, str(result.version), samples_dir=samples_dir, period=newest)

@@ -234,39 +234,3 @@ def build_samples(cfg: ReciclConfig) -> dict[str, Any]:
         ]
     folder.manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
-
-
-def print_summary(manifest: dict[str, Any]) -> None:
-    """A readable summary table of a build (events, quarantine, samples per period)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    head = Table(title=f"recicl samples — {manifest['source']['layout']}", show_header=False)
-    head.add_row("rows read", f"{manifest['rows_read']:,}")
-    head.add_row("valid events", f"{manifest['events']:,}")
-    head.add_row("users / catalog items", f"{manifest['users']:,} / {manifest['catalog_items']:,}")
-    quarantine = manifest["quarantine"]
-    head.add_row("quarantined", f"{quarantine['total']:,}")
-    for reason, count in quarantine["by_reason"].items():
-        head.add_row(f"  {reason}", f"{count:,}")
-    for reason, count in quarantine["catalog"].items():
-        head.add_row(f"  catalog {reason}", f"{count:,}")
-    head.add_row("samples", f"{manifest['samples']:,}")
-    head.add_row("seconds", f"{manifest['seconds']}")
-    console.print(head)
-    periods = Table(title="periods")
-    for column in ("period", "from", "to", "events", "like rate", "samples"):
-        periods.add_column(column, justify="right")
-    for row in manifest["periods"]:
-        periods.add_row(
-            f"D{row['period']}",
-            (row["first_event"] or "-")[:10],
-            (row["last_event"] or "-")[:10],
-            f"{row['events']:,}",
-            f"{row['like_rate']:.3f}" if row["like_rate"] is not None else "-",
-            f"{row['samples']:,}",
-        )
-    console.print(periods)
-    for warning in manifest.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {warning}")

@@ -360,32 +360,6 @@ def _log(cfg: ReciclConfig, report: dict[str, Any], artifact: Path) -> str:
     return run.info.run_id
 
 
-def print_instruction_report(report: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    values = report["overall"]
-    table = Table(
-        title=f"{report['model']['label']} on {Path(report['file']['path']).name} "
-        f"({report['file']['template']} template)"
-    )
-    for column in ("records", "yes rate", "AUC", "UAUC (users)", "LogLoss"):
-        table.add_column(column, justify="right")
-
-    def fmt(value: float | None) -> str:
-        return "-" if value is None else f"{value:.4f}"
-
-    table.add_row(
-        f"{values['count']:,}",
-        fmt(values["like_rate"]),
-        fmt(values["auc"]),
-        f"{fmt(values['uauc'])} ({values['uauc_users']})",
-        fmt(values["logloss"]),
-    )
-    Console().print(table)
-    Console(stderr=True).print(f"report: {report['report_path']}")
-
-
 __all__: Sequence[str] = (
     "InstructionFileError",
     "evaluate_instructions",

@@ -56,7 +56,7 @@ VARIANTS = ("zero-shot", "tallrec", "recicl", "classical")
 
 @pytest.fixture(scope="module")
 def streaming(ray_local, tmp_path_factory):
-    from recicl.evaluate.streaming import run_streaming
+    from recicl.experiments.streaming import run_streaming
 
     root = tmp_path_factory.mktemp("icl")
     write_synthetic(

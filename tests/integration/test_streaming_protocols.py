@@ -27,7 +27,7 @@ EVAL_PERIODS = (3, 4)
 
 @pytest.fixture(scope="module")
 def protocols(ray_local, tmp_path_factory):
-    from recicl.evaluate.streaming import run_streaming
+    from recicl.experiments.streaming import run_streaming
 
     root = tmp_path_factory.mktemp("protocols")
     write_synthetic(SynthSpec(users=40, events_per_user=15, seed=5), root / "synth")

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recicl.config import ConfigError, ReciclConfig, parse_periods
-from recicl.data.samples_folder import CATALOG_FILE, read_samples_table
+from recicl.data.samples_folder import SamplesFolder
 from recicl.evaluate.batch import report_from_scores, score_samples, subsample_per_period
 from recicl.evaluate.classical import fit_classical
 from recicl.evaluate.metrics import metrics_by_period
@@ -55,7 +55,7 @@ def _base_model(cfg: ReciclConfig, samples_dir: Path, workdir: Path) -> str:
 
     target = workdir / "tiny-model"
     if not (target / "config.json").is_file():
-        init_tiny_model(samples_dir / CATALOG_FILE, target, cfg.model.tiny, cfg.prompt)
+        init_tiny_model(SamplesFolder(samples_dir).catalog_path, target, cfg.model.tiny, cfg.prompt)
     return str(target)
 
 
@@ -117,14 +117,10 @@ def run_streaming(cfg: ReciclConfig) -> dict[str, Any]:
     from recicl.registry import client, ensure_experiment, resolve_tracking_uri
 
     exp = cfg.experiment
-    samples_dir = Path(cfg.train.samples_dir or cfg.samples.output or "").expanduser().resolve()
-    if not (samples_dir / "manifest.json").is_file():
-        raise ConfigError(
-            f"train.samples_dir / samples.output ({samples_dir}) holds no samples: run "
-            "`recicl samples build` first"
-        )
-    manifest = json.loads((samples_dir / "manifest.json").read_text())
-    available = [p["period"] for p in manifest["periods"] if p["samples"]]
+    samples = SamplesFolder.from_config(cfg)
+    samples.require_manifest()
+    samples_dir = samples.root
+    available = sorted(p for p, n in samples.sample_counts().items() if n)
     train_periods = parse_periods(exp.train_periods) or []
     eval_periods = parse_periods(exp.eval_periods) or [
         p for p in available if p > max(train_periods, default=-1)
@@ -143,10 +139,8 @@ def run_streaming(cfg: ReciclConfig) -> dict[str, Any]:
     output.mkdir(parents=True, exist_ok=True)
     ensure_ray(cfg.ray)
     seed = cfg.train.seed
-    eval_table = subsample_per_period(
-        read_samples_table(samples_dir, eval_periods), exp.max_eval_samples, seed
-    )
-    catalog = pq.read_table(samples_dir / CATALOG_FILE)
+    eval_table = subsample_per_period(samples.read_table(eval_periods), exp.max_eval_samples, seed)
+    catalog = pq.read_table(samples.catalog_path)
 
     tracking_uri = resolve_tracking_uri(cfg)
     mlc = client(tracking_uri)
@@ -158,7 +152,7 @@ def run_streaming(cfg: ReciclConfig) -> dict[str, Any]:
     ).info.run_id
     mlc.log_param(parent, "train_periods", ",".join(map(str, train_periods)))
     mlc.log_param(parent, "eval_periods", ",".join(map(str, eval_periods)))
-    mlc.log_param(parent, "samples_hash", manifest["config_hash"])
+    mlc.log_param(parent, "samples_hash", samples.content_id())
 
     def llm_report(
         model_dir: Path, prompt_override: Any, table: pa.Table, label: str, force: bool = False
@@ -222,7 +216,7 @@ def run_streaming(cfg: ReciclConfig) -> dict[str, Any]:
             )
             reports[variant] = llm_report(model_dir, None, eval_table, variant)
         elif variant == "classical":
-            train_table = read_samples_table(samples_dir, train_periods)
+            train_table = samples.read_table(train_periods)
             model = fit_classical(train_table, catalog)
             scores = model.score(eval_table, catalog)
             reports[variant] = metrics_by_period(
@@ -306,27 +300,3 @@ def run_streaming(cfg: ReciclConfig) -> dict[str, Any]:
     mlc.set_terminated(parent)
     result["paths"] = {"csv": str(output / "streaming.csv"), "plot": str(plot)}
     return result
-
-
-def print_streaming(result: dict[str, Any]) -> None:
-    """The variant × period table, AUC / UAUC / LogLoss."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="streaming protocol (no updates after training)")
-    for column in ("variant", "period", "AUC", "UAUC", "LogLoss", "n"):
-        table.add_column(column, justify="right")
-
-    def fmt(value: float | None) -> str:
-        return "-" if value is None else f"{value:.4f}"
-
-    for row in result["rows"]:
-        table.add_row(
-            row["variant"],
-            f"D{row['period']}",
-            fmt(row["auc"]),
-            fmt(row["uauc"]),
-            fmt(row["logloss"]),
-            f"{row['count']:,}",
-        )
-    Console().print(table)

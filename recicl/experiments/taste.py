@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recicl.data.samples_folder import SamplesFolder
+
 OLD, NEW = "Comedy", "Horror"
 
 
@@ -47,14 +49,13 @@ def _items_by_genre(samples_dir: Path) -> list[tuple[str, set[str]]]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from recicl.data.samples_folder import read_samples_table
-
-    catalog = pq.read_table(samples_dir / "catalog.parquet")
+    folder = SamplesFolder.at(samples_dir)
+    catalog = pq.read_table(folder.catalog_path)
     genres = {
         row["item_id"]: set(dict(row["attributes"] or []).get("genres", "").split("|"))
         for row in catalog.select(["item_id", "attributes"]).to_pylist()
     }
-    counts = pc.value_counts(read_samples_table(samples_dir)["item_id"]).to_pylist()
+    counts = pc.value_counts(folder.read_table()["item_id"]).to_pylist()
     ranked = sorted(counts, key=lambda c: -c["counts"])
     return [(c["values"], genres.get(c["values"], set())) for c in ranked]
 
@@ -101,27 +102,23 @@ def taste_switch_shift(
     the serving code. ``prompt``/``model_cfg`` load a plain base folder (zero-shot);
     ``num_demos``/``history_len`` default to the samples' own (their manifest);
     ``force_prompt`` scores a tuned version with ``prompt`` (tallrec+demos)."""
-    import json
-
     import pyarrow.parquet as pq
 
     from recicl.modeling.packaged import load_packaged_model
+    from recicl.serve.scoring import CandidateScorer, ScoreJob
     from recicl.prompts import PromptBuilder
     from recicl.serve.context import context_from_events
-    from recicl.serve.scoring import CandidateScorer, ScoreJob
     from recicl.serve.store import Event
 
-    samples_dir = Path(samples_dir)
-    built = json.loads((samples_dir / "manifest.json").read_text())["config"]["samples"]
+    folder = SamplesFolder.at(samples_dir)
+    built = folder.require_manifest()["config"]["samples"]
     demos_n = int(num_demos if num_demos is not None else built["num_demos"])
     history_n = int(history_len if history_len is not None else built["history_len"])
-    probe = taste_switch(samples_dir, "taste-probe", 2_000_000_000)
+    probe = taste_switch(folder.root, "taste-probe", 2_000_000_000)
     packaged = load_packaged_model(
         model_dir, prompt=prompt, model_cfg=model_cfg, force_prompt=force_prompt
     )
-    builder = PromptBuilder(
-        packaged.prompt, pq.read_table(samples_dir / "catalog.parquet"), packaged.tokenizer
-    )
+    builder = PromptBuilder(packaged.prompt, pq.read_table(folder.catalog_path), packaged.tokenizer)
     scorer = CandidateScorer(packaged.model, packaged.tokenizer, builder, packaged.answer_tokens)
     gaps = []
     for events in (probe.before, probe.before + probe.after):
