@@ -1,35 +1,20 @@
-"""Ray job: build ICL samples.
+"""Ray job: build ICL samples, exactly ``recicl samples build`` (Ray Data).
 
     ray job submit --working-dir . -- python ray_jobs/build_samples.py \
         --config ray_jobs/configs/ml-latest-small.yaml
 
-Thin on purpose: the same library call as ``recicl samples build``.
+A thin wrapper on purpose: the arguments go unchanged to the CLI command, so its options, help
+and exit codes are defined once (``recicl.cli``), not re-declared here to drift apart.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the job's working dir
 
-from recicl.config import load_config, with_overrides
-from recicl.data.pipeline import build_samples
-from recicl.reports import print_samples_summary
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Build RecICL samples with Ray Data.")
-    parser.add_argument("--config", type=Path, help="YAML config (see README).")
-    parser.add_argument("--path", help="Override data.path.")
-    parser.add_argument("--output", help="Override samples.output.")
-    args = parser.parse_args()
-    cfg = with_overrides(
-        load_config(args.config), {"data.path": args.path, "samples.output": args.output}
-    )
-    print_samples_summary(build_samples(cfg))
-
+from recicl.cli import app
 
 if __name__ == "__main__":
-    main()
+    app(args=["samples", "build", *sys.argv[1:]], prog_name="recicl")

@@ -1,0 +1,96 @@
+"""Ray job scripts are the CLI commands: same options, same help, same exit codes.
+
+Each ``ray_jobs/*.py`` hands its arguments to one ``recicl`` command; these tests run the scripts
+as Ray would (``python ray_jobs/x.py ...``, a subprocess) and compare them with the installed
+``recicl`` console script, so a script that re-declares flags or wraps the wrong command fails.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from typer.core import TyperGroup
+
+from recicl.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+JOB_SCRIPTS = sorted((ROOT / "ray_jobs").glob("*.py"))
+RECICL = Path(sys.executable).parent / "recicl"  # the console script of this environment
+
+#: The command each job script runs; a new script must be added here (the test says so).
+JOB_COMMANDS = {
+    "build_samples.py": ("samples", "build"),
+    "train.py": ("train",),
+    "evaluate.py": ("evaluate",),
+    "promote.py": ("promote",),
+}
+
+# Wide, plain output: rich would otherwise wrap or colour differently per terminal.
+PLAIN = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+
+
+def run(*argv: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in argv], cwd=ROOT, env=PLAIN, capture_output=True, text=True, timeout=300
+    )
+
+
+def command_of(script: Path) -> tuple[str, ...]:
+    assert script.name in JOB_COMMANDS, f"{script.name}: add the command it runs to JOB_COMMANDS"
+    return JOB_COMMANDS[script.name]
+
+
+def option_names(path: tuple[str, ...]) -> list[str]:
+    """Every flag of the CLI command at ``path`` (``--use-gpu`` and ``--no-gpu`` both)."""
+    command = typer.main.get_command(app)
+    for name in path:
+        assert isinstance(command, TyperGroup)
+        command = command.commands[name]
+    return [flag for param in command.params for flag in (*param.opts, *param.secondary_opts)]
+
+
+def test_every_job_script_is_covered() -> None:
+    assert {script.name for script in JOB_SCRIPTS} == set(JOB_COMMANDS)
+
+
+@pytest.mark.parametrize("script", JOB_SCRIPTS, ids=lambda p: p.name)
+def test_help_is_the_cli_commands_help(script: Path) -> None:
+    path = command_of(script)
+    job = run(sys.executable, script, "--help")
+    assert job.returncode == 0, job.stderr
+    assert f"Usage: recicl {' '.join(path)} [OPTIONS]" in job.stdout
+    for flag in option_names(path):
+        assert flag in job.stdout, f"{script.name} --help does not show {flag}"
+    if RECICL.exists():
+        assert job.stdout == run(RECICL, *path, "--help").stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "message"),
+    [
+        ("evaluate.py", ["--samples", "somewhere"], "Missing option '--model'"),
+        ("promote.py", [], "Missing option '--version'"),
+        ("train.py", ["--num-workers", "0"], "Invalid value for '--num-workers'"),
+    ],
+)
+def test_usage_errors_exit_2_like_the_cli(script: str, argv: list[str], message: str) -> None:
+    job = run(sys.executable, ROOT / "ray_jobs" / script, *argv)
+    assert job.returncode == 2
+    assert message in job.stderr
+    if RECICL.exists():
+        cli = run(RECICL, *command_of(ROOT / "ray_jobs" / script), *argv)
+        assert (cli.returncode, cli.stderr) == (job.returncode, job.stderr)
+
+
+def test_a_config_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    job = run(
+        sys.executable, ROOT / "ray_jobs" / "promote.py", "--version", "1", "--config", missing
+    )
+    assert job.returncode == 2
+    assert job.stderr.strip() == f"error: config file {missing} does not exist"
