@@ -80,7 +80,7 @@ def run_reference(source: Path, output: Path) -> dict:
 
     from recicl.config import DataConfig
     from recicl.data.periods import assign_periods, equal_count_boundaries
-    from recicl.data.readers import _raw_events
+    from recicl.data.readers import raw_events as _raw_events
     from recicl.data.samples import KIND_DUPLICATE, annotate_events, to_samples
     from recicl.data.validate import valid_events, validate_batch
 
