@@ -121,8 +121,8 @@ def bench_prefix(
 
     from recicl.config import ModelConfig, PromptConfig, ServeConfig, TinyModelSettings
     from recicl.modeling import answer_token_ids, init_tiny_model, load_model, load_tokenizer
+    from recicl.modeling.prefix_sharing import score_naive, score_prefix_shared
     from recicl.prompts import PromptBuilder
-    from recicl.serve.scoring import score_naive, score_prefix_shared
 
     catalog_path = _catalog(root / "catalog")
     prompt = PromptConfig(max_length=4096)

@@ -150,7 +150,7 @@ class ServingModel:
 
     version: str
     label: str  # "recicl/3"
-    scorer: Any  # recicl.serve.scoring.CandidateScorer
+    scorer: Any  # recicl.modeling.prefix_sharing.CandidateScorer
     catalog_ids: frozenset[str]
     catalog_order: list[str]
     catalog_path: str
@@ -193,7 +193,7 @@ def load_serving_model(
     from recicl.modeling.packaged import load_packaged_model
     from recicl.prompts import PromptBuilder
     from recicl.registry import load_version
-    from recicl.serve.scoring import CandidateScorer
+    from recicl.modeling.prefix_sharing import CandidateScorer
 
     download = Path(tempfile.mkdtemp(prefix=f"recicl-serve-{name}-{version}-"))
     try:
@@ -270,7 +270,7 @@ def run_jobs(model: ServingModel, jobs: list[dict[str, Any]]) -> list[dict[str, 
     """
     from recicl.prompts import PromptError
     from recicl.serve.context import context_from_events
-    from recicl.serve.scoring import ScoreJob
+    from recicl.modeling.prefix_sharing import ScoreJob
     from recicl.serve.store import Event
 
     results: list[dict[str, Any] | None] = [None] * len(jobs)
@@ -364,7 +364,7 @@ class ModelServer:
         self._fallback_metric = Counter(
             "recicl_prefix_sharing_fallbacks",
             description="Score batches whose candidates were scored as full prompts instead of "
-            "on a shared prefix cache, by reason (see recicl.serve.scoring).",
+            "on a shared prefix cache, by reason (see recicl.modeling.prefix_sharing).",
             tag_keys=("model_version", "reason"),
         )
         try:

@@ -169,10 +169,10 @@ def test_served_prefix_shared_scores_equal_plain_scores(tuned):
     import pyarrow.parquet as pq
 
     from recicl.modeling.packaged import load_packaged_model
+    from recicl.modeling.prefix_sharing import CandidateScorer, ScoreJob
     from recicl.prompts import PromptBuilder
     from recicl.registry import client, resolve_tracking_uri
     from recicl.serve.context import context_from_events
-    from recicl.serve.scoring import CandidateScorer, ScoreJob
     from recicl.serve.store import Event
 
     cfg = tuned.cfg

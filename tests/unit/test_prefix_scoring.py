@@ -17,11 +17,11 @@ from recicl.modeling import (
     init_tiny_model,
     load_model,
     load_tokenizer,
+    prefix_sharing,
     score_prompts,
 )
+from recicl.modeling.prefix_sharing import CandidateScorer, ScoreJob, score_prefix_shared
 from recicl.prompts import PromptBuilder
-from recicl.serve import scoring
-from recicl.serve.scoring import CandidateScorer, ScoreJob, score_prefix_shared
 
 TITLES = [
     "Up",
@@ -154,7 +154,7 @@ def test_fallback_when_cache_is_not_plain(world, monkeypatch):
     history, demos = _context(2)
     prefix = builder.split_prefix(history, demos)
     suffixes = [builder.query_suffix(str(i)) for i in range(5)]
-    monkeypatch.setattr(scoring, "_plain_layers", lambda cache: None)
+    monkeypatch.setattr(prefix_sharing, "_plain_layers", lambda cache: None)
     got = score_prefix_shared(world["model"], [prefix], [suffixes], world["tokens"], pad_id=0)[0]
     want = _naive(world["model"], world["tokenizer"], world["tokens"], prefix, suffixes)
     np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
@@ -187,13 +187,13 @@ def test_packed_rows_keep_candidates_apart(world, monkeypatch, per_row):
     builder = PromptBuilder(PromptConfig(), world["catalog"], world["tokenizer"])
     calls = {"packed": 0, "single": 0}
     for name in ("packed", "single"):
-        original = getattr(scoring, f"_run_{name}")
+        original = getattr(prefix_sharing, f"_run_{name}")
 
         def counted(*args, _original=original, _name=name, **kwargs):
             calls[_name] += 1
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(scoring, f"_run_{name}", counted)
+        monkeypatch.setattr(prefix_sharing, f"_run_{name}", counted)
     prefixes, groups = [], []
     for n_demos, count in [(3, 8), (0, 5), (1, 1)]:
         history, demos = _context(n_demos)
@@ -211,12 +211,14 @@ def test_packed_rows_keep_candidates_apart(world, monkeypatch, per_row):
 
 def test_kernels_without_custom_masks_get_one_candidate_per_row(world, monkeypatch):
     model = world["model"]
-    assert scoring._takes_custom_masks(model)  # the tiny model runs SDPA
+    assert prefix_sharing._takes_custom_masks(model)  # the tiny model runs SDPA
     flash = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
-    assert not scoring._takes_custom_masks(flash)
+    assert not prefix_sharing._takes_custom_masks(flash)
     # such a model gets one candidate per row, whatever per_row says
-    monkeypatch.setattr(scoring, "_takes_custom_masks", lambda m: False)
-    monkeypatch.setattr(scoring, "_run_packed", lambda *a, **k: pytest.fail("packed path taken"))
+    monkeypatch.setattr(prefix_sharing, "_takes_custom_masks", lambda m: False)
+    monkeypatch.setattr(
+        prefix_sharing, "_run_packed", lambda *a, **k: pytest.fail("packed path taken")
+    )
     builder = PromptBuilder(PromptConfig(), world["catalog"], world["tokenizer"])
     history, demos = _context(2)
     prefix = builder.split_prefix(history, demos)
@@ -266,7 +268,7 @@ def _windowed_model(world, kind: str) -> torch.nn.Module:
 @pytest.mark.parametrize("per_row", [1, 4])
 def test_sliding_window_models_share_the_prefix(world, kind, per_row):
     model = _windowed_model(world, kind)
-    layout = scoring.attention_layout(model)
+    layout = prefix_sharing.attention_layout(model)
     assert layout.sliding and layout.window == WINDOW
     assert layout.mixed == (kind == "hybrid")
     builder = PromptBuilder(PromptConfig(), world["catalog"], world["tokenizer"])
@@ -312,17 +314,17 @@ def test_fallbacks_are_reported(world, monkeypatch, caplog):
     want = _naive(model, world["tokenizer"], world["tokens"], prefix, suffixes)
     scorer = CandidateScorer(model, world["tokenizer"], builder, world["tokens"])
 
-    monkeypatch.setattr(scoring, "_takes_custom_masks", lambda m: False)
-    with caplog.at_level("WARNING", logger="recicl.serve.scoring"):
+    monkeypatch.setattr(prefix_sharing, "_takes_custom_masks", lambda m: False)
+    with caplog.at_level("WARNING", logger="recicl.modeling.prefix_sharing"):
         got = scorer.score([ScoreJob(history, demos, [str(i) for i in range(4)])])[0]
     np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
     assert dict(scorer.fallbacks) == {"window_without_masks": 1}
     assert "fell back" in caplog.text and "sliding window" in caplog.text
 
     monkeypatch.setattr(
-        scoring,
+        prefix_sharing,
         "attention_layout",
-        lambda m: scoring.AttentionLayout(("linear_attention", "full_attention"), None),
+        lambda m: prefix_sharing.AttentionLayout(("linear_attention", "full_attention"), None),
     )
     seen: list[str] = []
     got = score_prefix_shared(

@@ -60,13 +60,16 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 
 from recicl.modeling.scoring import last_position
 from recicl.prompts import AnswerTokens, PromptBuilder
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = [
     "AttentionLayout",
@@ -109,7 +112,9 @@ def attention_layout(model: torch.nn.Module) -> AttentionLayout:
     """Per-layer attention kinds from the model's config (``layer_types`` when it has them;
     otherwise every layer is sliding when ``sliding_window`` is set and in use, else full)."""
     config = getattr(model, "config", None)
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    text = config
+    if config is not None and hasattr(config, "get_text_config"):  # multimodal: the text part
+        text = config.get_text_config(decoder=True)
     window = getattr(text, "sliding_window", None)
     kinds = getattr(text, "layer_types", None)
     if not kinds:
@@ -199,7 +204,9 @@ def score_naive(
     flat = [list(p) + list(s) for p, group in zip(prefixes, suffixes, strict=True) for s in group]
     if not flat:
         return [np.zeros(0) for _ in prefixes]
-    scores = score_prompts(model, _Pad(), flat, batch_size, answer_tokens=answer_tokens)
+    # a stand-in, not a tokenizer: with answer_tokens given, score_prompts reads only these ids
+    pad_only = cast("PreTrainedTokenizerBase", _Pad())
+    scores = score_prompts(model, pad_only, flat, batch_size, answer_tokens=answer_tokens)
     out, start = [], 0
     for group in suffixes:
         out.append(scores[start : start + len(group)])
@@ -323,7 +330,7 @@ def _score_shared(
     # mask path is taken even for one candidate a row (it encodes the window by position)
     if packed and (per_row > 1 or layout.sliding):
         rows = _packed_rows(suffixes, live, per_row)
-        run = functools.partial(_run_packed, layout=layout)
+        run: Callable[..., np.ndarray] = functools.partial(_run_packed, layout=layout)
     else:
         rows = sorted(  # one candidate a row, sorted by suffix length: less padding
             ((slot, [j]) for slot, r in enumerate(live) for j in range(len(suffixes[r]))),
