@@ -8,6 +8,8 @@ as Ray would (``python ray_jobs/x.py ...``, a subprocess) and compare them with 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -45,13 +47,27 @@ def command_of(script: Path) -> tuple[str, ...]:
     return JOB_COMMANDS[script.name]
 
 
-def option_names(path: tuple[str, ...]) -> list[str]:
-    """Every flag of the CLI command at ``path`` (``--use-gpu`` and ``--no-gpu`` both)."""
+def cli_command(path: tuple[str, ...]) -> typer.core.TyperCommand:
+    """The click command that ``recicl <path>`` runs."""
     command = typer.main.get_command(app)
     for name in path:
         assert isinstance(command, TyperGroup)
         command = command.commands[name]
-    return [flag for param in command.params for flag in (*param.opts, *param.secondary_opts)]
+    assert isinstance(command, typer.core.TyperCommand)
+    return command
+
+
+def option_names(path: tuple[str, ...]) -> list[str]:
+    """Every flag of the CLI command at ``path`` (``--use-gpu`` and ``--no-gpu`` both)."""
+    params = cli_command(path).params
+    return [flag for param in params for flag in (*param.opts, *param.secondary_opts)]
+
+
+def documented_invocations() -> list[str]:
+    """``python ray_jobs/x.py ...`` command lines shown in the README and the KubeRay manifests."""
+    texts = [ROOT / "README.md", *sorted((ROOT / "infra").rglob("*.yaml"))]
+    found = re.findall(r"python (ray_jobs/\S+\.py[^\n`]*)", "\n".join(p.read_text() for p in texts))
+    return [line.strip() for line in found]
 
 
 def test_every_job_script_is_covered() -> None:
@@ -94,3 +110,18 @@ def test_a_config_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
     )
     assert job.returncode == 2
     assert job.stderr.strip() == f"error: config file {missing} does not exist"
+
+
+@pytest.mark.parametrize("invocation", documented_invocations())
+def test_documented_invocations_parse(invocation: str) -> None:
+    """Flags shown to users (README, infra/) exist with valid values: a renamed flag fails here."""
+    script, *argv = shlex.split(invocation)
+    path = command_of(ROOT / script)
+    params = cli_command(path).make_context(f"recicl {' '.join(path)}", argv).params
+    if params.get("config") is not None:
+        assert (ROOT / params["config"]).is_file(), f"{invocation}: no such config"
+
+
+def test_the_readme_and_infra_show_every_job() -> None:
+    shown = {Path(shlex.split(line)[0]).name for line in documented_invocations()}
+    assert shown == set(JOB_COMMANDS)
