@@ -14,6 +14,7 @@ Stages (all Ray Data, streaming until the two materialization points):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -26,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray.data
+from ray.data.dataset import MaterializedDataset
 
 from recicl import __version__
 from recicl.config import ConfigError, ReciclConfig
@@ -94,7 +96,7 @@ def _apply_to_block(block: pa.Table, fn: Any) -> pa.Table:
     return fn(block)
 
 
-def _gather(ds: ray.data.MaterializedDataset, fn: Any) -> pa.Table:
+def _gather(ds: MaterializedDataset, fn: Any) -> pa.Table:
     """Apply small-result UDFs to every block of a *materialized* dataset and collect the results
     on the driver. Plain Ray tasks on the existing block refs: only the small results travel,
     and no new Ray Data execution (about 2 s of fixed cost each on a small machine) is started.
@@ -121,17 +123,17 @@ def build_samples(cfg: ReciclConfig) -> dict[str, Any]:
     log.info("reading %s from %s", source.layout, cfg.data.path)
 
     validated = source.events.map_batches(
-        validate_batch,
+        functools.partial(
+            validate_batch,
+            catalog_ids=source.catalog["item_id"].combine_chunks(),
+            rating_range=source.rating_range,
+            like_threshold=cfg.data.like_threshold,
+            time_bounds=cfg.data.time_bounds(),
+            timestamp_unit=source.timestamp_unit,
+            has_labels=source.has_labels,
+        ),
         batch_size=None,
         batch_format="pyarrow",
-        fn_kwargs={
-            "catalog_ids": source.catalog["item_id"].combine_chunks(),
-            "rating_range": source.rating_range,
-            "like_threshold": cfg.data.like_threshold,
-            "time_bounds": cfg.data.time_bounds(),
-            "timestamp_unit": source.timestamp_unit,
-            "has_labels": source.has_labels,
-        },
     ).materialize()
     rows_read = validated.count()  # from block metadata: no new execution
 

@@ -217,6 +217,7 @@ def run_scoring_pool(
         total=total, unit="prompt", desc=f"scoring {label}", mininterval=2.0, dynamic_ncols=True
     ) as progress:
         for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+            assert isinstance(batch, pa.Table)  # batch_format="pyarrow"
             if batch.num_rows:
                 tables.append(batch)
                 progress.update(batch.num_rows)

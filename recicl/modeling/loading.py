@@ -13,13 +13,13 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from recicl.config import ModelConfig
 from recicl.errors import ReciclError
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
 PADDING_SIDE = "left"
 
@@ -73,8 +73,11 @@ def load_model(
     for_training: bool,
     gradient_checkpointing: bool = False,
     adapter: str | Path | None = None,
-) -> PreTrainedModel:
+) -> Any:
     """Load the causal LM; for training wrap it with a fresh LoRA adapter (``lora.enabled``).
+
+    Returns a transformers ``PreTrainedModel``, or a peft ``PeftModel`` wrapping one when an
+    adapter is attached (typed ``Any``: the two share the call interface but no base class).
 
     ``adapter``: a saved peft adapter folder to put on top instead (evaluation, serving, or
     continued training when ``for_training``). Under DeepSpeed ZeRO-3 create
@@ -93,7 +96,10 @@ def load_model(
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        # output_loading_info=True makes it return (model, info); the stubs know only the model
+        model, info = cast(
+            "tuple[Any, dict[str, Any]]", AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        )
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"cannot load the model {path!r}: {error}") from error
     problems = {

@@ -133,8 +133,8 @@ def training_logits(
     keep = torch.zeros((rows, width), dtype=torch.bool)
     keep[:, -1] = True  # every row's answer position (left-aligned: the last column)
     offsets = (width - mask.sum(dim=1)).cpu()
-    for row, positions in enumerate(demo_positions):
-        positions = torch.as_tensor(np.asarray(positions, dtype=np.int64))
+    for row, row_positions in enumerate(demo_positions):
+        positions = torch.as_tensor(np.asarray(row_positions, dtype=np.int64))
         if positions.numel():
             # the logits that predict the answer token sit one position before it
             keep[row, offsets[row] + positions - 1] = True
