@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from recicl.config import ReciclConfig
+from recicl.data.samples_folder import SamplesFolder, configured_samples_dir
 
 console = Console()
 
@@ -115,7 +116,7 @@ def run_demo(cfg: ReciclConfig) -> dict[str, Any]:
     from recicl.reports import print_evaluation, print_samples_summary
     from recicl.train import train
 
-    samples_dir = Path(cfg.train.samples_dir or cfg.samples.output or "")
+    samples_dir = Path(configured_samples_dir(cfg) or "")
     _step(1, "samples from the bundled MovieLens data (Ray Data)")
     manifest = build_samples(
         cfg.model_copy(
@@ -123,7 +124,8 @@ def run_demo(cfg: ReciclConfig) -> dict[str, Any]:
         )
     )
     print_samples_summary(manifest)
-    newest = max(p["period"] for p in manifest["periods"] if p["samples"])
+    samples = SamplesFolder.at(samples_dir)
+    newest = samples.newest_period()
 
     model_dir = Path(cfg.model.name_or_path or Path(cfg.workdir) / "tiny-model")
     if cfg.model.gguf_package:
@@ -139,7 +141,7 @@ def run_demo(cfg: ReciclConfig) -> dict[str, Any]:
         )
     else:
         _step(2, "a tiny Llama + BPE tokenizer built from the catalog (nothing downloaded)")
-        init_tiny_model(samples_dir / "catalog.parquet", model_dir, cfg.model.tiny, cfg.prompt)
+        init_tiny_model(samples.catalog_path, model_dir, cfg.model.tiny, cfg.prompt)
     cfg = with_overrides(cfg, {"model.name_or_path": str(model_dir)})
 
     _step(3, "training (Ray Train + DeepSpeed, CPU workers), logged to MLflow")
