@@ -323,7 +323,7 @@ def train(cfg: ReciclConfig) -> TrainResult:
     assert tc.run_name and tc.storage_path
     samples = SamplesFolder.from_config(cfg)
     samples_dir, manifest = samples.root, samples.manifest()
-    manifest_hash = samples.content_id()  # what the version was tuned on, by content
+    manifest_hash = str(manifest.get("config_hash", "none"))
     train_periods, val_periods = train_data.choose_periods(tc, samples.periods())
     periods = {"train_periods": train_periods, "val_periods": val_periods}
 
