@@ -1,1 +1,2 @@
-"""Serving: Ray Serve app (FastAPI ingress), model deployment and the durable interaction store."""
+"""Serving: the HTTP API (``api``, Ray-free), the Serve deployments (``ingress``,
+``model_deployment``), app building (``app``), prompt context and the interaction store."""

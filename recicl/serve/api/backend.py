@@ -1,0 +1,159 @@
+"""What the HTTP routes need from the rest of serving: one protocol and the typed messages.
+
+The routes (:mod:`recicl.serve.api.routes`) validate requests and shape responses; everything
+stateful (the model replicas, the interaction store, the registry) sits behind
+:class:`ApiBackend`. In production the Serve ingress deployment implements it over Serve handles
+(:mod:`recicl.serve.ingress`); tests implement it in a few lines and drive the routes with
+FastAPI's ``TestClient``, without Ray. The job and reply dataclasses are what crosses the
+ingress → model-replica boundary, so they are plain, picklable and Ray-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from recicl.serve.store import Event
+
+
+@dataclass(frozen=True)
+class ModelJob:
+    """One request's work for a model replica: score ``candidates`` in the context of ``events``.
+
+    ``candidates=None`` asks the replica to fill the list itself (``/v1/recommend`` without
+    candidates): ``pool`` first, then the version's catalog, skipping ``exclude``, up to
+    ``pool_size`` items. ``allow_unknown`` lets item ids outside the catalog through.
+    """
+
+    user_id: str
+    events: tuple[Event, ...]
+    candidates: tuple[str, ...] | None
+    allow_unknown: bool = False
+    pool: tuple[str, ...] = ()
+    exclude: frozenset[str] = frozenset()
+    pool_size: int = 0
+
+
+@dataclass(frozen=True)
+class ModelReply:
+    """Scores of one job, in candidate order, and which version produced them."""
+
+    model_version: str
+    model: str  # "recicl/3"
+    catalog_path: str
+    scores: tuple[tuple[str, float], ...]
+    context_events: int
+    rating_range: tuple[float, float] | None = None  # the version's scale (None: unchecked)
+
+
+@dataclass(frozen=True)
+class ModelError:
+    """A replica's refusal (unknown items, no version loaded, ...), mapped 1:1 to an error
+    response; a value rather than an exception so that it crosses process boundaries intact."""
+
+    status: int
+    code: str
+    detail: str
+    field: str | None = None
+    unknown: tuple[str, ...] = ()
+
+    def extra(self) -> dict[str, Any]:
+        """The optional members of the error body (only those that are set)."""
+        out: dict[str, Any] = {}
+        if self.field is not None:
+            out["field"] = self.field
+        if self.unknown:
+            out["unknown"] = list(self.unknown)
+        return out
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """What request validation needs to know about the version behind the served alias."""
+
+    version: str
+    item_ids: frozenset[str]
+    rating_range: tuple[float, float] | None = None  # None: the source's scale is unchecked
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed ``model`` field: ``name@alias`` or ``name/<version>``."""
+
+    name: str
+    alias: str | None = None
+    version: str | None = None
+
+    @property
+    def text(self) -> str:
+        return (
+            f"{self.name}@{self.alias}" if self.alias is not None else f"{self.name}/{self.version}"
+        )
+
+
+@dataclass
+class ModelStatus:
+    """The answering replica's self-description (``/v1/models``, ``/healthz``)."""
+
+    model_version: str | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class ApiBackend(Protocol):
+    """Everything stateful the routes use. Methods may raise only for server faults (→ 500);
+    expected refusals come back as values (:class:`ModelError`, ``None``)."""
+
+    @property
+    def model_name(self) -> str:
+        """The registered model served (requests naming another model get 404)."""
+        ...
+
+    @property
+    def last_version(self) -> str | None:
+        """The served version this ingress saw last (reported by ``POST /v1/events``)."""
+        ...
+
+    async def served_version(self) -> ServedVersion | None:
+        """The served alias's version (catalog, rating scale); None while none is loaded."""
+        ...
+
+    async def lookup_version(self, ref: ModelRef) -> str | None:
+        """The registry version ``ref`` names (an alias other than the served one, or a version
+        number); None when the registry has no such alias or version."""
+        ...
+
+    async def score(self, job: ModelJob, version: str | None) -> ModelReply | ModelError:
+        """Score ``job`` on ``version`` (None: the served alias's version)."""
+        ...
+
+    async def latest_events(self, user_id: str) -> list[Event]:
+        """The user's newest stored events (``serve.context_events`` of them), oldest first."""
+        ...
+
+    async def append_events(self, events: list[Event]) -> int:
+        """Store a batch atomically; return how many were new."""
+        ...
+
+    async def seen_items(self, user_id: str) -> set[str]:
+        """Items the user has events for (never recommended back)."""
+        ...
+
+    async def recent_items(self) -> list[str]:
+        """Recently popular items, most popular first (the default recommendation pool)."""
+        ...
+
+    async def model_status(self) -> ModelStatus:
+        """The answering model replica's status."""
+        ...
+
+    async def registry_versions(self) -> list[dict[str, Any]]:
+        """The registry's versions of the served model, newest first."""
+        ...
+
+    async def store_healthy(self) -> bool:
+        """True when the interaction store answers."""
+        ...
+
+    async def reload(self, force: bool) -> dict[str, Any] | ModelError:
+        """Re-check the served alias now (``force``: reload even if it did not move)."""
+        ...

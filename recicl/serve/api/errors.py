@@ -1,0 +1,119 @@
+"""Error responses: every error is JSON ``{"error": code, "detail": text naming the field}``.
+
+4xx for bad input (400 malformed JSON, 401/403/404 admin auth, 404 unknown route/model, 405,
+413 body too large, 415 not JSON, 422 validation/unknown items); 5xx only for server faults
+(500) or no model loaded yet (503). Handlers here turn FastAPI's and Starlette's own errors into
+that shape, so a client parses one format whatever went wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("recicl.serve")
+
+#: Error codes of plain HTTP statuses (routes raise more specific ones through ApiError).
+STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error response: ``{"error": code, "detail": ...}`` (plus ``extra``) with ``status``."""
+
+    def __init__(self, status: int, code: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.extra = status, code, detail, extra
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(error_body(self.code, self.detail, **self.extra), self.status)
+
+
+def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"error": code, "detail": detail, **extra}
+
+
+def field_error(where: str, message: str) -> ApiError:
+    """A 422 about one field, in the shape pydantic's errors are reported in."""
+    return ApiError(
+        422,
+        "validation_error",
+        f"{where}: {message}",
+        fields=[{"field": where, "message": message}],
+    )
+
+
+def field_path(loc: Sequence[Any]) -> str:
+    """``("body", "history", 0, "label")`` → ``history[0].label`` (``body`` for the root)."""
+    parts = list(loc)
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def validation_error(problems: Sequence[Any]) -> ApiError:
+    """422 naming the fields of pydantic errors (locations below ``body``)."""
+    fields = [{"field": field_path(p.get("loc", ())), "message": p["msg"]} for p in problems]
+    detail = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
+    if len(fields) > 5:
+        detail += f"; and {len(fields) - 5} more"
+    return ApiError(422, "validation_error", detail, fields=fields[:50])
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error as JSON ``{error, detail}``; never a 500 for bad input."""
+
+    async def api_error(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, ApiError)
+        return error.response()
+
+    async def request_validation(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
+        return validation_error(list(error.errors())).response()
+
+    async def http_error(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, StarletteHTTPException)
+        detail = error.detail if isinstance(error.detail, str) else json.dumps(error.detail)
+        if error.status_code == 404 and detail == "Not Found":
+            detail = f"path: no route {request.method} {request.url.path} (see /docs)"
+        elif error.status_code == 405:
+            detail = f"method: {request.method} is not allowed on {request.url.path}"
+        fallback = "error" if error.status_code >= 500 else "bad_request"
+        code = STATUS_CODES.get(error.status_code, fallback)
+        return JSONResponse(
+            error_body(code, detail),
+            status_code=error.status_code,
+            headers=getattr(error, "headers", None),
+        )
+
+    async def unexpected(_request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse(
+            error_body("internal_error", f"{type(error).__name__}: {error}"), status_code=500
+        )
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, request_validation)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

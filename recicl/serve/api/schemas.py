@@ -1,0 +1,203 @@
+"""Request and response bodies of the HTTP API.
+
+The module-level classes say which fields exist and what type each has (the routes are typed
+against them); :func:`request_schemas` derives from them the classes that actually validate
+requests, with the limits of ``cfg.serve`` (longest id, most candidates, ...), because those
+limits are configuration, not code. Every request class forbids unknown fields, so a typo
+(``userid``) is a 422 naming it instead of a silently ignored field.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
+
+from recicl.config import ReciclConfig
+
+#: No control characters in ids (they would break the one-line layout of prompts and logs).
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+#: ``name@alias`` or ``name/<version>``.
+MODEL_REF_PATTERN = r"^[A-Za-z0-9_.\-]+(@[A-Za-z0-9_.\-]+|/[0-9]+)$"
+#: Static bounds of any rating; the served version's own scale is checked by the routes.
+RATING_BOUND = 1e9
+
+Label = Annotated[int, Field(strict=True, ge=0, le=1, description="1 = liked, 0 = not.")]
+Timestamp = Annotated[
+    int, Field(strict=True, ge=0, le=2**53, description="Unix seconds; omitted = now.")
+]
+Rating = Annotated[
+    float,
+    Field(
+        strict=True,
+        allow_inf_nan=False,
+        ge=-RATING_BOUND,
+        le=RATING_BOUND,
+        description="Rating on the served version's scale; label = rating >= "
+        "data.like_threshold when no label is given.",
+    ),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Labelled(_Strict):
+    label: Label | None = None
+    rating: Rating | None = None
+    timestamp: Timestamp | None = None
+
+    @model_validator(mode="after")
+    def _label_or_rating(self) -> Any:
+        if self.label is None and self.rating is None:
+            raise ValueError("give `label` (0/1) or `rating`")
+        return self
+
+
+class EventIn(_Labelled):
+    """One interaction: a label (0/1) or a rating, optional timestamp (default now)."""
+
+    user_id: str
+    item_id: str
+
+
+class HistoryEvent(_Labelled):
+    """An event of the request's user, used as context instead of the stored events."""
+
+    item_id: str
+
+
+class ScoreRequest(_Strict):
+    user_id: str
+    candidates: list[str]
+    history: list[HistoryEvent] | None = None
+    model: str | None = None
+
+
+class RecommendRequest(_Strict):
+    user_id: str
+    k: int = 10
+    candidates: list[str] | None = None
+    model: str | None = None
+
+
+class ItemScore(BaseModel):
+    item_id: str
+    score: float = Field(description="P(Yes): probability that the user likes the item.")
+
+
+class ScoreResponse(BaseModel):
+    model_version: str
+    model: str
+    scores: list[ItemScore]
+    context_events: int = Field(description="Events the prompt context was built from.")
+
+
+class RecommendResponse(BaseModel):
+    model_version: str
+    model: str
+    items: list[ItemScore]
+    context_events: int
+    candidates_scored: int
+
+
+class EventsResponse(BaseModel):
+    accepted: int
+    new: int = Field(description="Events not already stored (exact repeats count once).")
+    model_version: str | None = Field(description="Served version last seen by this ingress.")
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class RequestSchemas:
+    """The validating request classes for one configuration (subclasses of the static ones)."""
+
+    event: type[EventIn]
+    history_event: type[HistoryEvent]
+    score: type[ScoreRequest]
+    recommend: type[RecommendRequest]
+
+    def all(self) -> list[type[BaseModel]]:
+        return [self.event, self.history_event, self.score, self.recommend]
+
+
+def request_schemas(cfg: ReciclConfig) -> RequestSchemas:
+    """Request classes with the limits of ``cfg.serve`` (their OpenAPI names are the static
+    classes' names)."""
+    sc = cfg.serve
+
+    def text_id(what: str) -> Any:
+        return Annotated[
+            str,
+            StringConstraints(min_length=1, max_length=sc.max_string_length, pattern=ID_PATTERN),
+            Field(description=what),
+        ]
+
+    item_id = text_id("Item id as in the catalog.")
+    user_id = text_id("User id (any string; new users are scored cold-start).")
+    # field specs built at run time: Any, as pydantic's stubs type them for literal annotations
+    model_ref: tuple[Any, Any] = (
+        str | None,
+        Field(
+            None,
+            max_length=sc.max_string_length,
+            pattern=MODEL_REF_PATTERN,
+            description="'name@alias' or 'name/<version>'; default = the served alias.",
+        ),
+    )
+    item_list: Any = types.GenericAlias(list, (item_id,))
+    optional_item_list: Any = item_list | None
+    event = create_model(
+        "EventIn", __base__=EventIn, __doc__=EventIn.__doc__, user_id=user_id, item_id=item_id
+    )
+    history_event = create_model(
+        "HistoryEvent", __base__=HistoryEvent, __doc__=HistoryEvent.__doc__, item_id=item_id
+    )
+    optional_history: Any = types.GenericAlias(list, (history_event,)) | None
+    score = create_model(
+        "ScoreRequest",
+        __base__=ScoreRequest,
+        user_id=user_id,
+        candidates=(
+            item_list,
+            Field(min_length=1, max_length=sc.max_candidates, description="Items to score."),
+        ),
+        history=(
+            optional_history,
+            Field(
+                None,
+                max_length=sc.max_history_events,
+                description="Context to use instead of the user's stored events (list order = "
+                "time order for events without timestamp).",
+            ),
+        ),
+        model=model_ref,
+    )
+    recommend = create_model(
+        "RecommendRequest",
+        __base__=RecommendRequest,
+        user_id=user_id,
+        k=(
+            int,
+            Field(10, strict=True, ge=1, le=sc.max_candidates, description="Items returned."),
+        ),
+        candidates=(
+            optional_item_list,
+            Field(
+                None,
+                min_length=1,
+                max_length=sc.max_candidates,
+                description="Items to rank; omitted = recent popular items the user has not "
+                "seen, topped up from the catalog.",
+            ),
+        ),
+        model=model_ref,
+    )
+    return RequestSchemas(event, history_event, score, recommend)

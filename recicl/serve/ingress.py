@@ -1,0 +1,201 @@
+"""The ingress deployment: the HTTP routes over Serve handles, the store and the registry.
+
+:class:`IngressBackend` implements :class:`~recicl.serve.api.backend.ApiBackend`: it calls the
+model deployment by handle (explicit versions as multiplexed model ids), reads and writes the
+interaction store, and looks model references up in the registry. Small caches keep the hot path
+cheap: the served catalog (keyed by its path, refreshed when a reply names another one), model
+references (one alias-poll interval) and the recent-popular pool (``serve.recent_cache_seconds``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+
+from recicl.serve.api.backend import (
+    ModelError,
+    ModelJob,
+    ModelRef,
+    ModelReply,
+    ModelStatus,
+    ServedVersion,
+)
+from recicl.serve.api.routes import create_api
+from recicl.serve.settings import API_DEPLOYMENT, ServeSettings
+from recicl.serve.store import Event, open_store
+
+
+@dataclass
+class _Cached:
+    value: Any
+    expires: float
+
+
+def _catalog_ids(path: str) -> frozenset[str]:
+    import pyarrow.parquet as pq
+
+    column = pq.read_table(path, columns=["item_id"]).column("item_id").to_pylist()
+    return frozenset(str(i) for i in column if i is not None)
+
+
+def registry_versions(tracking_uri: str, name: str) -> list[dict[str, Any]]:
+    """The registry's versions of ``name`` with their aliases, newest first (an error row when
+    the registry does not answer: the listing is informative, not worth a 500)."""
+    from recicl.registry import client
+
+    mlc = client(tracking_uri)
+    try:
+        found = mlc.search_model_versions(f"name='{name}'", max_results=100)
+        # search results carry no aliases: the registered model has the alias → version map
+        by_version: dict[str, list[str]] = {}
+        for alias, version in (mlc.get_registered_model(name).aliases or {}).items():
+            by_version.setdefault(str(version), []).append(alias)
+    except Exception as error:
+        return [{"error": f"{type(error).__name__}: {error}"}]
+    rows = [
+        {
+            "version": str(v.version),
+            "aliases": sorted(by_version.get(str(v.version), [])),
+            "run_id": v.run_id,
+            "created": v.creation_timestamp,
+            "tags": dict(v.tags or {}),
+        }
+        for v in found
+    ]
+    return sorted(rows, key=lambda r: -int(r["version"]))
+
+
+class IngressBackend:
+    """HTTP ingress: the routes of :func:`create_api` over the model handle and the store."""
+
+    def __init__(self, model: Any, settings: ServeSettings) -> None:
+        self.model = model  # DeploymentHandle of the model deployment
+        self.cfg = settings.recicl_config()
+        self.sc = self.cfg.serve
+        self.settings = settings
+        self.store = open_store(settings.store_url, max_events_per_user=self.sc.max_events_per_user)
+        self._last_version: str | None = None
+        self._served: tuple[str, frozenset[str]] | None = None  # (catalog path, item ids)
+        self._rating_range: tuple[float, float] | None = None
+        self._catalog_lock = asyncio.Lock()
+        self._refs: dict[str, _Cached] = {}
+        self._recent: _Cached | None = None
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_api(self, self.cfg, admin_token=self.settings.admin_token)
+
+    # -- ApiBackend ------------------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.model_name
+
+    @property
+    def last_version(self) -> str | None:
+        return self._last_version
+
+    async def _note_served(
+        self, version: str | None, catalog_path: str | None, scale: Any = None
+    ) -> None:
+        """Remember the served version, its scale and its catalog (re-read when the path
+        changes, i.e. after a promotion to a version trained on other samples)."""
+        if version is None or catalog_path is None:
+            return
+        self._last_version = version
+        self._rating_range = (float(scale[0]), float(scale[1])) if scale else None
+        if self._served is None or self._served[0] != catalog_path:
+            async with self._catalog_lock:
+                if self._served is None or self._served[0] != catalog_path:
+                    ids = await asyncio.to_thread(_catalog_ids, catalog_path)
+                    self._served = (catalog_path, ids)
+
+    async def _note_info(self, info: dict[str, Any]) -> None:
+        await self._note_served(
+            info.get("model_version"), info.get("catalog_path"), info.get("rating_range")
+        )
+
+    async def served_version(self) -> ServedVersion | None:
+        if self._served is None:
+            await self._note_info(await self.model.info.remote())
+        if self._served is None or self._last_version is None:
+            return None  # no model loaded yet: nothing to validate against
+        return ServedVersion(self._last_version, self._served[1], self._rating_range)
+
+    async def lookup_version(self, ref: ModelRef) -> str | None:
+        cached = self._refs.get(ref.text)
+        if cached and cached.expires > time.monotonic():
+            return str(cached.value) if cached.value is not None else None
+        version = await asyncio.to_thread(self._lookup_version, ref)
+        self._refs[ref.text] = _Cached(version, time.monotonic() + self.sc.alias_poll_seconds)
+        return version
+
+    def _lookup_version(self, ref: ModelRef) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        from recicl.registry import client
+
+        mlc = client(self.settings.tracking_uri)
+        try:
+            if ref.alias is not None:
+                return str(mlc.get_model_version_by_alias(self.model_name, ref.alias).version)
+            return str(mlc.get_model_version(self.model_name, str(ref.version)).version)
+        except MlflowException:
+            return None
+
+    async def score(self, job: ModelJob, version: str | None) -> ModelReply | ModelError:
+        handle = self.model if not version else self.model.options(multiplexed_model_id=version)
+        reply: ModelReply | ModelError = await handle.score.remote(job)
+        if isinstance(reply, ModelReply):
+            self._last_version = reply.model_version
+            if version is None:  # the served alias answered: its catalog may have moved
+                await self._note_served(reply.model_version, reply.catalog_path, reply.rating_range)
+        return reply
+
+    async def latest_events(self, user_id: str) -> list[Event]:
+        return await asyncio.to_thread(self.store.latest, user_id, self.sc.context_events)
+
+    async def append_events(self, events: list[Event]) -> int:
+        return await asyncio.to_thread(self.store.append, events)
+
+    async def seen_items(self, user_id: str) -> set[str]:
+        return await asyncio.to_thread(self.store.seen_items, user_id)
+
+    async def recent_items(self) -> list[str]:
+        now = time.monotonic()
+        if self._recent is None or self._recent.expires <= now:
+            since = int(time.time()) - self.sc.recent_window_seconds
+            limit = self.sc.candidate_pool_size * 4 + 100  # room for the user's seen items
+            rows = await asyncio.to_thread(self.store.recent_items, since, limit)
+            self._recent = _Cached([item for item, _ in rows], now + self.sc.recent_cache_seconds)
+        return list(self._recent.value)
+
+    async def model_status(self) -> ModelStatus:
+        info: dict[str, Any] = await self.model.info.remote()
+        await self._note_info(info)
+        return ModelStatus(info.get("model_version"), info)
+
+    async def registry_versions(self) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(
+            registry_versions, self.settings.tracking_uri, self.model_name
+        )
+
+    async def store_healthy(self) -> bool:
+        return await asyncio.to_thread(self.store.health)
+
+    async def reload(self, force: bool) -> dict[str, Any] | ModelError:
+        reply: dict[str, Any] | ModelError = await self.model.reload.remote(force)
+        if not isinstance(reply, ModelError):
+            self._last_version = reply.get("model_version") or self._last_version
+            self._refs.clear()
+        return reply
+
+
+#: :class:`IngressBackend` as the app's Serve ingress (options: :func:`recicl.serve.app.build_app`).
+IngressDeployment = serve.deployment(name=API_DEPLOYMENT, max_ongoing_requests=256)(
+    serve.ingress()(IngressBackend)
+)

@@ -1,0 +1,182 @@
+"""The model deployment: the alias's version (hot-swapped), explicit versions, batched scoring.
+
+Each replica keeps a pointer to the version behind ``serve.alias`` and re-checks the alias every
+``serve.alias_poll_seconds`` in a background task. A new version is loaded *first* and then the
+pointer is switched; a batch already running holds the old object and finishes on it, so a
+promotion drops no request. ``reconfigure`` (a changed ``user_config``: alias, batch settings,
+``reload_token``) and ``reload`` re-check at once. A request for an explicit version arrives as
+the multiplexed model id; replicas keep up to :data:`MAX_EXPLICIT_VERSIONS` of them (LRU).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ray import serve
+from ray.serve.metrics import Counter
+
+from recicl.serve.api.backend import ModelError, ModelJob, ModelReply
+from recicl.serve.serving_model import ServingModel, load_serving_model, run_jobs
+from recicl.serve.settings import MAX_EXPLICIT_VERSIONS, MODEL_DEPLOYMENT, ServeSettings
+
+log = logging.getLogger("recicl.serve")
+
+
+class ModelServer:
+    """Holds the alias's version (hot-swapped) + explicit versions; scores batched requests.
+
+    The first load happens in :meth:`reconfigure`, which Serve calls right after the constructor
+    as part of starting the replica (the app always sets ``user_config``): it is async, so the
+    alias poller starts on the replica's event loop there.
+    """
+
+    def __init__(self, settings: ServeSettings) -> None:
+        import torch
+
+        self.cfg = settings.recicl_config()
+        self.tracking_uri = settings.tracking_uri
+        self.name = settings.model_name
+        sc = self.cfg.serve
+        self.alias = sc.alias
+        self.poll_seconds = sc.alias_poll_seconds
+        self.device = "cuda" if sc.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.current: ServingModel | None = None
+        self.last_error: str | None = None
+        self.last_check = 0.0
+        self.swaps = 0
+        self._reload_lock = asyncio.Lock()
+        self._reload_token: Any = None
+        self._poller: asyncio.Task[None] | None = None
+        self._fallback_metric = Counter(
+            "recicl_prefix_sharing_fallbacks",
+            description="Score batches whose candidates were scored as full prompts instead of "
+            "on a shared prefix cache, by reason (see recicl.modeling.prefix_sharing).",
+            tag_keys=("model_version", "reason"),  # type: ignore[arg-type]  # Ray annotates Tuple[str], means Tuple[str, ...]
+        )
+
+    # -- which version ---------------------------------------------------------------------
+
+    def _load(self, version: str) -> ServingModel:
+        def fallback(reason: str) -> None:
+            self._fallback_metric.inc(
+                tags={"model_version": str(version), "reason": reason.split(":", 1)[0]}
+            )
+
+        return load_serving_model(
+            self.cfg,
+            self.tracking_uri,
+            self.name,
+            version,
+            device=self.device,
+            on_fallback=fallback,
+        )
+
+    async def refresh(self, *, force: bool = False) -> dict[str, Any]:
+        """Resolve the alias; load and switch to its version when it changed (or ``force``)."""
+        from recicl.registry import resolve_version
+
+        async with self._reload_lock:
+            previous = self.current.version if self.current else None
+            version = await asyncio.to_thread(
+                resolve_version, self.tracking_uri, self.name, self.alias
+            )
+            self.last_check = time.time()
+            changed = version != previous
+            if changed or force:
+                loaded = await asyncio.to_thread(self._load, version)  # load first ...
+                self.current = loaded  # ... then switch: running batches keep the old object
+                self.swaps += changed
+                log.info("serving %s (alias %s; was %s)", loaded.label, self.alias, previous)
+            self.last_error = None
+            return {"model_version": version, "previous_version": previous, "changed": changed}
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_seconds)
+            try:
+                await self.refresh()
+            except Exception as error:  # keep serving the old version
+                self.last_error = f"{type(error).__name__}: {error}"
+                log.warning("alias check failed, still serving the old version: %s", error)
+
+    async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
+        """Serve calls this with ``user_config`` at start and whenever it changes."""
+        uc = user_config or {}
+        self.poll_seconds = float(uc.get("alias_poll_seconds", self.poll_seconds))
+        if "max_batch_size" in uc:
+            self._score_batch.set_max_batch_size(int(uc["max_batch_size"]))  # type: ignore[attr-defined]  # Ray's stubs omit the setters
+        if "batch_wait_timeout_s" in uc:
+            self._score_batch.set_batch_wait_timeout_s(float(uc["batch_wait_timeout_s"]))  # type: ignore[attr-defined]  # Ray's stubs omit the setters
+        alias = uc.get("alias", self.alias)
+        token = uc.get("reload_token")
+        force = token != self._reload_token
+        self._reload_token = token
+        if alias != self.alias or force or self.current is None:
+            self.alias = alias
+            try:
+                await self.refresh(force=force)
+            except Exception as error:  # serve anyway (503 until a version exists), keep polling
+                self.last_error = f"{type(error).__name__}: {error}"
+                log.warning("no version loaded on (re)configure: %s", self.last_error)
+        if self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    @serve.multiplexed(max_num_models_per_replica=MAX_EXPLICIT_VERSIONS)
+    async def explicit_version(self, version: str) -> ServingModel:
+        current = self.current
+        if current is not None and current.version == version:
+            return current
+        return await asyncio.to_thread(self._load, version)
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def score(self, job: ModelJob) -> ModelReply | ModelError:
+        reply: ModelReply | ModelError = await self._score_batch(job)
+        return reply
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def _score_batch(self, jobs: list[ModelJob]) -> list[ModelReply | ModelError]:
+        requested = serve.get_multiplexed_model_id()  # one id per batch (Serve splits by id)
+        model = self.current
+        if requested and (model is None or model.version != requested):
+            try:
+                model = await self.explicit_version(requested)
+            except Exception as error:
+                detail = f"model: cannot load version {requested} of {self.name}: {error}"
+                return [ModelError(404, "model_not_found", detail)] * len(jobs)
+        if model is None:
+            detail = (
+                f"no version of {self.name} is loaded (alias {self.alias!r}: "
+                f"{self.last_error or 'not checked yet'}); register and promote one"
+            )
+            return [ModelError(503, "model_unavailable", detail)] * len(jobs)
+        return await asyncio.to_thread(run_jobs, model, jobs)
+
+    async def info(self) -> dict[str, Any]:
+        current = self.current
+        context = serve.get_replica_context()
+        return {
+            **(current.describe() if current else {"model_version": None, "model": None}),
+            "alias": self.alias,
+            "registered_model": self.name,
+            "replica": str(getattr(context, "replica_id", "")),
+            "device": self.device,
+            "last_error": self.last_error,
+            "last_alias_check": self.last_check,
+            "swaps": self.swaps,
+        }
+
+    async def reload(self, force: bool = False) -> dict[str, Any] | ModelError:
+        try:
+            return await self.refresh(force=force)
+        except Exception as error:
+            self.last_error = f"{type(error).__name__}: {error}"
+            detail = f"reload of {self.name}@{self.alias} failed: {self.last_error}"
+            return ModelError(503, "reload_failed", detail)
+
+
+#: :class:`ModelServer` as a Serve deployment (options: :func:`recicl.serve.app.build_app`).
+ModelDeployment = serve.deployment(name=MODEL_DEPLOYMENT, max_ongoing_requests=16)(ModelServer)

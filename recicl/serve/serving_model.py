@@ -1,0 +1,258 @@
+"""One loaded model version and the scoring of ingress jobs on it (no Ray: replicas call it).
+
+A :class:`ServingModel` bundles what answering a request needs besides the weights: the catalog
+(valid item ids, the default candidate order), the context sizes the version was trained with,
+and its rating scale. :func:`run_jobs` turns a batch of :class:`~recicl.serve.api.backend.ModelJob`
+into replies, scoring all candidates of the batch together on shared prefix caches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recicl.config import ReciclConfig
+from recicl.serve.api.backend import ModelError, ModelJob, ModelReply
+from recicl.serve.settings import ServeError
+
+if TYPE_CHECKING:
+    from recicl.modeling.prefix_sharing import CandidateScorer
+
+log = logging.getLogger("recicl.serve")
+
+#: The rating scale of each source when ``data.rating_range`` is null (the scales the readers
+#: validate against; generic sources are unchecked), as documented on ``data.rating_range``.
+SOURCE_RATING_SCALES: dict[str, tuple[float, float]] = {
+    "movielens": (0.5, 5.0),
+    "amazon": (1.0, 5.0),
+}
+
+
+def _read_text(location: str) -> str | None:
+    """A small text file from a local path or a filesystem URI (s3://, gs://, ...)."""
+    try:
+        if "://" in location and not location.startswith("file://"):
+            import pyarrow.fs as pafs
+
+            filesystem, path = pafs.FileSystem.from_uri(location)
+            with filesystem.open_input_stream(path) as stream:
+                text: str = stream.read().decode()
+                return text
+        local = Path(location.removeprefix("file://"))
+        return local.read_text() if local.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _join(base: str, name: str) -> str:
+    return base.rstrip("/") + "/" + name
+
+
+def trained_rating_range(
+    samples_manifest: dict[str, Any], cfg: ReciclConfig
+) -> tuple[float, float] | None:
+    """The rating scale the version was trained on: ``data.rating_range`` of its samples
+    manifest (of the serving config when there is no manifest), else its source's scale."""
+    data = (samples_manifest.get("config") or {}).get("data") if samples_manifest else None
+    explicit = data.get("rating_range") if data else cfg.data.rating_range
+    if explicit is not None:
+        return float(explicit[0]), float(explicit[1])
+    source = data.get("source") if data else cfg.data.source
+    return SOURCE_RATING_SCALES.get(str(source))
+
+
+@dataclass
+class ServingModel:
+    """A model version ready to score: scorer + catalog + the context it was trained with."""
+
+    version: str
+    label: str  # "recicl/3"
+    scorer: CandidateScorer
+    catalog_ids: frozenset[str]
+    catalog_order: list[str]
+    catalog_path: str
+    num_demos: int
+    history_len: int
+    prompt_format: str
+    rating_range: tuple[float, float] | None
+    loaded_at: float = field(default_factory=time.time)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model_version": self.version,
+            "model": self.label,
+            "catalog_path": self.catalog_path,
+            "catalog_items": len(self.catalog_order),
+            "num_demos": self.num_demos,
+            "history_len": self.history_len,
+            "prompt_format": self.prompt_format,
+            "rating_range": list(self.rating_range) if self.rating_range else None,
+            "loaded_at": self.loaded_at,
+            "scoring": {
+                "attention": sorted(set(self.scorer.layout.kinds)),
+                "sliding_window": self.scorer.layout.window,
+                "prefix_fallbacks": dict(self.scorer.fallbacks),
+            },
+        }
+
+
+def load_serving_model(
+    cfg: ReciclConfig,
+    tracking_uri: str,
+    name: str,
+    version: str,
+    *,
+    device: str = "cpu",
+    on_fallback: Callable[[str], None] | None = None,
+) -> ServingModel:
+    """Download ``name`` version ``version`` from the registry and make it ready to score.
+    ``on_fallback(reason)``: called whenever prefix-shared scoring falls back to full prompts."""
+    import pyarrow.parquet as pq
+
+    from recicl.modeling.packaged import load_packaged_model
+    from recicl.modeling.prefix_sharing import CandidateScorer
+    from recicl.prompts import PromptBuilder
+    from recicl.registry import load_version
+
+    download = Path(tempfile.mkdtemp(prefix=f"recicl-serve-{name}-{version}-"))
+    try:
+        folder = load_version(name, version, tracking_uri=tracking_uri, dst=download)
+        packaged = load_packaged_model(
+            folder, prompt=cfg.prompt, model_cfg=cfg.model, label=f"{name}/{version}", device=device
+        )
+    finally:  # weights are in memory now (an unlinked mmapped file stays readable on Linux)
+        shutil.rmtree(download, ignore_errors=True)
+    manifest = packaged.manifest or {}
+    samples_dir = (manifest.get("data") or {}).get("samples_dir")
+    catalog_path = cfg.serve.catalog_path or (
+        _join(samples_dir, "catalog.parquet") if samples_dir else None
+    )
+    if not catalog_path:
+        raise ServeError(
+            f"{name}/{version} records no samples folder, so its catalog is unknown: set "
+            "serve.catalog_path to the catalog.parquet it was trained with"
+        )
+    try:
+        catalog = pq.read_table(catalog_path)
+    except (OSError, ValueError) as error:
+        raise ServeError(
+            f"cannot read the catalog of {name}/{version} at {catalog_path}: {error}; "
+            "set serve.catalog_path"
+        ) from error
+    samples_manifest: dict[str, Any] = {}
+    if samples_dir:
+        text = _read_text(_join(samples_dir, "manifest.json"))
+        samples_manifest = json.loads(text) if text else {}
+    trained = (samples_manifest.get("config") or {}).get("samples") or {}
+    num_demos = cfg.serve.num_demos
+    if num_demos is None:
+        num_demos = int(trained.get("num_demos", cfg.samples.num_demos))
+    history_len = cfg.serve.history_len
+    if history_len is None:
+        history_len = int(trained.get("history_len", cfg.samples.history_len))
+    builder = PromptBuilder(packaged.prompt, catalog, packaged.tokenizer)
+    scorer = CandidateScorer(
+        packaged.model,
+        packaged.tokenizer,
+        builder,
+        packaged.answer_tokens,
+        max_rows=cfg.serve.score_batch_rows,
+        per_row=cfg.serve.candidates_per_row,
+        on_fallback=on_fallback,
+    )
+    order = [str(i) for i in catalog.column("item_id").to_pylist() if i is not None]
+    log.info("loaded %s/%s (catalog %s, %d items)", name, version, catalog_path, len(order))
+    return ServingModel(
+        version=str(version),
+        label=f"{name}/{version}",
+        scorer=scorer,
+        catalog_ids=frozenset(order),
+        catalog_order=order,
+        catalog_path=catalog_path,
+        num_demos=num_demos,
+        history_len=history_len,
+        prompt_format=packaged.prompt.format,
+        rating_range=trained_rating_range(samples_manifest, cfg),
+    )
+
+
+def fill_pool(model: ServingModel, job: ModelJob) -> list[str]:
+    """Up to ``job.pool_size`` candidates: the job's pool first, then the catalog order,
+    skipping excluded, repeated and unknown items."""
+    out: list[str] = []
+    chosen: set[str] = set()
+    sources: Iterable[Sequence[str]] = (job.pool, model.catalog_order)
+    for source in sources:
+        for item in source:
+            if len(out) >= job.pool_size:
+                return out
+            if item in job.exclude or item in chosen or item not in model.catalog_ids:
+                continue
+            out.append(item)
+            chosen.add(item)
+    return out
+
+
+def _reply(
+    model: ServingModel, items: Sequence[str], scores: Iterable[float], n: int
+) -> ModelReply:
+    return ModelReply(
+        model_version=model.version,
+        model=model.label,
+        catalog_path=model.catalog_path,
+        scores=tuple((str(i), float(s)) for i, s in zip(items, scores, strict=True)),
+        context_events=n,
+        rating_range=model.rating_range,
+    )
+
+
+def run_jobs(model: ServingModel, jobs: Sequence[ModelJob]) -> list[ModelReply | ModelError]:
+    """Score a batch of ingress jobs on one model version (runs in a worker thread).
+
+    Per-job problems (unknown candidates) become :class:`ModelError`; the rest are scored
+    together (prefixes batched, candidates on shared prefix caches).
+    """
+    from recicl.modeling import prefix_sharing
+    from recicl.prompts import PromptError
+    from recicl.serve.context import context_from_events
+
+    results: list[ModelReply | ModelError | None] = [None] * len(jobs)
+    work: list[tuple[int, prefix_sharing.ScoreJob, int]] = []
+    for i, job in enumerate(jobs):
+        history, demos = context_from_events(job.events, model.num_demos, model.history_len)
+        if job.candidates is None:
+            candidates = fill_pool(model, job)
+        else:
+            candidates = list(job.candidates)
+            unknown = [c for c in candidates if c not in model.catalog_ids]
+            if unknown and not job.allow_unknown:
+                results[i] = ModelError(
+                    422,
+                    "unknown_items",
+                    f"candidates: {len(unknown)} item id(s) are not in the catalog of "
+                    f"{model.label}: {unknown[:20]}",
+                    field="candidates",
+                    unknown=tuple(unknown[:100]),
+                )
+                continue
+        if not candidates:
+            results[i] = _reply(model, [], [], len(job.events))
+            continue
+        work.append((i, prefix_sharing.ScoreJob(history, demos, candidates), len(job.events)))
+    if work:
+        try:
+            scores = model.scorer.score([prompt for _, prompt, _ in work])
+        except PromptError as error:
+            for i, _, _ in work:
+                results[i] = ModelError(500, "prompt_error", str(error))
+        else:
+            for (i, prompt, n_events), values in zip(work, scores, strict=True):
+                results[i] = _reply(model, prompt.candidates, values, n_events)
+    return [r for r in results if r is not None]

@@ -1,0 +1,76 @@
+"""Serving settings resolved once, where the app is built, and handed to every replica.
+
+Replicas may run on other machines and in other working directories, so paths are made absolute
+and secrets/URLs are read from the environment *here*, not in each replica.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recicl.config import ReciclConfig, build_config
+from recicl.errors import ReciclError
+
+APP_NAME = "recicl"
+MODEL_DEPLOYMENT = "ReciclModel"
+API_DEPLOYMENT = "ReciclAPI"
+#: Explicitly requested versions a model replica keeps loaded besides the alias's version.
+MAX_EXPLICIT_VERSIONS = 3
+
+
+class ServeError(ReciclError):
+    """Serving cannot start or cannot load a model version as configured."""
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything replicas need (config with absolute paths, registry, store, admin token)."""
+
+    config: dict[str, Any]  # ReciclConfig as JSON: validated again in each replica
+    tracking_uri: str
+    model_name: str
+    store_url: str
+    admin_token: str | None
+
+    def recicl_config(self) -> ReciclConfig:
+        return ReciclConfig.model_validate(self.config)
+
+
+def resolve_settings(cfg: ReciclConfig) -> ServeSettings:
+    """Resolve ``cfg`` for the replicas (paths made absolute, store URL and token chosen)."""
+    from recicl.registry import resolve_tracking_uri
+
+    raw = cfg.model_dump(mode="json")
+    workdir = Path(cfg.workdir).expanduser().resolve()
+    raw["workdir"] = str(workdir)
+    catalog = cfg.serve.catalog_path
+    if catalog and "://" not in catalog:
+        raw["serve"]["catalog_path"] = str(Path(catalog).expanduser().resolve())
+    resolved = build_config(raw, "serve settings")
+    store_url = (
+        cfg.serve.store_url
+        or os.environ.get("RECICL_STORE_URL")
+        or "sqlite:///" + str(workdir / "events.db")
+    )
+    return ServeSettings(
+        config=resolved.model_dump(mode="json"),
+        tracking_uri=resolve_tracking_uri(resolved),
+        model_name=cfg.serve.model_name or cfg.mlflow.registered_model,
+        store_url=store_url,
+        admin_token=cfg.serve.admin_token or os.environ.get("RECICL_ADMIN_TOKEN") or None,
+    )
+
+
+def model_user_config(cfg: ReciclConfig) -> dict[str, Any]:
+    """The model deployment's ``user_config``: what may change without restarting replicas."""
+    sc = cfg.serve
+    return {
+        "alias": sc.alias,
+        "alias_poll_seconds": sc.alias_poll_seconds,
+        "max_batch_size": sc.max_batch_size,
+        "batch_wait_timeout_s": sc.batch_wait_timeout_s,
+        "reload_token": None,
+    }
