@@ -105,7 +105,7 @@ def taste_switch_shift(
     import pyarrow.parquet as pq
 
     from recicl.modeling.packaged import load_packaged_model
-    from recicl.serve.scoring import CandidateScorer, ScoreJob
+    from recicl.modeling.prefix_sharing import CandidateScorer, ScoreJob
     from recicl.prompts import PromptBuilder
     from recicl.serve.context import context_from_events
     from recicl.serve.store import Event
