@@ -265,8 +265,6 @@ def main() -> None:
 
         try:
             with_overrides(load_config(args.config), settings)
-        except KeyError as missing:
-            parser.error(f"--set: the config has no section {missing} (see README: Configuration)")
         except ConfigError as error:
             parser.error(f"--set: {error}")
     few_shot = None
