@@ -216,6 +216,8 @@ def build_samples(cfg: ReciclConfig) -> dict[str, Any]:
         "events": len(timestamps),
         "users": len(pc.drop_null(stats["first_user"])) if stats.num_rows else 0,
         "catalog_items": source.catalog.num_rows,
+        # the scale ratings were validated against (null: unchecked); serving refuses others
+        "rating_range": list(source.rating_range) if source.rating_range else None,
         "samples": int(is_sample.sum()),
         "like_rate": round(float(labels.mean()), 6) if len(labels) else None,
         "quarantine": {

@@ -27,12 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("recicl.serve")
 
-#: The rating scale of each source when ``data.rating_range`` is null (the scales the readers
-#: validate against; generic sources are unchecked), as documented on ``data.rating_range``.
-SOURCE_RATING_SCALES: dict[str, tuple[float, float]] = {
-    "movielens": (0.5, 5.0),
-    "amazon": (1.0, 5.0),
-}
 
 
 def _read_text(location: str) -> str | None:
@@ -58,14 +52,19 @@ def _join(base: str, name: str) -> str:
 def trained_rating_range(
     samples_manifest: dict[str, Any], cfg: ReciclConfig
 ) -> tuple[float, float] | None:
-    """The rating scale the version was trained on: ``data.rating_range`` of its samples
-    manifest (of the serving config when there is no manifest), else its source's scale."""
-    data = (samples_manifest.get("config") or {}).get("data") if samples_manifest else None
-    explicit = data.get("rating_range") if data else cfg.data.rating_range
-    if explicit is not None:
-        return float(explicit[0]), float(explicit[1])
-    source = data.get("source") if data else cfg.data.source
-    return SOURCE_RATING_SCALES.get(str(source))
+    """The rating scale the version was trained on, as its samples build recorded it (the scale
+    the readers validated against; null: unchecked). Samples built before the build recorded
+    it fall back to the serving config's explicit ``data.rating_range`` (else unchecked)."""
+    if "rating_range" in samples_manifest:
+        recorded = samples_manifest["rating_range"]
+    else:
+        recorded = cfg.data.rating_range
+        if recorded is None:
+            log.warning(
+                "the samples manifest records no rating scale (built by an older recicl) and "
+                "data.rating_range is null: ratings are not range-checked; rebuild the samples"
+            )
+    return None if recorded is None else (float(recorded[0]), float(recorded[1]))
 
 
 @dataclass

@@ -54,6 +54,7 @@ def test_movielens_csv_layout(tmp_path, ray_local):
     )
     manifest = _build(tmp_path, "movielens", folder)
     assert manifest["source"]["layout"].startswith("movielens:csv")
+    assert manifest["rating_range"] == [0.5, 5.0]  # what serving will range-check against
     assert _reasons(manifest) == {
         "duplicate_event": 1, "item_not_in_catalog": 1, "malformed_line": 1,
         "missing_user_id": 1, "rating_out_of_range": 1, "timestamp_out_of_range": 1,
@@ -106,6 +107,7 @@ def test_movielens_100k_layout(tmp_path, ray_local):
     (folder / "u.data").write_text("196\t1\t3\t881250949\n196\t2\t5\t881250950\n196\t2\n")
     manifest = _build(tmp_path, "movielens", folder)
     assert manifest["source"]["layout"].startswith("movielens:100k")
+    assert manifest["rating_range"] == [1.0, 5.0]
     assert _reasons(manifest) == {"malformed_line": 1}
     assert manifest["events"] == 2
     catalog = pq.read_table(tmp_path / "out" / "catalog.parquet")
@@ -156,6 +158,7 @@ def test_amazon_2018_gzipped(tmp_path, ray_local):
     )
     manifest = _build(tmp_path, "amazon", folder)
     assert manifest["source"]["layout"] == "amazon:2018"
+    assert manifest["rating_range"] == [1.0, 5.0]
     assert _reasons(manifest) == {"malformed_json": 1, "unparseable_rating": 1}
     assert manifest["events"] == 2
     catalog = pq.read_table(tmp_path / "out" / "catalog.parquet")

@@ -421,26 +421,20 @@ def test_http_layer_does_not_import_ray() -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "expected"),
-    [
-        ({"source": "movielens", "rating_range": None}, (0.5, 5.0)),
-        ({"source": "amazon", "rating_range": None}, (1.0, 5.0)),
-        ({"source": "parquet", "rating_range": None}, None),
-        ({"source": "parquet", "rating_range": [1, 10]}, (1.0, 10.0)),
-    ],
+    ("recorded", "expected"), [([0.5, 5.0], (0.5, 5.0)), ([1, 10], (1.0, 10.0)), (None, None)]
 )
-def test_served_scale_is_the_trained_scale(data: dict, expected: Any) -> None:
-    """The served version's scale comes from its samples manifest: ``data.rating_range``, or
-    when null the scale of the source it was trained on (the serving config does not count)."""
+def test_served_scale_is_the_scale_the_samples_build_recorded(recorded: Any, expected: Any):
+    """The served version's scale is the one its samples were validated against (recorded in
+    their manifest; null = unchecked): the serving config does not count."""
     from recicl.serve.serving_model import trained_rating_range
 
     serving_cfg = build_config({"data": {"rating_range": [0, 100]}})
-    assert trained_rating_range({"config": {"data": data}}, serving_cfg) == expected
+    assert trained_rating_range({"rating_range": recorded}, serving_cfg) == expected
 
 
-def test_without_samples_manifest_the_serving_config_gives_the_scale() -> None:
+def test_samples_without_a_recorded_scale_use_the_serving_configs_explicit_one() -> None:
     from recicl.serve.serving_model import trained_rating_range
 
-    assert trained_rating_range({}, build_config({})) == (0.5, 5.0)  # default source: MovieLens
+    assert trained_rating_range({}, build_config({})) is None  # unknown: unchecked, warned
     explicit = build_config({"data": {"source": "parquet", "rating_range": [1, 3]}})
     assert trained_rating_range({}, explicit) == (1.0, 3.0)
