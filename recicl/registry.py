@@ -1,15 +1,8 @@
 """MLflow: tracking URI, runs, model artifacts and registered versions.
 
 A registered version of the model (default name ``recicl``) points at one folder of run
-artifacts, laid out as :data:`MODEL_ARTIFACT_PATH`::
-
-    model/
-      recicl_model.json   base model id, adapter kind, prompt + model + training config, data hash
-      adapter/            LoRA adapter (safetensors + adapter_config.json), or full weights
-      tokenizer/          the tokenizer the prompts were encoded with
-      base/               the base model itself, only when it is a small local folder (tiny model)
-      config.yaml         the whole resolved configuration of the training run
-      template.json       the prompt template's wording (instruction, question, ...)
+artifacts under :data:`MODEL_ARTIFACT_PATH`: the model-version folder, whose layout and manifest
+belong to :mod:`recicl.modeling.packaged` (this module uploads and downloads it, unread).
 
 Why plain artifacts and ``create_model_version`` rather than ``mlflow.transformers``: the
 transformers flavor wants a hub id for a peft base model and records pip requirements by

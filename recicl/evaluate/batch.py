@@ -31,6 +31,7 @@ from recicl.data.samples_folder import SamplesFolder
 from recicl.errors import ReciclError
 from recicl.evaluate.metrics import metrics_by_period
 from recicl.evaluate.plots import plot_by_period
+from recicl.modeling.packaged import read_version_manifest
 from recicl.registry import (
     EVAL_KIND_TAG,
     MODEL_NAME_TAG,
@@ -112,7 +113,7 @@ def resolve_model(uri: str, cfg: ReciclConfig) -> ModelSource:
         identity = version_identity(tracking_uri, name, version)
         cache = Path(cfg.workdir).expanduser().resolve() / "models" / name / f"{version}-{identity}"
         local = cache / "model"
-        if not (local / "recicl_model.json").is_file():
+        if read_version_manifest(local) is None:
             local = load_version(name, version, tracking_uri=tracking_uri, dst=cache)
     except MlflowException as error:
         raise EvaluationError(

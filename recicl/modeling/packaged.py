@@ -1,10 +1,22 @@
-"""Loading a *packaged* model: the folder a registered version downloads to, or a plain HF folder.
+"""The model-version folder: its one writer and reader, and loading it for scoring.
 
-Evaluation and serving both score with "whatever model version X is", so both go through this
-one loader. A packaged folder (written by training, layout in ``recicl.registry``) carries its
-own prompt configuration: scoring a model with a different template than it was tuned on would be
-train/serve skew, so the folder's prompt config wins over the caller's unless the folder has none
-(a plain base model, e.g. the zero-shot baseline).
+A registered version is one folder of run artifacts (uploaded by :mod:`recicl.registry`)::
+
+    recicl_model.json   VersionManifest: base model, weights kind, prompt/model/train config, data
+    adapter/            LoRA adapter (safetensors + adapter_config.json), or full weights
+    tokenizer/          the tokenizer the prompts were encoded with
+    base/               the base model itself, only when it is a small local folder (tiny model)
+    config.yaml         the whole resolved configuration of the training run
+    template.json       the prompt template's wording (instruction, question, ...)
+
+Training writes it, ``package_full_model`` wraps a plain HF folder the same way, and evaluation,
+serving and the experiments read it, all through :class:`VersionManifest` here.
+
+Evaluation and serving both score with "whatever model version X is", so both go through
+:func:`load_packaged_model`. A packaged folder carries its own prompt configuration: scoring a
+model with a different template than it was tuned on would be train/serve skew, so the folder's
+prompt config wins over the caller's unless the folder has none (a plain base model, e.g. the
+zero-shot baseline).
 """
 
 from __future__ import annotations
@@ -12,12 +24,68 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from recicl.config import ModelConfig, PromptConfig
 from recicl.errors import ReciclError
 
 MODEL_MANIFEST = "recicl_model.json"
+ADAPTER_DIR, TOKENIZER_DIR, BASE_DIR = "adapter", "tokenizer", "base"
+FORMAT_VERSION = 1
+
+
+class VersionData(BaseModel):
+    """What a version was tuned on (empty for a wrapped base model)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    samples_dir: str | None = None
+    #: the samples' config hash (``manifest.json`` ``config_hash``)
+    manifest_hash: str | None = None
+    #: the samples' content identity (:meth:`SamplesFolder.content_id`)
+    samples_content_id: str | None = None
+    train_periods: list[int] = Field(default_factory=list)
+    val_periods: list[int] = Field(default_factory=list)
+
+
+class VersionManifest(BaseModel):
+    """``recicl_model.json``: how to load a version and what it was tuned with.
+
+    Unknown fields are kept (``extra="allow"``) so that a folder written by a newer recicl loads
+    and round-trips instead of failing on a field this version does not know.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    format_version: int = FORMAT_VERSION
+    base_model: str | None
+    base_model_artifact: str | None = None
+    weights: Literal["lora", "full"]
+    adapter_dir: str = ADAPTER_DIR
+    tokenizer_dir: str = TOKENIZER_DIR
+    prompt: dict[str, Any]
+    model: dict[str, Any]
+    train: dict[str, Any] | None = None
+    data: VersionData = Field(default_factory=VersionData)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    ray_checkpoint: str | None = None
+
+    def write(self, folder: str | Path) -> Path:
+        """Write ``recicl_model.json`` into ``folder`` (the weights are the caller's)."""
+        path = Path(folder) / MODEL_MANIFEST
+        text = json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+        path.write_text(text + "\n")
+        return path
+
+
+def read_version_manifest(model_dir: str | Path) -> VersionManifest | None:
+    """The folder's manifest, or None for a plain HF model folder."""
+    path = Path(model_dir) / MODEL_MANIFEST
+    if not path.is_file():
+        return None
+    return VersionManifest.model_validate_json(path.read_text())
 
 
 class PackagedModelError(ReciclError):
@@ -39,11 +107,6 @@ class PackagedModel:
         from recicl.prompts import answer_token_ids
 
         return answer_token_ids(self.tokenizer)
-
-
-def read_manifest(model_dir: Path) -> dict[str, Any] | None:
-    path = model_dir / MODEL_MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def load_packaged_model(
@@ -70,7 +133,7 @@ def load_packaged_model(
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise PackagedModelError(f"model folder {model_dir} does not exist")
-    manifest = read_manifest(model_dir)
+    manifest = read_version_manifest(model_dir)
     base_cfg = model_cfg or ModelConfig()
     if manifest is None:
         cfg = base_cfg.model_copy(update={"name_or_path": str(model_dir)})
@@ -80,27 +143,25 @@ def load_packaged_model(
             model.to(device), tokenizer, prompt or PromptConfig(), {}, label or model_dir.name
         )
 
-    saved = ModelConfig.model_validate(manifest["model"])
-    base = manifest.get("base_model_artifact")
-    base_path = str(model_dir / base) if base else manifest["base_model"]
-    adapter_dir = model_dir / manifest.get("adapter_dir", "adapter")
-    if manifest.get("weights") == "full":
+    saved = ModelConfig.model_validate(manifest.model)
+    base = manifest.base_model_artifact
+    base_path = str(model_dir / base) if base else str(manifest.base_model)
+    adapter_dir = model_dir / manifest.adapter_dir
+    if manifest.weights == "full":
         cfg = saved.model_copy(update={"name_or_path": str(adapter_dir)})
         model = load_model(cfg, for_training=False)
     else:
         cfg = saved.model_copy(update={"name_or_path": base_path})
         model = load_model(cfg, for_training=False, adapter=adapter_dir)
     tokenizer_cfg = saved.model_copy(
-        update={"name_or_path": str(model_dir / manifest.get("tokenizer_dir", "tokenizer"))}
+        update={"name_or_path": str(model_dir / manifest.tokenizer_dir)}
     )
     tokenizer = load_tokenizer(tokenizer_cfg)
     return PackagedModel(
         model=model.to(device),
         tokenizer=tokenizer,
-        prompt=prompt
-        if force_prompt and prompt
-        else PromptConfig.model_validate(manifest["prompt"]),
-        manifest=manifest,
+        prompt=prompt if force_prompt and prompt else PromptConfig.model_validate(manifest.prompt),
+        manifest=manifest.model_dump(mode="json"),
         label=label or model_dir.name,
     )
 
@@ -119,16 +180,13 @@ def package_full_model(
     model_dir, output = Path(model_dir), Path(output)
     output.mkdir(parents=True, exist_ok=True)
     shutil.copytree(model_dir, output / "weights", dirs_exist_ok=True)
-    manifest = {
-        "format_version": 1,
-        "base_model": str(model_dir),
-        "base_model_artifact": None,
-        "weights": "full",
-        "adapter_dir": "weights",
-        "tokenizer_dir": "weights",
-        "prompt": prompt.model_dump(mode="json"),
-        "model": ModelConfig(name_or_path=str(model_dir)).model_dump(mode="json"),
-        "data": {"samples_dir": None if samples_dir is None else str(samples_dir)},
-    }
-    (output / MODEL_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    VersionManifest(
+        base_model=str(model_dir),
+        weights="full",
+        adapter_dir="weights",
+        tokenizer_dir="weights",
+        prompt=prompt.model_dump(mode="json"),
+        model=ModelConfig(name_or_path=str(model_dir)).model_dump(mode="json"),
+        data=VersionData(samples_dir=None if samples_dir is None else str(samples_dir)),
+    ).write(output)
     return output
