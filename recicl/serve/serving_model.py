@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("recicl.serve")
 
 
-
 def _read_text(location: str) -> str | None:
     """A small text file from a local path or a filesystem URI (s3://, gs://, ...)."""
     try:
