@@ -11,14 +11,34 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 
-from recicl.config import ReciclConfig, load_config, with_overrides
+from recicl.config import (
+    ConfigError,
+    ReciclConfig,
+    load_config,
+    parse_periods,
+    reference_markdown,
+    with_overrides,
+)
+from recicl.data.synth import SynthSpec, write_synthetic
+from recicl.demo import run_demo
 from recicl.errors import ReciclError
+from recicl.modeling.importing import import_gguf
+from recicl.modeling.tiny import init_tiny_model
+from recicl.registry import list_versions, resolve_tracking_uri
+from recicl.reports import (
+    print_evaluation,
+    print_instruction_report,
+    print_samples_summary,
+    print_streaming,
+)
+from recicl.train import train
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 samples_app = typer.Typer(no_args_is_help=True, help="Build ICL samples from interaction logs.")
@@ -79,7 +99,6 @@ def config_show(config: Path | None = typer.Option(None, "--config", help="YAML 
 @config_app.command("reference")
 def config_reference() -> None:
     """Print every config key with its default and meaning (Markdown)."""
-    from recicl.config import reference_markdown
 
     print(reference_markdown())
 
@@ -101,7 +120,6 @@ def samples_build(
 ) -> None:
     """Read logs, validate and quarantine, cut periods and write ICL samples (Ray Data)."""
     from recicl.data.pipeline import build_samples
-    from recicl.reports import print_samples_summary
 
     cfg = resolve_config(
         config,
@@ -141,7 +159,6 @@ def data_synth(
     ),
 ) -> None:
     """Write a synthetic log whose users switch genre preference at a planted time."""
-    from recicl.data.synth import SynthSpec, write_synthetic
 
     spec = SynthSpec(
         users=users,
@@ -165,7 +182,6 @@ def model_init_tiny(
     config: Path | None = typer.Option(None, "--config", help="YAML config file."),
 ) -> None:
     """Make a tiny random Llama + BPE tokenizer from a catalog (no download; seconds on CPU)."""
-    from recicl.modeling.tiny import init_tiny_model
 
     cfg = resolve_config(config, {})
     path = init_tiny_model(catalog, output, cfg.model.tiny, cfg.prompt)
@@ -188,7 +204,6 @@ def model_import(
     force: bool = typer.Option(False, "--force", help="Convert again even if already imported."),
 ) -> None:
     """Convert a GGUF checkpoint once into a normal HF folder (safetensors + tokenizer)."""
-    from recicl.modeling.importing import import_gguf
 
     result = import_gguf(output, gguf_file=gguf, package=package, sha256=sha256, force=force)
     info = result.provenance
@@ -226,7 +241,6 @@ def train_command(
     ),
 ) -> None:
     """Tune the model on ICL samples (Ray Train + DeepSpeed/DDP); log to MLflow and register."""
-    from recicl.train import train
 
     cfg = resolve_config(
         config,
@@ -278,10 +292,8 @@ def evaluate_command(
     ),
 ) -> None:
     """Score samples (or an instruction-format file) with a model; AUC/UAUC/LogLoss."""
-    from recicl.config import ConfigError, parse_periods
     from recicl.evaluate.batch import evaluate_model
     from recicl.evaluate.instructions import evaluate_instructions, is_instruction_file
-    from recicl.reports import print_evaluation, print_instruction_report
 
     cfg = resolve_config(config, {"evaluate.replicas": replicas})
     if is_instruction_file(samples):
@@ -306,11 +318,8 @@ def models_list(
     config: Path | None = typer.Option(None, "--config", help="YAML config file."),
 ) -> None:
     """Versions of a registered model with aliases, training and evaluation metrics."""
-    from datetime import datetime, timezone
 
     from rich.table import Table
-
-    from recicl.registry import list_versions, resolve_tracking_uri
 
     cfg = resolve_config(config, {})
     name = name or cfg.mlflow.registered_model
@@ -376,7 +385,6 @@ def experiment_streaming(
 ) -> None:
     """Train once on early periods, evaluate every later period unchanged, per variant."""
     from recicl.experiments.streaming import run_streaming
-    from recicl.reports import print_streaming
 
     result = run_streaming(resolve_config(config, {}))
     print_streaming(result)
@@ -391,7 +399,6 @@ def demo_command(
     ),
 ) -> None:
     """The whole loop on bundled MovieLens: samples, tiny model, train, evaluate, promote, serve."""
-    from recicl.demo import run_demo
 
     run_demo(resolve_config(config, {}))
 

@@ -22,8 +22,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from recicl.config import ReciclConfig
+from recicl.config import ReciclConfig, with_overrides
 from recicl.data.samples_folder import SamplesFolder, configured_samples_dir
+from recicl.experiments.taste import NEW, OLD, taste_switch
+from recicl.modeling import init_tiny_model
+from recicl.modeling.importing import ensure_base_model, read_provenance
+from recicl.reports import print_evaluation, print_samples_summary
+from recicl.train import train
 
 console = Console()
 
@@ -43,7 +48,6 @@ def _personalization(cfg: ReciclConfig, samples_dir: Path) -> dict[str, Any]:
     import httpx
     from ray import serve
 
-    from recicl.experiments.taste import NEW, OLD, taste_switch
     from recicl.serve.app import start_app
 
     serve_cfg = cfg.serve.model_copy(update={"host": "127.0.0.1", "port": _free_port()})
@@ -107,14 +111,9 @@ def _personalization(cfg: ReciclConfig, samples_dir: Path) -> dict[str, Any]:
 
 def run_demo(cfg: ReciclConfig) -> dict[str, Any]:
     """Run every stage once and print what each produced."""
-    from recicl.config import with_overrides
     from recicl.data.pipeline import build_samples
     from recicl.evaluate.batch import evaluate_model
-    from recicl.modeling import init_tiny_model
-    from recicl.modeling.importing import ensure_base_model, read_provenance
     from recicl.promotion import promote
-    from recicl.reports import print_evaluation, print_samples_summary
-    from recicl.train import train
 
     samples_dir = Path(configured_samples_dir(cfg) or "")
     _step(1, "samples from the bundled MovieLens data (Ray Data)")

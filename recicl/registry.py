@@ -15,10 +15,12 @@ so that the driver, Ray workers and evaluation jobs all agree on where things li
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,7 +123,6 @@ def log_params(tracking_uri: str, run_id: str, params: Mapping[str, Any]) -> Non
 
 def log_metrics(tracking_uri: str, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
     """Log ``(key, value, step)`` rows in one batch call (chunks of 1000)."""
-    import time
 
     from mlflow.entities import Metric
 
@@ -224,7 +225,6 @@ def version_identity(tracking_uri: str, name: str, version: str) -> str:
     """A short hash naming *this* registry entry: the store, the version's run, its source and
     creation time. A version number alone is not an identity: another store (or a store that
     was reset) has its own version 1. Local caches of downloaded versions are keyed by this."""
-    import hashlib
 
     entry = client(tracking_uri).get_model_version(name, version)
     key = json.dumps(

@@ -72,16 +72,14 @@ class SamplesFolder:
 
     @classmethod
     def at(cls, path: str | Path) -> SamplesFolder:
-        """The folder at ``path``, checked to hold samples and a catalog (a clear error naming
-        the command that writes them otherwise)."""
+        """The folder at ``path``, checked to hold samples (a clear error naming the command
+        that writes them otherwise)."""
         root = Path(path).expanduser().resolve()
         folder = cls(root)
         if not folder.samples_root.is_dir():
             raise ConfigError(
                 f"{root} has no {SAMPLES_DIR}/ folder: run `recicl samples build --output {root}`"
             )
-        if not folder.catalog_path.is_file():
-            raise ConfigError(f"{root} has no {CATALOG_FILE}: it is not a samples folder")
         return folder
 
     @classmethod
@@ -93,7 +91,9 @@ class SamplesFolder:
                 "no samples folder: set train.samples_dir (or pass --samples DIR) to the output "
                 "folder of `recicl samples build`"
             )
-        return cls.at(chosen)
+        folder = cls.at(chosen)
+        folder.require_catalog()  # training and experiments render prompts from it
+        return folder
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -112,6 +112,12 @@ class SamplesFolder:
     @property
     def quarantine_dir(self) -> Path:
         return self.root / QUARANTINE_DIR
+
+    def require_catalog(self) -> Path:
+        """The catalog's path, for callers that render prompts (titles) from it."""
+        if not self.catalog_path.is_file():
+            raise ConfigError(f"{self.root} has no {CATALOG_FILE}: it is not a samples folder")
+        return self.catalog_path
 
     # -- manifest and periods ------------------------------------------------------------------
 

@@ -31,7 +31,9 @@ from recicl.data.samples_folder import SamplesFolder
 from recicl.errors import ReciclError
 from recicl.evaluate.metrics import metrics_by_period
 from recicl.evaluate.plots import plot_by_period
-from recicl.modeling.packaged import read_version_manifest
+from recicl.modeling import score_prompts
+from recicl.modeling.packaged import load_packaged_model, read_version_manifest
+from recicl.prompts import PromptBuilder
 from recicl.registry import (
     EVAL_KIND_TAG,
     MODEL_NAME_TAG,
@@ -138,9 +140,6 @@ class ScoreBatches:
         import pyarrow.parquet as pq
         import torch
 
-        from recicl.modeling.packaged import load_packaged_model
-        from recicl.prompts import PromptBuilder
-
         torch.set_num_threads(max(1, threads))
         prompt_cfg = PromptConfig.model_validate(prompt) if prompt else None
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -158,7 +157,6 @@ class ScoreBatches:
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from recicl.modeling import score_prompts
 
         encoded = self.builder.encode_batch(batch)
         scores = score_prompts(
@@ -255,7 +253,7 @@ def score_samples(
         ScoreBatches,
         {
             "model_dir": str(model_dir),
-            "catalog_path": str(folder.catalog_path),
+            "catalog_path": str(folder.require_catalog()),
             "prompt": prompt.model_dump(mode="json") if prompt else None,
             "batch_size": batch_size,
             "force_prompt": force_prompt,

@@ -37,9 +37,20 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from recicl.config import ReciclConfig
+from recicl.config import ModelConfig, ReciclConfig
 from recicl.errors import ReciclError
 from recicl.evaluate.metrics import metrics_by_period
+from recicl.modeling import score_prompts
+from recicl.modeling.packaged import load_packaged_model
+from recicl.prompts import ANSWER_CUE, answer_text, answer_token_ids
+from recicl.registry import (
+    EVAL_KIND_TAG,
+    MODEL_NAME_TAG,
+    MODEL_VERSION_TAG,
+    client,
+    ensure_experiment,
+    resolve_tracking_uri,
+)
 
 InstructionTemplate = Literal["alpaca", "answer"]
 TEMPLATES: tuple[str, ...] = ("alpaca", "answer")
@@ -159,7 +170,6 @@ def render(template: str, instruction: str, given: str) -> str:
 
 def answer_cue(template: str) -> tuple[str, tuple[str, str]]:
     """(cue, (yes word, no word)) whose next-token logits the template is scored on."""
-    from recicl.prompts import ANSWER_CUE, answer_text
 
     if template == "alpaca":
         return ALPACA_CUE, ("Yes", "No")
@@ -179,10 +189,6 @@ class ScoreInstructions:
     ) -> None:
         import torch
 
-        from recicl.config import ModelConfig
-        from recicl.modeling.packaged import load_packaged_model
-        from recicl.prompts import answer_token_ids
-
         torch.set_num_threads(max(1, threads))
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model_cfg = ModelConfig.model_validate(model) if model else None
@@ -193,7 +199,6 @@ class ScoreInstructions:
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from recicl.modeling import score_prompts
 
         tokenizer = self.packaged.tokenizer
         texts = [
@@ -323,15 +328,6 @@ def evaluate_instructions(
 
 def _log(cfg: ReciclConfig, report: dict[str, Any], artifact: Path) -> str:
     from mlflow.entities import Metric
-
-    from recicl.registry import (
-        EVAL_KIND_TAG,
-        MODEL_NAME_TAG,
-        MODEL_VERSION_TAG,
-        client,
-        ensure_experiment,
-        resolve_tracking_uri,
-    )
 
     tracking_uri = resolve_tracking_uri(cfg)
     mlc = client(tracking_uri)

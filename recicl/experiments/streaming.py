@@ -39,6 +39,10 @@ from recicl.evaluate.batch import report_from_scores, score_samples, subsample_p
 from recicl.evaluate.classical import fit_classical
 from recicl.evaluate.metrics import metrics_by_period
 from recicl.evaluate.plots import plot_by_period
+from recicl.modeling import init_tiny_model
+from recicl.modeling.importing import ensure_base_model
+from recicl.registry import client, ensure_experiment, resolve_tracking_uri
+from recicl.train import train
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +50,9 @@ log = logging.getLogger(__name__)
 def _base_model(cfg: ReciclConfig, samples_dir: Path, workdir: Path) -> str:
     """The configured base model, or a tiny one built from the catalog (nothing downloaded)."""
     if cfg.model.name_or_path:
-        from recicl.modeling.importing import ensure_base_model
-
         ensure_base_model(cfg.model)
         local = Path(cfg.model.name_or_path).expanduser()
         return str(local.resolve()) if local.exists() else cfg.model.name_or_path
-    from recicl.modeling import init_tiny_model
 
     target = workdir / "tiny-model"
     if not (target / "config.json").is_file():
@@ -84,7 +85,6 @@ def _train_variant(
     max_train_samples: int | float | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Tune one variant; return its packaged model folder and training facts."""
-    from recicl.train import train
 
     raw = cfg.model_dump(mode="json")
     raw["model"]["name_or_path"] = base
@@ -114,7 +114,6 @@ def run_streaming(cfg: ReciclConfig) -> dict[str, Any]:
     import ray.data
 
     from recicl.raycluster import ensure_ray
-    from recicl.registry import client, ensure_experiment, resolve_tracking_uri
 
     exp = cfg.experiment
     samples = SamplesFolder.from_config(cfg)

@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from recicl.data.samples_folder import SamplesFolder
+from recicl.modeling.packaged import load_packaged_model
+from recicl.prompts import PromptBuilder
+from recicl.serve.context import context_from_events
+from recicl.serve.store import Event
 
 OLD, NEW = "Comedy", "Horror"
 
@@ -104,11 +108,7 @@ def taste_switch_shift(
     ``force_prompt`` scores a tuned version with ``prompt`` (tallrec+demos)."""
     import pyarrow.parquet as pq
 
-    from recicl.modeling.packaged import load_packaged_model
     from recicl.modeling.prefix_sharing import CandidateScorer, ScoreJob
-    from recicl.prompts import PromptBuilder
-    from recicl.serve.context import context_from_events
-    from recicl.serve.store import Event
 
     folder = SamplesFolder.at(samples_dir)
     built = folder.require_manifest()["config"]["samples"]

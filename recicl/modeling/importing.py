@@ -35,6 +35,7 @@ from typing import Any
 
 from recicl.config import ModelConfig
 from recicl.errors import ReciclError
+from recicl.prompts import answer_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,6 @@ def _convert(gguf_path: Path, staging: Path) -> dict[str, Any]:
             f"{gguf_path}: the saved folder's logits differ from the GGUF model's by "
             f"{difference:.3g} (> {VERIFY_TOLERANCE}); the conversion is broken"
         )
-    from recicl.prompts import answer_token_ids
 
     tokens = answer_token_ids(tokenizer)  # raises AnswerTokenError naming the tokenizer
     parameters = sum(p.numel() for p in model.parameters())

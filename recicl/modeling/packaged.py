@@ -22,6 +22,7 @@ zero-shot baseline).
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recicl.config import ModelConfig, PromptConfig
 from recicl.errors import ReciclError
+from recicl.modeling.loading import load_model, load_tokenizer
+from recicl.prompts import answer_token_ids
 
 MODEL_MANIFEST = "recicl_model.json"
 ADAPTER_DIR, TOKENIZER_DIR, BASE_DIR = "adapter", "tokenizer", "base"
@@ -104,7 +107,6 @@ class PackagedModel:
 
     @property
     def answer_tokens(self) -> Any:
-        from recicl.prompts import answer_token_ids
 
         return answer_token_ids(self.tokenizer)
 
@@ -128,7 +130,6 @@ def load_packaged_model(
     """
     if force_prompt and prompt is None:
         raise PackagedModelError("force_prompt needs a prompt to force")
-    from recicl.modeling.loading import load_model, load_tokenizer
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -175,7 +176,6 @@ def package_full_model(
 ) -> Path:
     """Wrap a plain HF model folder (e.g. an untrained tiny or a zero-shot base model) as a
     packaged version folder with full weights, ready for ``registry.register_model_folder``."""
-    import shutil
 
     model_dir, output = Path(model_dir), Path(output)
     output.mkdir(parents=True, exist_ok=True)

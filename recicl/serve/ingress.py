@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 from ray import serve
 
+from recicl.registry import client
 from recicl.serve.api.backend import (
     ModelError,
     ModelJob,
@@ -46,7 +47,6 @@ def _catalog_ids(path: str) -> frozenset[str]:
 def registry_versions(tracking_uri: str, name: str) -> list[dict[str, Any]]:
     """The registry's versions of ``name`` with their aliases, newest first (an error row when
     the registry does not answer: the listing is informative, not worth a 500)."""
-    from recicl.registry import client
 
     mlc = client(tracking_uri)
     try:
@@ -136,8 +136,6 @@ class IngressBackend:
 
     def _lookup_version(self, ref: ModelRef) -> str | None:
         from mlflow.exceptions import MlflowException
-
-        from recicl.registry import client
 
         mlc = client(self.settings.tracking_uri)
         try:

@@ -18,6 +18,7 @@ from typing import Any
 from ray import serve
 from ray.serve.metrics import Counter
 
+from recicl.registry import resolve_version
 from recicl.serve.api.backend import ModelError, ModelJob, ModelReply
 from recicl.serve.serving_model import ServingModel, load_serving_model, run_jobs
 from recicl.serve.settings import MAX_EXPLICIT_VERSIONS, MODEL_DEPLOYMENT, ServeSettings
@@ -76,7 +77,6 @@ class ModelServer:
 
     async def refresh(self, *, force: bool = False) -> dict[str, Any]:
         """Resolve the alias; load and switch to its version when it changed (or ``force``)."""
-        from recicl.registry import resolve_version
 
         async with self._reload_lock:
             previous = self.current.version if self.current else None

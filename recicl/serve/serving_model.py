@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recicl.config import ReciclConfig
+from recicl.modeling import prefix_sharing
+from recicl.modeling.packaged import load_packaged_model
+from recicl.prompts import PromptBuilder, PromptError
+from recicl.registry import load_version
 from recicl.serve.api.backend import ModelError, ModelJob, ModelReply
+from recicl.serve.context import context_from_events
 from recicl.serve.settings import ServeError
 
 if TYPE_CHECKING:
@@ -114,10 +119,7 @@ def load_serving_model(
     ``on_fallback(reason)``: called whenever prefix-shared scoring falls back to full prompts."""
     import pyarrow.parquet as pq
 
-    from recicl.modeling.packaged import load_packaged_model
     from recicl.modeling.prefix_sharing import CandidateScorer
-    from recicl.prompts import PromptBuilder
-    from recicl.registry import load_version
 
     download = Path(tempfile.mkdtemp(prefix=f"recicl-serve-{name}-{version}-"))
     try:
@@ -217,9 +219,6 @@ def run_jobs(model: ServingModel, jobs: Sequence[ModelJob]) -> list[ModelReply |
     Per-job problems (unknown candidates) become :class:`ModelError`; the rest are scored
     together (prefixes batched, candidates on shared prefix caches).
     """
-    from recicl.modeling import prefix_sharing
-    from recicl.prompts import PromptError
-    from recicl.serve.context import context_from_events
 
     results: list[ModelReply | ModelError | None] = [None] * len(jobs)
     work: list[tuple[int, prefix_sharing.ScoreJob, int]] = []

@@ -13,6 +13,7 @@ from typing import Any
 
 from recicl.config import ReciclConfig, build_config
 from recicl.errors import ReciclError
+from recicl.registry import resolve_tracking_uri
 
 APP_NAME = "recicl"
 MODEL_DEPLOYMENT = "ReciclModel"
@@ -41,7 +42,6 @@ class ServeSettings:
 
 def resolve_settings(cfg: ReciclConfig) -> ServeSettings:
     """Resolve ``cfg`` for the replicas (paths made absolute, store URL and token chosen)."""
-    from recicl.registry import resolve_tracking_uri
 
     raw = cfg.model_dump(mode="json")
     workdir = Path(cfg.workdir).expanduser().resolve()
