@@ -3,29 +3,31 @@
 Both wrap the (peft) causal LM itself and call
 :func:`recicl.modeling.answer_logits` on the *wrapper* (DDP module / DeepSpeed engine), so that
 DDP's gradient hooks and ZeRO-3's parameter gathering run, while the Yes/No read-out stays in
-:mod:`recicl.modeling`. Each strategy owns: forward, backward, optimizer
-step (with gradient accumulation and clipping), the LR schedule, checkpoint save/load, and
-saving the trainable weights (LoRA adapter) as safetensors.
+:mod:`recicl.modeling`. Each strategy owns: forward, backward, optimizer step (with gradient
+accumulation and clipping), stepping the LR schedule of :mod:`recicl.train.schedule`,
+checkpoint save/load, and saving the trainable weights (LoRA adapter) as safetensors.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from recicl.config import ReciclConfig
 from recicl.prompts import AnswerTokens
 from recicl.train.ds_config import build_deepspeed_config, use_bf16
+from recicl.train.schedule import build_lr_scheduler
 
 if TYPE_CHECKING:
     from recicl.modeling.scoring import TrainingLogits
@@ -36,31 +38,6 @@ DS_CHECKPOINT_DIR = "deepspeed"
 DS_TAG = "state"
 DDP_STATE_FILE = "ddp_state.pt"
 ADAPTER_DIR = "adapter"
-
-
-def lr_lambda(
-    total_steps: int, warmup_steps: int, schedule: str = "linear"
-) -> Callable[[int], float]:
-    """Factor of the peak LR at optimizer step ``s`` (0-based): linear warm-up over
-    ``warmup_steps`` steps, then (``linear``) linear decay reaching 1/(total-warmup) at the last
-    step (never a zero-LR step) or (``constant``) the peak LR to the end."""
-    if schedule not in ("linear", "constant"):
-        raise ValueError(f"unknown LR schedule {schedule!r}")
-    total_steps = max(1, total_steps)
-    warmup_steps = min(max(0, warmup_steps), total_steps - 1)
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "constant":
-            return 1.0
-        return max(0.0, (total_steps - step) / (total_steps - warmup_steps))
-
-    return factor
-
-
-def warmup_steps_for(total_steps: int, warmup_ratio: float) -> int:
-    return math.ceil(total_steps * warmup_ratio) if warmup_ratio > 0 else 0
 
 
 def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
@@ -85,9 +62,19 @@ def count_parameters(module: nn.Module) -> tuple[int, int, int]:
     return sum(seen.values()), trainable, largest
 
 
+@runtime_checkable
+class SavesPretrained(Protocol):
+    """A Hugging Face (``PreTrainedModel``) or peft (``PeftModel``) model: both can write
+    themselves as safetensors. (To a type checker a bare ``nn.Module`` attribute is a tensor.)"""
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None: ...
+
+
 def save_pretrained_weights(model: nn.Module, output: Path) -> None:
     """LoRA adapter (``adapter_model.safetensors`` + config) for a peft model, else the full
     model's ``save_pretrained`` (safetensors). Call with gathered parameters under ZeRO-3."""
+    if not isinstance(model, SavesPretrained):
+        raise TypeError(f"{type(model).__name__} has no save_pretrained: not an HF/peft model")
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(output), safe_serialization=True)
 
@@ -229,7 +216,7 @@ class DeepSpeedStrategy(Strategy):
             # m` would bind the *torch* package: deepspeed.comm has an attribute named torch.)
             import importlib
 
-            ds_comm_torch = importlib.import_module("deepspeed.comm.torch")
+            ds_comm_torch: Any = importlib.import_module("deepspeed.comm.torch")
             ds_comm_torch.build_shm_op = lambda: None
         # Ray Train already initialised torch.distributed; DeepSpeed wraps that process group.
         deepspeed.init_distributed(
@@ -246,13 +233,14 @@ class DeepSpeedStrategy(Strategy):
         lm = _load_lm(self.cfg)
         if self.rank == 0:
             _print_memory_estimate(lm, self.cfg, self.world_size)
-        warmup = warmup_steps_for(total_steps, self.cfg.train.warmup_ratio)
-        schedule = lr_lambda(total_steps, warmup, self.cfg.train.lr_schedule)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=lm,
             model_parameters=trainable_parameters(lm),
             config=self.ds_config,
-            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+            # DeepSpeed builds the scheduler around the optimizer it creates from the config
+            lr_scheduler=functools.partial(
+                build_lr_scheduler, total_steps=total_steps, tc=self.cfg.train
+            ),
             dist_init_required=False,
         )
 
@@ -335,10 +323,7 @@ class DDPStrategy(Strategy):
         self.optimizer = torch.optim.AdamW(
             self.params, lr=tc.lr, betas=tc.adam_betas, eps=1e-8, weight_decay=tc.weight_decay
         )
-        schedule = lr_lambda(
-            total_steps, warmup_steps_for(total_steps, tc.warmup_ratio), tc.lr_schedule
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.scheduler = build_lr_scheduler(self.optimizer, total_steps, tc)
         self.micro = 0
 
     @property
@@ -361,9 +346,9 @@ class DDPStrategy(Strategy):
         boundary = (self.micro + 1) % self.cfg.train.grad_accum == 0
         # between boundaries, accumulate locally: DDP's all-reduce only on the last micro-batch
         sync = (
-            contextlib.nullcontext()
-            if boundary or not hasattr(self.wrapped, "no_sync")
-            else self.wrapped.no_sync()
+            self.wrapped.no_sync()
+            if not boundary and isinstance(self.wrapped, DistributedDataParallel)
+            else contextlib.nullcontext()
         )
         with sync:
             with self._autocast():

@@ -1,5 +1,5 @@
 """DeepSpeed config generation (pure) and the other pure training helpers: length grouping,
-padding, LR schedule, step planning, period parsing. No Ray, no processes.
+padding, step planning, period parsing. No Ray, no processes.
 
 Every generated DS config is also parsed by DeepSpeed's own ``DeepSpeedConfig`` (which rejects
 unknown keys and inconsistent batch sizes), so a key DeepSpeed does not know fails here.
@@ -7,7 +7,6 @@ unknown keys and inconsistent batch sizes), so a key DeepSpeed does not know fai
 
 from __future__ import annotations
 
-import itertools
 import os
 from pathlib import Path
 
@@ -19,7 +18,6 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 from recicl.config import ConfigError, TrainConfig, build_config, load_config
 from recicl.train.batching import PaddingStats, group_by_length, pad_batch
 from recicl.train.ds_config import build_deepspeed_config, use_bf16
-from recicl.train.strategies import lr_lambda, warmup_steps_for
 from recicl.train.trainer import plan_steps
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -216,20 +214,6 @@ def test_pad_batch_left_and_right() -> None:
     assert mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
     with pytest.raises(ValueError):
         pad_batch([[]], pad_id=0)
-
-
-def test_lr_schedule_warms_up_then_decays_without_zero_steps() -> None:
-    total, warmup = 10, warmup_steps_for(10, 0.2)
-    assert warmup == 2
-    factors = [lr_lambda(total, warmup)(s) for s in range(total)]
-    assert factors[:3] == [0.5, 1.0, 1.0]
-    assert all(a >= b for a, b in itertools.pairwise(factors[1:]))
-    assert factors[-1] > 0
-    assert lr_lambda(5, 0)(0) == 1.0
-    constant = [lr_lambda(total, warmup, "constant")(s) for s in range(total)]
-    assert constant == [0.5] + [1.0] * (total - 1)
-    with pytest.raises(ValueError, match="schedule"):
-        lr_lambda(total, warmup, "cosine")
 
 
 def test_adam_betas_reach_both_optimizers() -> None:
