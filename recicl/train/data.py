@@ -8,6 +8,7 @@ the workers (``streaming_split(equal=True)``), so every rank gets the same numbe
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -186,18 +187,17 @@ def encoded_datasets(
     if train_ids is not None:
         rest = [p for p in train_periods if p not in val_periods]
         samples = samples.map_batches(
-            _keep_subset,
-            fn_kwargs={"train_ids": train_ids, "train_periods": rest},
+            functools.partial(_keep_subset, train_ids=train_ids, train_periods=rest),
             batch_format="numpy",
             num_cpus=0.25,
         )
     encoded = samples.map_batches(
-        encode_samples,
-        fn_kwargs={
-            "settings": settings,
-            "catalog_path": str(folder.catalog_path),
-            "seed": cfg.train.seed,
-        },
+        functools.partial(
+            encode_samples,
+            settings=settings,
+            catalog_path=str(folder.catalog_path),
+            seed=cfg.train.seed,
+        ),
         batch_format="numpy",
         batch_size=256,
         num_cpus=0.5,
@@ -207,7 +207,7 @@ def encoded_datasets(
 
     def subset(chosen: list[int], shuffle: bool) -> ray.data.Dataset:
         part = encoded.map_batches(
-            _keep_periods, fn_kwargs={"periods": chosen}, batch_format="numpy", num_cpus=0.25
+            functools.partial(_keep_periods, periods=chosen), batch_format="numpy", num_cpus=0.25
         )
         if shuffle:
             # Samples are stored by period and, within a period, grouped by user: read in order,

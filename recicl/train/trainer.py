@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -253,7 +254,13 @@ def _fit(
     """Tokenize (Ray Data) and run the TorchTrainer."""
     import ray.data
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
+
+    # Ray Train V2 (the default, which ray.train re-exports): named here because resume, worker
+    # env vars and checkpoint folder names rely on V2, and type checkers see only V1 through
+    # ray.train's conditional re-exports.
+    from ray.train.v2.api.config import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.v2.torch.torch_trainer import TorchTrainer
 
     from recicl.train import data as train_data
 
@@ -262,7 +269,9 @@ def _fit(
     train_ds, val_ds = train_data.encoded_datasets(
         cfg, samples_dir, train_periods, val_periods if val_rows else []
     )
-    datasets = {TRAIN_DATASET: train_ds}
+    datasets: dict[str, ray.data.Dataset | Callable[[], ray.data.Dataset]] = {
+        TRAIN_DATASET: train_ds
+    }
     if val_ds is not None:
         datasets[VAL_DATASET] = val_ds
     if tc.materialize_data:
@@ -276,16 +285,16 @@ def _fit(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": asdict(plan)},
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
+        scaling_config=ScalingConfig(
             num_workers=tc.num_workers,
             use_gpu=tc.use_gpu,
             resources_per_worker={"CPU": tc.cpus_per_worker},
         ),
-        run_config=ray.train.RunConfig(
+        run_config=RunConfig(
             name=tc.run_name,
             storage_path=tc.storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
             worker_runtime_env={"env_vars": _worker_env(cfg)},
         ),
         datasets=datasets,
