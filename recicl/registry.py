@@ -35,7 +35,6 @@ if TYPE_CHECKING:  # mlflow is heavy to import; keep `import recicl.registry` ch
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT_PATH = "model"
-MODEL_MANIFEST = "recicl_model.json"
 #: Tag on runs: the Ray Train run name, used to continue the same MLflow run on resume.
 RUN_NAME_TAG = "recicl.ray_run_name"
 #: Tags on evaluation runs, so that listing versions and the promotion gate find them:
@@ -258,14 +257,8 @@ def load_version(
     return Path(local)
 
 
-def read_model_manifest(model_dir: str | Path) -> dict[str, Any]:
-    """The ``recicl_model.json`` of a downloaded version folder."""
-    path = Path(model_dir) / MODEL_MANIFEST
-    return json.loads(path.read_text())
-
-
 # ----------------------------------------------------------------------------------------------
-# Listing versions and the promotion gate
+# Listing versions (the promotion gate is recicl.promotion)
 # ----------------------------------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from recicl.config import ModelConfig, PromptConfig
@@ -36,6 +37,7 @@ from recicl.prompts import answer_token_ids
 
 MODEL_MANIFEST = "recicl_model.json"
 ADAPTER_DIR, TOKENIZER_DIR, BASE_DIR = "adapter", "tokenizer", "base"
+CONFIG_FILE, TEMPLATE_FILE = "config.yaml", "template.json"
 FORMAT_VERSION = 1
 
 
@@ -75,12 +77,24 @@ class VersionManifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     ray_checkpoint: str | None = None
 
-    def write(self, folder: str | Path) -> Path:
-        """Write ``recicl_model.json`` into ``folder`` (the weights are the caller's)."""
-        path = Path(folder) / MODEL_MANIFEST
+    def write(
+        self,
+        folder: str | Path,
+        *,
+        config: dict[str, Any] | None = None,
+        template: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write ``recicl_model.json`` into ``folder`` (the weights are the caller's), with the
+        run's whole resolved ``config`` (``config.yaml``) and the prompt ``template``'s wording
+        (``template.json``) when given: what a reader needs to know how the version was made."""
+        folder = Path(folder)
         text = json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
-        path.write_text(text + "\n")
-        return path
+        (folder / MODEL_MANIFEST).write_text(text + "\n")
+        if config is not None:
+            (folder / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+        if template is not None:
+            (folder / TEMPLATE_FILE).write_text(json.dumps(template, indent=2) + "\n")
+        return folder
 
 
 def read_version_manifest(model_dir: str | Path) -> VersionManifest | None:
@@ -102,7 +116,7 @@ class PackagedModel:
     model: Any
     tokenizer: Any
     prompt: PromptConfig
-    manifest: dict[str, Any]
+    manifest: VersionManifest | None  # None: a plain HF folder (zero-shot base model)
     label: str  # human-readable identity: "recicl/3", or the folder name
 
     @property
@@ -141,7 +155,7 @@ def load_packaged_model(
         model = load_model(cfg, for_training=False)
         tokenizer = load_tokenizer(cfg)
         return PackagedModel(
-            model.to(device), tokenizer, prompt or PromptConfig(), {}, label or model_dir.name
+            model.to(device), tokenizer, prompt or PromptConfig(), None, label or model_dir.name
         )
 
     saved = ModelConfig.model_validate(manifest.model)
@@ -162,7 +176,7 @@ def load_packaged_model(
         model=model.to(device),
         tokenizer=tokenizer,
         prompt=prompt if force_prompt and prompt else PromptConfig.model_validate(manifest.prompt),
-        manifest=manifest.model_dump(mode="json"),
+        manifest=manifest,
         label=label or model_dir.name,
     )
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recicl.config import ReciclConfig
+from recicl.data.samples_folder import CATALOG_FILE, MANIFEST_FILE
 from recicl.modeling import prefix_sharing
 from recicl.modeling.packaged import load_packaged_model
 from recicl.prompts import PromptBuilder, PromptError
@@ -50,6 +51,7 @@ def _read_text(location: str) -> str | None:
 
 
 def _join(base: str, name: str) -> str:
+    """A file of a samples folder that may sit on object storage (so not a SamplesFolder)."""
     return base.rstrip("/") + "/" + name
 
 
@@ -129,10 +131,9 @@ def load_serving_model(
         )
     finally:  # weights are in memory now (an unlinked mmapped file stays readable on Linux)
         shutil.rmtree(download, ignore_errors=True)
-    manifest = packaged.manifest or {}
-    samples_dir = (manifest.get("data") or {}).get("samples_dir")
+    samples_dir = packaged.manifest.data.samples_dir if packaged.manifest else None
     catalog_path = cfg.serve.catalog_path or (
-        _join(samples_dir, "catalog.parquet") if samples_dir else None
+        _join(samples_dir, CATALOG_FILE) if samples_dir else None
     )
     if not catalog_path:
         raise ServeError(
@@ -148,7 +149,7 @@ def load_serving_model(
         ) from error
     samples_manifest: dict[str, Any] = {}
     if samples_dir:
-        text = _read_text(_join(samples_dir, "manifest.json"))
+        text = _read_text(_join(samples_dir, MANIFEST_FILE))
         samples_manifest = json.loads(text) if text else {}
     trained = (samples_manifest.get("config") or {}).get("samples") or {}
     num_demos = cfg.serve.num_demos

@@ -11,7 +11,6 @@ run; the step counter continues. Worker failures during a run restart the worker
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -22,8 +21,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from recicl.config import ConfigError, ReciclConfig, build_config
 from recicl.data.samples_folder import SamplesFolder, configured_samples_dir
@@ -187,53 +184,52 @@ def _build_model_dir(
     metrics: dict[str, Any],
     periods: dict[str, list[int]],
     manifest_hash: str,
+    samples_content_id: str,
 ) -> Path:
-    """Assemble the folder that becomes the registered version (layout: recicl.registry)."""
+    """Assemble the folder that becomes the registered version (layout and manifest:
+    :mod:`recicl.modeling.packaged`) from the final checkpoint."""
     import pyarrow.fs as pafs
 
     from recicl.modeling import load_tokenizer
-    from recicl.registry import MODEL_MANIFEST
-    from recicl.train.strategies import ADAPTER_DIR
+    from recicl.modeling import packaged as version
+    from recicl.train.strategies import ADAPTER_DIR as CHECKPOINT_WEIGHTS
 
-    (output / ADAPTER_DIR).mkdir(parents=True, exist_ok=True)
+    weights_dir = output / version.ADAPTER_DIR
+    weights_dir.mkdir(parents=True, exist_ok=True)
     pafs.copy_files(
-        f"{checkpoint.path.rstrip('/')}/{ADAPTER_DIR}",
-        str(output / ADAPTER_DIR),
+        f"{checkpoint.path.rstrip('/')}/{CHECKPOINT_WEIGHTS}",
+        str(weights_dir),
         source_filesystem=checkpoint.filesystem,
         destination_filesystem=pafs.LocalFileSystem(),
     )
-    weights = "lora" if (output / ADAPTER_DIR / "adapter_config.json").is_file() else "full"
-    load_tokenizer(cfg.model).save_pretrained(str(output / "tokenizer"))
+    weights = "lora" if (weights_dir / "adapter_config.json").is_file() else "full"
+    load_tokenizer(cfg.model).save_pretrained(str(output / version.TOKENIZER_DIR))
     base_artifact = None
     base = Path(str(cfg.model.name_or_path))
     if weights == "lora" and base.is_dir() and _dir_size(base) <= BASE_COPY_LIMIT_BYTES:
-        shutil.copytree(base, output / "base")
-        base_artifact = "base"
-    manifest = {
-        "format_version": 1,
-        "base_model": cfg.model.name_or_path,
-        "base_model_artifact": base_artifact,
-        "weights": weights,
-        "adapter_dir": ADAPTER_DIR,
-        "tokenizer_dir": "tokenizer",
-        "prompt": cfg.prompt.model_dump(mode="json"),
-        "model": cfg.model.model_dump(mode="json"),
-        "train": cfg.train.model_dump(mode="json"),
-        "data": {
-            "samples_dir": cfg.train.samples_dir,
-            "manifest_hash": manifest_hash,
+        shutil.copytree(base, output / version.BASE_DIR)
+        base_artifact = version.BASE_DIR
+    version.VersionManifest(
+        base_model=cfg.model.name_or_path,
+        base_model_artifact=base_artifact,
+        weights=weights,
+        prompt=cfg.prompt.model_dump(mode="json"),
+        model=cfg.model.model_dump(mode="json"),
+        train=cfg.train.model_dump(mode="json"),
+        data=version.VersionData(
+            samples_dir=cfg.train.samples_dir,
+            manifest_hash=manifest_hash,
+            samples_content_id=samples_content_id,
             **periods,
-        },
-        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
-        "ray_checkpoint": checkpoint.path,
-    }
-    (output / MODEL_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    (output / "config.yaml").write_text(
-        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        ),
+        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+        ray_checkpoint=checkpoint.path,
+    ).write(
+        output,
+        config=cfg.model_dump(mode="json"),
+        # the exact wording the adapter was tuned on (derived from prompt.domain/format)
+        template=dataclasses.asdict(template_for(cfg.prompt)),
     )
-    # the exact wording the adapter was tuned on (derived from prompt.domain/format)
-    template = dataclasses.asdict(template_for(cfg.prompt))
-    (output / "template.json").write_text(json.dumps(template, indent=2) + "\n")
     return output
 
 
@@ -333,6 +329,7 @@ def train(cfg: ReciclConfig) -> TrainResult:
     samples = SamplesFolder.from_config(cfg)
     samples_dir, manifest = samples.root, samples.manifest()
     manifest_hash = str(manifest.get("config_hash", "none"))
+    samples_content_id = samples.content_id()  # what the version is tuned on, by content
     train_periods, val_periods = train_data.choose_periods(tc, samples.periods())
     periods = {"train_periods": train_periods, "val_periods": val_periods}
 
@@ -384,7 +381,13 @@ def train(cfg: ReciclConfig) -> TrainResult:
         if output.exists():
             shutil.rmtree(output)
         model_dir = _build_model_dir(
-            cfg, checkpoint, output, metrics=metrics, periods=periods, manifest_hash=manifest_hash
+            cfg,
+            checkpoint,
+            output,
+            metrics=metrics,
+            periods=periods,
+            manifest_hash=manifest_hash,
+            samples_content_id=samples_content_id,
         )
         if run_id and cfg.mlflow.tracking_uri:
             tags = {
@@ -392,6 +395,7 @@ def train(cfg: ReciclConfig) -> TrainResult:
                 "prompt_format": cfg.prompt.format,
                 "prompt_domain": cfg.prompt.domain,
                 "data_manifest_hash": manifest_hash,
+                "data_samples_content_id": samples_content_id,
                 "run_name": tc.run_name,
                 "strategy": tc.strategy
                 + (f"-zero{tc.zero_stage}" if tc.strategy == "deepspeed" else ""),

@@ -194,7 +194,9 @@ def test_train_learns_checkpoints_logs_and_registers(
     strategy: str,
     stage: int,
 ) -> None:
-    from recicl.registry import load_version, read_model_manifest, resolve_tracking_uri
+    from recicl.data.samples_folder import SamplesFolder
+    from recicl.modeling.packaged import read_version_manifest
+    from recicl.registry import load_version, resolve_tracking_uri
 
     trained = uninterrupted(strategy, stage)
     cfg, result = trained.cfg, trained.result
@@ -245,6 +247,8 @@ def test_train_learns_checkpoints_logs_and_registers(
     version = mlc.get_model_version("recicl", result.version)
     assert version.run_id == result.run_id
     assert version.tags["data_manifest_hash"] == "fixturehash42"
+    content_id = SamplesFolder.at(assets[0]).content_id()
+    assert version.tags["data_samples_content_id"] == content_id
     assert version.tags["prompt_format"] == "recicl"
     assert version.tags["base_model"] == str(assets[1])
     folder = load_version(
@@ -253,9 +257,11 @@ def test_train_learns_checkpoints_logs_and_registers(
         tracking_uri=resolve_tracking_uri(cfg),
         dst=tmp_path / "downloaded",
     )
-    manifest = read_model_manifest(folder)
-    assert manifest["weights"] == "lora" and manifest["data"]["manifest_hash"] == "fixturehash42"
-    assert manifest["train"]["strategy"] == strategy
+    manifest = read_version_manifest(folder)
+    assert manifest is not None and manifest.weights == "lora"
+    assert manifest.data.manifest_hash == "fixturehash42"
+    assert manifest.data.samples_content_id == content_id
+    assert manifest.train is not None and manifest.train["strategy"] == strategy
     assert (folder / "tokenizer" / "tokenizer.json").is_file()
     assert "Answer:" in json.loads((folder / "template.json").read_text())["question"]
     assert (folder / "base" / "config.json").is_file()  # tiny local base travels along
