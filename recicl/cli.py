@@ -11,7 +11,6 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,11 +25,7 @@ from recicl.config import (
     reference_markdown,
     with_overrides,
 )
-from recicl.data.synth import SynthSpec, write_synthetic
-from recicl.demo import run_demo
 from recicl.errors import ReciclError
-from recicl.modeling.importing import import_gguf
-from recicl.modeling.tiny import init_tiny_model
 from recicl.registry import list_versions, resolve_tracking_uri
 from recicl.reports import (
     print_evaluation,
@@ -38,7 +33,6 @@ from recicl.reports import (
     print_samples_summary,
     print_streaming,
 )
-from recicl.train import train
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 samples_app = typer.Typer(no_args_is_help=True, help="Build ICL samples from interaction logs.")
@@ -159,6 +153,7 @@ def data_synth(
     ),
 ) -> None:
     """Write a synthetic log whose users switch genre preference at a planted time."""
+    from recicl.data.synth import SynthSpec, write_synthetic
 
     spec = SynthSpec(
         users=users,
@@ -182,6 +177,7 @@ def model_init_tiny(
     config: Path | None = typer.Option(None, "--config", help="YAML config file."),
 ) -> None:
     """Make a tiny random Llama + BPE tokenizer from a catalog (no download; seconds on CPU)."""
+    from recicl.modeling.tiny import init_tiny_model
 
     cfg = resolve_config(config, {})
     path = init_tiny_model(catalog, output, cfg.model.tiny, cfg.prompt)
@@ -204,6 +200,7 @@ def model_import(
     force: bool = typer.Option(False, "--force", help="Convert again even if already imported."),
 ) -> None:
     """Convert a GGUF checkpoint once into a normal HF folder (safetensors + tokenizer)."""
+    from recicl.modeling.importing import import_gguf
 
     result = import_gguf(output, gguf_file=gguf, package=package, sha256=sha256, force=force)
     info = result.provenance
@@ -241,6 +238,7 @@ def train_command(
     ),
 ) -> None:
     """Tune the model on ICL samples (Ray Train + DeepSpeed/DDP); log to MLflow and register."""
+    from recicl.train import train
 
     cfg = resolve_config(
         config,
@@ -318,6 +316,7 @@ def models_list(
     config: Path | None = typer.Option(None, "--config", help="YAML config file."),
 ) -> None:
     """Versions of a registered model with aliases, training and evaluation metrics."""
+    from datetime import datetime, timezone
 
     from rich.table import Table
 
@@ -399,6 +398,7 @@ def demo_command(
     ),
 ) -> None:
     """The whole loop on bundled MovieLens: samples, tiny model, train, evaluate, promote, serve."""
+    from recicl.demo import run_demo
 
     run_demo(resolve_config(config, {}))
 

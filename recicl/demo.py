@@ -25,7 +25,6 @@ from rich.table import Table
 from recicl.config import ReciclConfig, with_overrides
 from recicl.data.samples_folder import SamplesFolder, configured_samples_dir
 from recicl.experiments.taste import NEW, OLD, taste_switch
-from recicl.modeling import init_tiny_model
 from recicl.modeling.importing import ensure_base_model, read_provenance
 from recicl.reports import print_evaluation, print_samples_summary
 from recicl.train import train
@@ -140,6 +139,8 @@ def run_demo(cfg: ReciclConfig) -> dict[str, Any]:
         )
     else:
         _step(2, "a tiny Llama + BPE tokenizer built from the catalog (nothing downloaded)")
+        from recicl.modeling import init_tiny_model
+
         init_tiny_model(samples.catalog_path, model_dir, cfg.model.tiny, cfg.prompt)
     cfg = with_overrides(cfg, {"model.name_or_path": str(model_dir)})
 

@@ -44,6 +44,9 @@ EVAL_KIND_TAG, MODEL_NAME_TAG, MODEL_VERSION_TAG = (
     "recicl.model_name",
     "recicl.model_version",
 )
+#: SAMPLES_TAG holds the samples' *content* identity (SamplesFolder.content_id), not the config
+#: hash of their manifest. Runs logged before carry a config hash there, which never equals a
+#: content id: the gate re-evaluates instead of reusing them.
 SAMPLES_TAG, PERIODS_TAG = "recicl.samples_hash", "recicl.periods"
 #: Which samples of each period an evaluation scored: "all", or "cap<N>" (evaluate.max_samples:
 #: a seeded random subset of N per period, the same for every model on the same samples).

@@ -95,7 +95,7 @@ def print_instruction_report(report: dict[str, Any]) -> None:
 
 
 def print_streaming(result: dict[str, Any]) -> None:
-    """The streaming experiment's variant × period table, then where its files went."""
+    """The streaming experiment's variant × period table."""
     table = Table(title="streaming protocol (no updates after training)")
     for column in ("variant", "period", "AUC", "UAUC", "LogLoss", "n"):
         table.add_column(column, justify="right")

@@ -21,10 +21,10 @@ ones. :meth:`SamplesFolder.content_id` hashes the sample and catalog files thems
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -193,21 +193,27 @@ class SamplesFolder:
 
     # -- identity ------------------------------------------------------------------------------
 
-    @cached_property
-    def _content_id(self) -> str:
-        digest = hashlib.sha256()
-        files = sorted(p for p in self.samples_root.rglob("*") if p.is_file())
-        for path in [*files, self.catalog_path]:
-            relative = path.relative_to(self.root).as_posix()
-            digest.update(f"{relative}\0{_file_digest(path)}\n".encode())
-        return digest.hexdigest()[:16]
-
     def content_id(self) -> str:
-        """Hash of the sample and catalog files (relative paths and bytes), computed once per
-        object. Equal identities mean the same files; a rebuild writes new file names, so it
-        gets a new identity even when the samples came out the same (conservative: a cached
-        evaluation is then recomputed, never reused on other data)."""
-        return self._content_id
+        """Hash of the sample and catalog files (relative paths and bytes). Equal identities
+        mean the same files; a rebuild writes new file names, so it gets a new identity even
+        when the samples came out the same (conservative: a cached evaluation is then
+        recomputed, never reused on other data). The bytes are read once per process for as
+        long as no file's size or modification time changes."""
+        files = sorted(p for p in self.samples_root.rglob("*") if p.is_file())
+        files += [self.catalog_path] if self.catalog_path.is_file() else []
+        signature = tuple(
+            (path.relative_to(self.root).as_posix(), stat.st_size, stat.st_mtime_ns)
+            for path, stat in ((path, path.stat()) for path in files)
+        )
+        return _content_id(self.root, signature)
+
+
+@functools.lru_cache(maxsize=16)
+def _content_id(root: Path, signature: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for relative, _, _ in signature:
+        digest.update(f"{relative}\0{_file_digest(root / relative)}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def _add_period(batch: pa.Table) -> pa.Table:

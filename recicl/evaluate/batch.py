@@ -31,7 +31,6 @@ from recicl.data.samples_folder import SamplesFolder
 from recicl.errors import ReciclError
 from recicl.evaluate.metrics import metrics_by_period
 from recicl.evaluate.plots import plot_by_period
-from recicl.modeling import score_prompts
 from recicl.modeling.packaged import load_packaged_model, read_version_manifest
 from recicl.prompts import PromptBuilder
 from recicl.registry import (
@@ -159,6 +158,8 @@ class ScoreBatches:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
         encoded = self.builder.encode_batch(batch)
+        from recicl.modeling import score_prompts  # torch: in the replica only
+
         scores = score_prompts(
             self.packaged.model,
             self.packaged.tokenizer,

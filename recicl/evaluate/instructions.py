@@ -40,7 +40,6 @@ import pyarrow as pa
 from recicl.config import ModelConfig, ReciclConfig
 from recicl.errors import ReciclError
 from recicl.evaluate.metrics import metrics_by_period
-from recicl.modeling import score_prompts
 from recicl.modeling.packaged import load_packaged_model
 from recicl.prompts import ANSWER_CUE, answer_text, answer_token_ids
 from recicl.registry import (
@@ -209,6 +208,8 @@ class ScoreInstructions:
         ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
         if tokenizer.eos_token_id is not None:  # a trailing EOS would hide the answer position
             ids = [row[:-1] if row and row[-1] == tokenizer.eos_token_id else row for row in ids]
+        from recicl.modeling import score_prompts  # torch: in the replica only
+
         scores = score_prompts(
             self.packaged.model,
             tokenizer,

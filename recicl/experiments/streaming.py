@@ -39,7 +39,6 @@ from recicl.evaluate.batch import report_from_scores, score_samples, subsample_p
 from recicl.evaluate.classical import fit_classical
 from recicl.evaluate.metrics import metrics_by_period
 from recicl.evaluate.plots import plot_by_period
-from recicl.modeling import init_tiny_model
 from recicl.modeling.importing import ensure_base_model
 from recicl.registry import client, ensure_experiment, resolve_tracking_uri
 from recicl.train import train
@@ -56,6 +55,8 @@ def _base_model(cfg: ReciclConfig, samples_dir: Path, workdir: Path) -> str:
 
     target = workdir / "tiny-model"
     if not (target / "config.json").is_file():
+        from recicl.modeling import init_tiny_model
+
         init_tiny_model(SamplesFolder(samples_dir).catalog_path, target, cfg.model.tiny, cfg.prompt)
     return str(target)
 
@@ -151,7 +152,7 @@ def run_streaming(cfg: ReciclConfig) -> dict[str, Any]:
     ).info.run_id
     mlc.log_param(parent, "train_periods", ",".join(map(str, train_periods)))
     mlc.log_param(parent, "eval_periods", ",".join(map(str, eval_periods)))
-    mlc.log_param(parent, "samples_hash", samples.content_id())
+    mlc.log_param(parent, "samples_hash", samples.content_id())  # content, as SAMPLES_TAG
 
     def llm_report(
         model_dir: Path, prompt_override: Any, table: pa.Table, label: str, force: bool = False

@@ -39,21 +39,9 @@ from ray import serve
 from ray.serve import Application
 
 from recicl.config import ConfigError, ReciclConfig, load_config, with_overrides
-from recicl.serve.api.errors import ApiError
-from recicl.serve.api.schemas import request_schemas
-from recicl.serve.ingress import IngressBackend, IngressDeployment
-from recicl.serve.model_deployment import ModelDeployment, ModelServer
-from recicl.serve.serving_model import ServingModel, load_serving_model, run_jobs
-from recicl.serve.settings import (
-    API_DEPLOYMENT,
-    APP_NAME,
-    MAX_EXPLICIT_VERSIONS,
-    MODEL_DEPLOYMENT,
-    ServeError,
-    ServeSettings,
-    model_user_config,
-    resolve_settings,
-)
+from recicl.serve.ingress import IngressDeployment
+from recicl.serve.model_deployment import ModelDeployment
+from recicl.serve.settings import APP_NAME, ServeError, model_user_config, resolve_settings
 
 
 def build_app(cfg: ReciclConfig) -> Application:
@@ -162,24 +150,4 @@ def run_server(
     return url
 
 
-__all__ = [
-    "API_DEPLOYMENT",
-    "APP_NAME",
-    "MAX_EXPLICIT_VERSIONS",
-    "MODEL_DEPLOYMENT",
-    "ApiError",
-    "IngressBackend",
-    "ModelServer",
-    "ServeError",
-    "ServeSettings",
-    "ServingModel",
-    "app_builder",
-    "build_app",
-    "load_serving_model",
-    "request_schemas",
-    "resolve_settings",
-    "run_jobs",
-    "run_server",
-    "server_url",
-    "start_app",
-]
+__all__ = ["app_builder", "build_app", "run_server", "server_url", "start_app"]

@@ -79,7 +79,8 @@ class IngressBackend:
         self.sc = self.cfg.serve
         self.settings = settings
         self.store = open_store(settings.store_url, max_events_per_user=self.sc.max_events_per_user)
-        self._last_version: str | None = None
+        self._last_version: str | None = None  # of the newest reply, whichever version
+        self._served_version: str | None = None  # behind the served alias (see _note_served)
         self._served: tuple[str, frozenset[str]] | None = None  # (catalog path, item ids)
         self._rating_range: tuple[float, float] | None = None
         self._catalog_lock = asyncio.Lock()
@@ -106,7 +107,7 @@ class IngressBackend:
         changes, i.e. after a promotion to a version trained on other samples)."""
         if version is None or catalog_path is None:
             return
-        self._last_version = version
+        self._last_version = self._served_version = version
         self._rating_range = (float(scale[0]), float(scale[1])) if scale else None
         if self._served is None or self._served[0] != catalog_path:
             async with self._catalog_lock:
@@ -122,16 +123,19 @@ class IngressBackend:
     async def served_version(self) -> ServedVersion | None:
         if self._served is None:
             await self._note_info(await self.model.info.remote())
-        if self._served is None or self._last_version is None:
+        if self._served is None or self._served_version is None:
             return None  # no model loaded yet: nothing to validate against
-        return ServedVersion(self._last_version, self._served[1], self._rating_range)
+        # the alias's version: an explicitly requested version answering since then
+        # (`model` in a request) does not own the catalog and scale checked here
+        return ServedVersion(self._served_version, self._served[1], self._rating_range)
 
     async def lookup_version(self, ref: ModelRef) -> str | None:
         cached = self._refs.get(ref.text)
         if cached and cached.expires > time.monotonic():
             return str(cached.value) if cached.value is not None else None
         version = await asyncio.to_thread(self._lookup_version, ref)
-        self._refs[ref.text] = _Cached(version, time.monotonic() + self.sc.alias_poll_seconds)
+        if version is not None:  # an unknown ref is asked again: it may be registered soon
+            self._refs[ref.text] = _Cached(version, time.monotonic() + self.sc.alias_poll_seconds)
         return version
 
     def _lookup_version(self, ref: ModelRef) -> str | None:
@@ -190,6 +194,7 @@ class IngressBackend:
         if not isinstance(reply, ModelError):
             self._last_version = reply.get("model_version") or self._last_version
             self._refs.clear()
+            self._served = None  # the alias may point elsewhere now: ask the replica again
         return reply
 
 

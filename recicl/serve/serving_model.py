@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from recicl.config import ReciclConfig
 from recicl.data.samples_folder import CATALOG_FILE, MANIFEST_FILE
-from recicl.modeling import prefix_sharing
 from recicl.modeling.packaged import load_packaged_model
 from recicl.prompts import PromptBuilder, PromptError
 from recicl.registry import load_version
@@ -220,9 +219,10 @@ def run_jobs(model: ServingModel, jobs: Sequence[ModelJob]) -> list[ModelReply |
     Per-job problems (unknown candidates) become :class:`ModelError`; the rest are scored
     together (prefixes batched, candidates on shared prefix caches).
     """
+    from recicl.modeling.prefix_sharing import ScoreJob  # torch: replicas only
 
     results: list[ModelReply | ModelError | None] = [None] * len(jobs)
-    work: list[tuple[int, prefix_sharing.ScoreJob, int]] = []
+    work: list[tuple[int, ScoreJob, int]] = []
     for i, job in enumerate(jobs):
         history, demos = context_from_events(job.events, model.num_demos, model.history_len)
         if job.candidates is None:
@@ -243,7 +243,7 @@ def run_jobs(model: ServingModel, jobs: Sequence[ModelJob]) -> list[ModelReply |
         if not candidates:
             results[i] = _reply(model, [], [], len(job.events))
             continue
-        work.append((i, prefix_sharing.ScoreJob(history, demos, candidates), len(job.events)))
+        work.append((i, ScoreJob(history, demos, candidates), len(job.events)))
     if work:
         try:
             scores = model.scorer.score([prompt for _, prompt, _ in work])

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recicl.config import ConfigError, ReciclConfig, TrainConfig
+from recicl.config import ConfigError, ModelConfig, PromptConfig, ReciclConfig, TrainConfig
 from recicl.data.samples_folder import SamplesFolder
+from recicl.modeling import load_tokenizer
+from recicl.prompts import PromptBuilder
 
 if TYPE_CHECKING:
     import ray.data
@@ -78,10 +80,6 @@ _MAX_BUILDERS = 2
 
 def _builder(settings: str, catalog_path: str) -> Any:
     import pyarrow.parquet as pq
-
-    from recicl.config import ModelConfig, PromptConfig
-    from recicl.modeling import load_tokenizer
-    from recicl.prompts import PromptBuilder
 
     catalog = Path(catalog_path)
     key = f"{settings}\0{catalog}\0{catalog.stat().st_mtime_ns}"

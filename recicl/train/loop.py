@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recicl.config import ReciclConfig
+
 FAULT_STEP_ENV = "RECICL_FAULT_AT_STEP"
 FAULT_MARKER_ENV = "RECICL_FAULT_MARKER"
 FAULT_DELAY_ENV = "RECICL_FAULT_DELAY_S"
@@ -75,7 +77,6 @@ def maybe_fault(step: int, rank: int, run_name: str) -> None:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point; ``config`` = {"cfg": ReciclConfig dump, "plan": TrainPlan dump}."""
-    from recicl.config import ReciclConfig
     from recicl.train.recipe import TrainRecipe
 
     cfg = ReciclConfig.model_validate(config["cfg"])

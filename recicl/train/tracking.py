@@ -18,6 +18,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol
 
+from recicl.registry import client, log_metrics
+
 log = logging.getLogger(__name__)
 
 #: Buffered rows that trigger a write (a few steps' worth: curves stay live in the MLflow UI).
@@ -51,20 +53,16 @@ class MLflowSink:
         self.run_id = run_id
 
     def log(self, rows: Sequence[MetricRow]) -> None:
-        from recicl.registry import log_metrics
 
         log_metrics(self.tracking_uri, self.run_id, rows)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        from recicl.registry import client
-
         batch = [RunTag(key, value) for key, value in tags.items()]
         client(self.tracking_uri).log_batch(self.run_id, tags=batch)
 
     def last_steps(self) -> dict[str, int]:
-        from recicl.registry import client
 
         mlc = client(self.tracking_uri)
         keys = mlc.get_run(self.run_id).data.metrics

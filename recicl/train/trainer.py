@@ -22,10 +22,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from recicl import registry
 from recicl.config import ConfigError, ReciclConfig, build_config
 from recicl.data.samples_folder import SamplesFolder, configured_samples_dir
 from recicl.errors import ReciclError
+from recicl.modeling import load_tokenizer
+from recicl.modeling import packaged as version
+from recicl.modeling.importing import ensure_base_model
 from recicl.prompts import template_for
+from recicl.registry import resolve_tracking_uri
+from recicl.train import data as train_data
 from recicl.train.loop import (
     FAULT_DELAY_ENV,
     FAULT_MARKER_ENV,
@@ -70,7 +76,6 @@ def _is_uri(path: str) -> bool:
 def resolve_train_config(cfg: ReciclConfig) -> ReciclConfig:
     """Absolute paths (workers may run elsewhere / in another cwd), defaults filled in: run
     name, storage path, samples folder, MLflow tracking URI."""
-    from recicl.registry import resolve_tracking_uri
 
     raw = cfg.model_dump(mode="json")
     workdir = Path(cfg.workdir).expanduser().resolve()
@@ -128,7 +133,6 @@ def _start_mlflow_run(
 ) -> str:
     """New MLflow run (params = whole config + plan), or the run of the same Ray run name when
     resuming."""
-    from recicl import registry
 
     uri = cfg.mlflow.tracking_uri
     assert uri is not None and cfg.train.run_name is not None and cfg.train.storage_path
@@ -190,8 +194,6 @@ def _build_model_dir(
     :mod:`recicl.modeling.packaged`) from the final checkpoint."""
     import pyarrow.fs as pafs
 
-    from recicl.modeling import load_tokenizer
-    from recicl.modeling import packaged as version
     from recicl.train.strategies import ADAPTER_DIR as CHECKPOINT_WEIGHTS
 
     weights_dir = output / version.ADAPTER_DIR
@@ -258,8 +260,6 @@ def _fit(
     from ray.train.v2.api.config import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.torch.torch_trainer import TorchTrainer
 
-    from recicl.train import data as train_data
-
     tc = cfg.train
     tokenize_started = time.perf_counter()
     train_ds, val_ds = train_data.encoded_datasets(
@@ -310,9 +310,7 @@ def train(cfg: ReciclConfig) -> TrainResult:
     import ray.data
     import ray.train
 
-    from recicl import registry
     from recicl.raycluster import ensure_ray
-    from recicl.train import data as train_data
 
     started = time.perf_counter()
     if not cfg.model.name_or_path:
@@ -320,7 +318,6 @@ def train(cfg: ReciclConfig) -> TrainResult:
             "model.name_or_path is not set: give a Hugging Face id or a local model folder "
             "(`recicl model init-tiny` makes a small one)"
         )
-    from recicl.modeling.importing import ensure_base_model
 
     ensure_base_model(cfg.model)
     cfg = resolve_train_config(cfg)

@@ -15,7 +15,7 @@ import ray
 
 from recicl.config import build_config
 from recicl.data.pipeline import build_samples
-from recicl.data.samples_folder import read_samples_dataset, read_samples_table
+from recicl.data.samples_folder import SamplesFolder, read_samples_dataset, read_samples_table
 from recicl.data.synth import SynthSpec, generate, write_synthetic
 from tests.reference import reference_samples
 
@@ -102,6 +102,8 @@ def test_explicit_boundaries_and_rerun_replaces_outputs(synth_dir, tmp_path, ray
     assert folders == ["period=0", "period=1"]  # no leftovers from the 3-period build
     saved = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert saved["config_hash"] == manifest["config_hash"]
+    # the build records the identity of exactly what it wrote (what evaluations are cached by)
+    assert saved["content_id"] == SamplesFolder.at(tmp_path / "out").content_id()
 
 
 def test_cli_build_prints_summary_and_rejects_bad_config(synth_dir, tmp_path):

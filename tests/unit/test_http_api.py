@@ -324,6 +324,31 @@ def test_unchecked_scale_accepts_any_finite_rating() -> None:
     assert reply.status_code == 200 and backend.events[0].rating == -1e9
 
 
+def test_body_guard_checks_the_declared_and_the_streamed_size(http: Any, backend: FakeBackend):
+    """Content-Length that is not a number is a 400; a body sent without one (chunked) is cut
+    off at the limit with a 413, before the backend sees anything."""
+    ok = json.dumps({"user_id": "u", "candidates": [ITEMS[0]]}).encode()
+    headers = {"Content-Type": "application/json", "Content-Length": "lots"}
+    reply = http.post("/v1/score", content=ok, headers=headers)
+    assert reply.status_code == 400 and reply.json()["error"] == "bad_request"
+    assert "Content-Length" in reply.json()["detail"]
+
+    def chunks() -> Any:
+        yield b'{"user_id": "u", "pad": "'
+        for _ in range(100):  # 100 kB against the 64 kB limit
+            yield b"x" * 1_000
+        yield b'"}'
+
+    calls = len(backend.jobs)
+    streamed = http.post(
+        "/v1/score", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert streamed.request.headers.get("content-length") is None  # really streamed
+    assert streamed.status_code == 413 and streamed.json()["error"] == "body_too_large"
+    assert "65536" in streamed.json()["detail"]
+    assert len(backend.jobs) == calls
+
+
 def test_routes_and_methods(http: Any) -> None:
     for reply, status, code, field in [
         (http.get("/nope"), 404, "not_found", "path"),

@@ -1,0 +1,108 @@
+"""SamplesFolder: the one reader of the samples-folder layout (no Ray: tables by hand)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recicl.config import ConfigError, build_config
+from recicl.data.samples_folder import SamplesFolder, configured_samples_dir
+from recicl.data.schema import SAMPLES
+
+
+def _rows(period: int, count: int) -> pa.Table:
+    rows = [
+        {
+            "sample_id": f"s{period}-{k}",
+            "user_id": f"u{k}",
+            "item_id": f"i{k}",
+            "timestamp": 1_000 * period + k,
+            "period": period,
+            "label": k % 2,
+            "history": [f"i{k + 1}"],
+            "demos": [],
+        }
+        for k in range(count)
+    ]
+    return pa.Table.from_pylist(rows, schema=SAMPLES).drop_columns(["period"])
+
+
+def make_folder(root: Path, counts: dict[int, int], *, manifest: bool = True) -> Path:
+    for period, count in counts.items():
+        part = root / "samples" / f"period={period}"
+        part.mkdir(parents=True)
+        pq.write_table(_rows(period, count), part / "part-0.parquet")
+    catalog = pa.table({"item_id": ["i0", "i1"], "title": ["A", "B"]})
+    pq.write_table(catalog, root / "catalog.parquet")
+    if manifest:
+        periods = [{"period": p, "samples": n} for p, n in sorted(counts.items())]
+        (root / "manifest.json").write_text(json.dumps({"periods": periods, "config_hash": "c"}))
+    return root
+
+
+def test_periods_tables_and_the_newest_period(tmp_path: Path):
+    folder = SamplesFolder.at(make_folder(tmp_path, {2: 3, 0: 2, 5: 0}))
+    assert folder.periods() == [0, 2, 5]
+    assert folder.sample_counts() == {0: 2, 2: 3, 5: 0}
+    assert folder.newest_period() == 2  # period 5 has a partition folder but no samples
+    table = folder.read_table([2, 0])
+    assert table.schema == SAMPLES
+    assert table["period"].to_pylist() == [2, 2, 2, 0, 0]
+    assert table["sample_id"].to_pylist()[:3] == ["s2-0", "s2-1", "s2-2"]
+    with pytest.raises(
+        ConfigError, match=r"periods \[7\] have no samples .* available: \[0, 2, 5\]"
+    ):
+        folder.period_paths([0, 7])
+
+
+def test_without_a_manifest_periods_come_from_disk(tmp_path: Path):
+    folder = SamplesFolder.at(make_folder(tmp_path, {1: 2, 3: 1}, manifest=False))
+    assert folder.manifest() == {} and folder.sample_counts() == {}
+    assert folder.newest_period() == 3
+    with pytest.raises(ConfigError, match=r"has no manifest\.json: run `recicl samples build"):
+        folder.require_manifest()
+
+
+def test_missing_parts_are_errors_that_name_the_fix(tmp_path: Path):
+    with pytest.raises(ConfigError, match="has no samples/ folder: run `recicl samples build"):
+        SamplesFolder.at(tmp_path)
+    (tmp_path / "samples").mkdir()
+    with pytest.raises(ConfigError, match=r"has no catalog\.parquet"):
+        SamplesFolder.at(tmp_path).require_catalog()
+
+
+def test_content_id_follows_the_bytes_not_the_config(tmp_path: Path):
+    root = make_folder(tmp_path / "a", {0: 2, 1: 2})
+    first = SamplesFolder.at(root).content_id()
+    assert SamplesFolder.at(root).content_id() == first  # stable, and per content not object
+    # the same files elsewhere: the same identity (paths are relative to the folder)
+    twin = make_folder(tmp_path / "b", {0: 2, 1: 2})
+    assert SamplesFolder.at(twin).content_id() == first
+    # the manifest (config hash, counts) is not content: editing it changes nothing
+    (root / "manifest.json").write_text(json.dumps({"config_hash": "other", "periods": []}))
+    assert SamplesFolder.at(root).content_id() == first
+    # new samples with the same config: a new identity
+    pq.write_table(_rows(1, 3), root / "samples" / "period=1" / "part-0.parquet")
+    rebuilt = SamplesFolder.at(root).content_id()
+    assert rebuilt != first
+    # so does another catalog
+    pq.write_table(pa.table({"item_id": ["i0"], "title": ["A"]}), root / "catalog.parquet")
+    assert SamplesFolder.at(root).content_id() not in (first, rebuilt)
+
+
+def test_from_config_prefers_the_flag_then_train_then_samples(tmp_path: Path):
+    a = make_folder(tmp_path / "a", {0: 1})
+    b = make_folder(tmp_path / "b", {0: 1})
+    c = make_folder(tmp_path / "c", {0: 1})
+    both = build_config({"train": {"samples_dir": str(a)}, "samples": {"output": str(b)}})
+    assert configured_samples_dir(both) == str(a)
+    assert SamplesFolder.from_config(both).root == a.resolve()
+    assert SamplesFolder.from_config(both, override=c).root == c.resolve()
+    only_output = build_config({"samples": {"output": str(b)}})
+    assert SamplesFolder.from_config(only_output).root == b.resolve()
+    with pytest.raises(ConfigError, match=r"no samples folder: set train\.samples_dir"):
+        SamplesFolder.from_config(build_config({"samples": {"output": None}}))
