@@ -49,6 +49,7 @@ def run_seed(
     (e.g. few-shot sizes or reference rows asked for later) are run and merged in."""
     from recicl.config import load_config, with_overrides
     from recicl.data.pipeline import build_samples
+    from recicl.data.samples_folder import SamplesFolder, configured_samples_dir
     from recicl.experiments.streaming import few_shot_name, run_streaming
 
     overrides: dict[str, Any] = {
@@ -77,8 +78,8 @@ def run_seed(
             ],
         },
     )
-    samples = Path(cfg.train.samples_dir or cfg.samples.output or "")
-    if not (samples / "manifest.json").is_file():
+    samples = SamplesFolder(Path(configured_samples_dir(cfg) or "").expanduser().resolve())
+    if not samples.manifest():
         build_samples(cfg)
     started = time.perf_counter()
     result = run_streaming(cfg)
@@ -101,10 +102,11 @@ def add_taste_shifts(
     """The taste-switch probe (recicl.experiments.taste) for every variant with a model: how far a
     user's new taste lifts its candidates relative to the old taste's, with no update."""
     from recicl.config import load_config, with_overrides
+    from recicl.data.samples_folder import configured_samples_dir
     from recicl.experiments.taste import taste_switch_shift
 
     cfg = with_overrides(load_config(config), {**settings, "train.seed": seed})
-    samples = Path(cfg.train.samples_dir or cfg.samples.output or "")
+    samples = Path(configured_samples_dir(cfg) or "")
     recicl_prompt = cfg.prompt.model_copy(update={"format": "recicl"})
     taste = result.setdefault("taste", {})
     for variant, facts in result.get("variants", {}).items():

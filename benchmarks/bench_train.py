@@ -32,22 +32,22 @@ def _prompts(workdir: Path, count: int) -> tuple[Path, list[list[int]], list[int
 
     from recicl.config import PromptConfig, build_config
     from recicl.data.pipeline import build_samples
-    from recicl.data.samples_folder import read_samples_table
+    from recicl.data.samples_folder import SamplesFolder
     from recicl.modeling import init_tiny_model, load_tokenizer
     from recicl.prompts import PromptBuilder
 
-    samples = workdir / "samples"
-    if not (samples / "manifest.json").is_file():
-        build_samples(build_config({"samples": {"output": str(samples), "periods": 10}}))
+    samples = SamplesFolder(workdir / "samples")
+    if not samples.manifest():
+        build_samples(build_config({"samples": {"output": str(samples.root), "periods": 10}}))
     prompt = PromptConfig(max_length=512)
     model_dir = workdir / "tiny"
     if not (model_dir / "config.json").is_file():
-        init_tiny_model(samples / "catalog.parquet", model_dir, prompt_config=prompt)
+        init_tiny_model(samples.catalog_path, model_dir, prompt_config=prompt)
     from recicl.config import ModelConfig
 
     tokenizer = load_tokenizer(ModelConfig(name_or_path=str(model_dir)))
-    builder = PromptBuilder(prompt, pq.read_table(samples / "catalog.parquet"), tokenizer)
-    table = read_samples_table(samples, [0]).slice(0, count).to_pylist()
+    builder = PromptBuilder(prompt, pq.read_table(samples.catalog_path), tokenizer)
+    table = samples.read_table([0]).slice(0, count).to_pylist()
     ids = [builder.encode(r["history"], r["demos"], r["item_id"]).input_ids for r in table]
     return model_dir, ids, [int(r["label"]) for r in table]
 
