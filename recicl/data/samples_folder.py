@@ -150,6 +150,16 @@ class SamplesFolder:
             if "period" in row and "samples" in row
         }
 
+    def count_rows(self, periods: list[int]) -> int:
+        """Samples of ``periods``: from the manifest when it has them (no data pass), else by
+        counting the rows (hand-made folders)."""
+        if not periods:
+            return 0
+        counts = self.sample_counts()
+        if all(p in counts for p in periods):
+            return sum(counts[p] for p in periods)
+        return int(self.read_dataset(periods).count())
+
     def newest_period(self) -> int:
         """The newest period that has samples (the default for evaluation and promotion)."""
         counts = self.sample_counts()
@@ -221,15 +231,3 @@ def _add_period(batch: pa.Table) -> pa.Table:
     found = pc.extract_regex(batch["path"], r"period=(?P<period>\d+)")
     periods = pc.struct_field(found, "period").cast(pa.int16())
     return batch.drop_columns(["path"]).append_column("period", periods).select(SAMPLES.names)
-
-
-def read_samples_table(samples_dir: str | Path, periods: list[int] | None = None) -> pa.Table:
-    """Shorthand for ``SamplesFolder.at(samples_dir).read_table(periods)``."""
-    return SamplesFolder.at(samples_dir).read_table(periods)
-
-
-def read_samples_dataset(
-    samples_dir: str | Path, periods: list[int] | None = None
-) -> ray.data.Dataset:
-    """Shorthand for ``SamplesFolder.at(samples_dir).read_dataset(periods)``."""
-    return SamplesFolder.at(samples_dir).read_dataset(periods)

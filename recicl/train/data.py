@@ -56,20 +56,6 @@ def choose_periods(tc: TrainConfig, available: list[int]) -> tuple[list[int], li
     return train, val
 
 
-def count_rows(samples_dir: Path, periods: list[int], manifest: dict[str, Any]) -> int:
-    """Rows of the chosen periods, from the manifest when it has them (no data pass)."""
-    if not periods:
-        return 0
-    by_period = {
-        int(row["period"]): int(row["samples"])
-        for row in manifest.get("periods", [])
-        if "period" in row and "samples" in row
-    }
-    if all(p in by_period for p in periods):
-        return sum(by_period[p] for p in periods)
-    return int(SamplesFolder.at(samples_dir).read_dataset(periods).count())
-
-
 #: Per-process builders (tokenizer + piece cache), keyed by prompt/model config and catalog file.
 #: Ray Data runs encoding as tasks in Ray's pooled worker processes, so a process that encoded
 #: once (an earlier epoch, the validation split, a previous run in the same cluster) skips the

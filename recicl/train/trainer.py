@@ -324,17 +324,17 @@ def train(cfg: ReciclConfig) -> TrainResult:
     tc = cfg.train
     assert tc.run_name and tc.storage_path
     samples = SamplesFolder.from_config(cfg)
-    samples_dir, manifest = samples.root, samples.manifest()
-    manifest_hash = str(manifest.get("config_hash", "none"))
+    samples_dir = samples.root
+    manifest_hash = str(samples.manifest().get("config_hash", "none"))
     samples_content_id = samples.content_id()  # what the version is tuned on, by content
     train_periods, val_periods = train_data.choose_periods(tc, samples.periods())
     periods = {"train_periods": train_periods, "val_periods": val_periods}
 
     ensure_ray(cfg.ray)
     train_rows = train_data.train_subset_size(
-        tc.max_train_samples, train_data.count_rows(samples_dir, train_periods, manifest)
+        tc.max_train_samples, samples.count_rows(train_periods)
     )
-    val_rows = train_data.count_rows(samples_dir, val_periods, manifest)
+    val_rows = samples.count_rows(val_periods)
     steps = plan_steps(cfg, train_rows, val_rows)
 
     run_id = None

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from recicl.config import PromptConfig, TinyModelSettings, build_config
 from recicl.data.pipeline import build_samples
-from recicl.data.samples_folder import SamplesFolder, read_samples_table
+from recicl.data.samples_folder import SamplesFolder
 from recicl.data.synth import SynthSpec, write_synthetic
 from recicl.evaluate.batch import EvaluationError, evaluate_model, resolve_model, score_samples
 from recicl.modeling.packaged import package_full_model
@@ -77,7 +77,7 @@ def test_batch_scores_equal_direct_scorer(world):
     source = resolve_model(f"models:/recicl/{world['versions'][0]}", world["cfg"])
     scored = score_samples(source.local_dir, world["samples"], [2], replicas=2)
     packaged = load_packaged_model(source.local_dir)
-    table = read_samples_table(world["samples"], [2]).sort_by("sample_id")
+    table = SamplesFolder.at(world["samples"]).read_table([2]).sort_by("sample_id")
     builder = PromptBuilder(
         packaged.prompt, pq.read_table(world["samples"] / "catalog.parquet"), packaged.tokenizer
     )
@@ -197,7 +197,7 @@ def test_capped_evaluation_uses_one_subset_and_the_gate_compares_like_with_like(
     )
     # an uncapped gate does not take the capped number: it finds (or makes) a full evaluation
     full = evaluation_auc(world["cfg"], "recicl", v1, world["samples"], 2)
-    table = read_samples_table(world["samples"], [2])
+    table = SamplesFolder.at(world["samples"]).read_table([2])
     assert table.num_rows > 9 and full != pytest.approx(reports[1]["periods"]["2"]["auc"])
 
 
@@ -221,7 +221,7 @@ def test_instruction_file_scores_and_reports(world, tmp_path):
     builder = PromptBuilder(
         packaged.prompt, pq.read_table(world["samples"] / "catalog.parquet"), packaged.tokenizer
     )
-    rows = read_samples_table(world["samples"], [2]).slice(0, 24).to_pylist()
+    rows = SamplesFolder.at(world["samples"]).read_table([2]).slice(0, 24).to_pylist()
     records = [
         {
             "instruction": builder.render(r["history"], r["demos"], r["item_id"]).rsplit(

@@ -15,7 +15,7 @@ import ray
 
 from recicl.config import build_config
 from recicl.data.pipeline import build_samples
-from recicl.data.samples_folder import SamplesFolder, read_samples_dataset, read_samples_table
+from recicl.data.samples_folder import SamplesFolder
 from recicl.data.synth import SynthSpec, generate, write_synthetic
 from tests.reference import reference_samples
 
@@ -45,8 +45,8 @@ def _config(source_dir, output, partitions, **samples):
 def test_pipeline_equals_reference_and_is_deterministic(synth_dir, tmp_path, ray_local):
     first = build_samples(_config(synth_dir, tmp_path / "a", 2))
     second = build_samples(_config(synth_dir, tmp_path / "b", 7))
-    table_a = read_samples_table(tmp_path / "a").sort_by("sample_id")
-    table_b = read_samples_table(tmp_path / "b").sort_by("sample_id")
+    table_a = SamplesFolder.at(tmp_path / "a").read_table().sort_by("sample_id")
+    table_b = SamplesFolder.at(tmp_path / "b").read_table().sort_by("sample_id")
     assert table_a.equals(table_b)  # identical rows whatever the parallelism
     assert first["boundaries"] == second["boundaries"]
 
@@ -80,8 +80,8 @@ def test_pipeline_equals_reference_and_is_deterministic(synth_dir, tmp_path, ray
 
 def test_read_samples_dataset_matches_table(synth_dir, tmp_path, ray_local):
     build_samples(_config(synth_dir, tmp_path / "out", 3))
-    table = read_samples_table(tmp_path / "out", periods=[1, 3])
-    ds = read_samples_dataset(tmp_path / "out", periods=[1, 3])
+    table = SamplesFolder.at(tmp_path / "out").read_table(periods=[1, 3])
+    ds = SamplesFolder.at(tmp_path / "out").read_dataset(periods=[1, 3])
     from_ray = pa.concat_tables([ray.get(ref) for ref in ds.to_arrow_refs()])
     assert from_ray.schema == table.schema
     assert from_ray.sort_by("sample_id").equals(table.sort_by("sample_id"))
@@ -128,7 +128,7 @@ def test_cli_build_prints_summary_and_rejects_bad_config(synth_dir, tmp_path):
     assert "samples" in result.stdout and "D2" in result.stdout
     manifest = json.loads((tmp_path / "cli" / "manifest.json").read_text())
     assert manifest["config"]["samples"]["num_demos"] == 2
-    demos = read_samples_table(tmp_path / "cli")["demos"].to_pylist()
+    demos = SamplesFolder.at(tmp_path / "cli").read_table()["demos"].to_pylist()
     assert max(len(d) for d in demos) == 2
 
     missing = subprocess.run(

@@ -11,7 +11,7 @@ import pytest
 
 from recicl.config import build_config
 from recicl.data.pipeline import build_samples
-from recicl.data.samples_folder import read_samples_table
+from recicl.data.samples_folder import SamplesFolder
 from recicl.errors import DataError
 
 pytestmark = pytest.mark.integration
@@ -69,7 +69,7 @@ def test_movielens_csv_layout(tmp_path, ray_local):
     assert catalog["attributes"].to_pylist()[2] == []  # "(no genres listed)" → no genres
     quarantine = pq.read_table(tmp_path / "out" / "quarantine" / "events.parquet")
     assert "2,1,4.0" in quarantine["raw"].to_pylist()
-    samples = read_samples_table(tmp_path / "out")
+    samples = SamplesFolder.at(tmp_path / "out").read_table()
     assert sorted(samples["item_id"].to_pylist()) == ["2", "3"]
 
 
@@ -181,7 +181,7 @@ def test_amazon_2023_milliseconds(tmp_path, ray_local):
     manifest = _build(tmp_path, "amazon", folder)
     assert manifest["source"]["layout"] == "amazon:2023"
     assert _reasons(manifest) == {"item_not_in_catalog": 1}
-    samples = read_samples_table(tmp_path / "out")
+    samples = SamplesFolder.at(tmp_path / "out").read_table()
     assert samples["timestamp"].to_pylist() == [1600000500]  # ms → s
 
 
@@ -201,7 +201,7 @@ def test_generic_csv_with_column_mapping(tmp_path, ray_local):
     )  # fmt: skip
     assert _reasons(manifest) == {"missing_rating": 1, "unparseable_timestamp": 1}
     assert manifest["events"] == 2
-    samples = read_samples_table(tmp_path / "out")
+    samples = SamplesFolder.at(tmp_path / "out").read_table()
     assert samples.to_pylist()[0]["label"] == 0
 
 
@@ -232,7 +232,7 @@ def test_generic_parquet_native_timestamps(tmp_path, ray_local):
     )
     manifest = _build(tmp_path, "parquet", folder)
     assert manifest["events"] == 2 and manifest["quarantine"]["total"] == 0
-    samples = read_samples_table(tmp_path / "out")
+    samples = SamplesFolder.at(tmp_path / "out").read_table()
     assert samples["timestamp"].to_pylist() == [1_600_000_100]
     assert samples["demos"].to_pylist()[0][0]["item_id"] == "a"
     catalog = pq.read_table(tmp_path / "out" / "catalog.parquet")

@@ -101,12 +101,12 @@ def test_demo_rate_is_the_recent_like_rate(protocols):
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from recicl.data.samples_folder import read_samples_table
+    from recicl.data.samples_folder import SamplesFolder
     from recicl.evaluate.batch import subsample_per_period
 
     cfg = protocols.cfg
     table = subsample_per_period(
-        read_samples_table(cfg.samples.output, list(EVAL_PERIODS)), 30, cfg.train.seed
+        SamplesFolder.at(cfg.samples.output).read_table(list(EVAL_PERIODS)), 30, cfg.train.seed
     )
     for period in EVAL_PERIODS:
         rows = [r for r in table.to_pylist() if r["period"] == period]
