@@ -49,6 +49,8 @@ models_app = typer.Typer(no_args_is_help=True, help="Registered model versions (
 app.add_typer(models_app, name="models")
 experiment_app = typer.Typer(no_args_is_help=True, help="Experiments (streaming protocol).")
 app.add_typer(experiment_app, name="experiment")
+infra_app = typer.Typer(no_args_is_help=True, help="Deployment manifests (KubeRay).")
+app.add_typer(infra_app, name="infra")
 
 console = Console(stderr=True)
 
@@ -426,6 +428,34 @@ def serve_command(
         print(url, flush=True)
 
     run_server(cfg, blocking=blocking, on_ready=ready)
+
+
+@infra_app.command("render-rayservice")
+@friendly_errors
+def infra_render_rayservice(
+    serve_config: Path = typer.Option(
+        Path("serve_configs/production.yaml"),
+        "--serve-config",
+        help="Serve config (serveConfigV2).",
+    ),
+    cluster: Path = typer.Option(
+        Path("infra/kuberay/raycluster.yaml"), "--cluster", help="RayCluster (rayClusterConfig)."
+    ),
+    output: Path = typer.Option(
+        Path("infra/kuberay/rayservice.yaml"), "--output", help="RayService manifest to write."
+    ),
+    check: bool = typer.Option(
+        False, "--check", help="Write nothing; exit 1 when OUTPUT is not what would be written."
+    ),
+) -> None:
+    """Generate the KubeRay RayService manifest from the Serve config and the RayCluster."""
+    from recicl.deploy.kuberay import write_rayservice
+
+    result = write_rayservice(output, serve_config, cluster, check=check)
+    if check and result.changed:
+        console.print(f"[yellow]{output} is stale: run `recicl infra render-rayservice`[/]")
+        sys.exit(1)
+    console.print(f"{output}: {'written' if result.changed else 'up to date'}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

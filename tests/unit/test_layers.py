@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "recicl"
 LAYERS: list[set[str]] = [
     {"recicl", "recicl.errors"},
     {"recicl.config"},
-    {"recicl.raycluster", "recicl.reports"},
+    {"recicl.raycluster", "recicl.reports", "recicl.deploy"},
     {"recicl.data", "recicl.prompts"},
     {"recicl.modeling"},
     {"recicl.registry"},

@@ -21,8 +21,12 @@ from recicl.config import ReciclConfig, load_config
 ROOT = Path(__file__).resolve().parents[2]
 RECICL_CONFIGS = sorted((ROOT / "ray_jobs" / "configs").glob("*.yaml"))
 SERVE_CONFIGS = sorted((ROOT / "serve_configs").glob("*.yaml"))
-KUBERAY_MANIFESTS = sorted((ROOT / "infra").rglob("*.yaml"))
+#: Every YAML file under infra/ is checked by tests/unit/test_infra.py; RayJobs here as well.
+INFRA_FILES = sorted((ROOT / "infra").rglob("*.yaml"))
+KUBERAY_MANIFESTS = sorted((ROOT / "infra" / "kuberay").glob("rayjob-*.yaml"))
 PRE_COMMIT = ROOT / ".pre-commit-config.yaml"
+#: Checked by tests/unit/test_runtime_env.py.
+RUNTIME_ENV = ROOT / "ray_jobs" / "runtime_env.yaml"
 #: Folders that hold no shipped configuration (besides hidden ones: environments, caches).
 NOT_SHIPPED = {"tests", "recicl-work", "build", "dist", "mlruns", "mlartifacts", "ray_results"}
 
@@ -50,7 +54,7 @@ def shipped_yaml_files() -> set[Path]:
 
 def test_every_shipped_yaml_is_covered() -> None:
     shipped = shipped_yaml_files()
-    covered = {*RECICL_CONFIGS, *SERVE_CONFIGS, *KUBERAY_MANIFESTS, PRE_COMMIT}
+    covered = {*RECICL_CONFIGS, *SERVE_CONFIGS, *INFRA_FILES, PRE_COMMIT, RUNTIME_ENV}
     assert not shipped - covered, "YAML files without a check in this test"
     assert RECICL_CONFIGS and SERVE_CONFIGS and KUBERAY_MANIFESTS
 
