@@ -1,6 +1,7 @@
 """Ray job: build ICL samples, exactly ``recicl samples build`` (Ray Data).
 
-    ray job submit --working-dir . -- python ray_jobs/build_samples.py \
+    ray job submit --working-dir . --runtime-env ray_jobs/runtime_env.yaml -- \
+        python ray_jobs/build_samples.py \
         --config ray_jobs/configs/ml-latest-small.yaml
 
 A thin wrapper on purpose: the arguments go unchanged to the CLI command, so its options, help

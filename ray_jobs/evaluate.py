@@ -1,6 +1,7 @@
 """Ray job: evaluate a model version on sample periods, exactly ``recicl evaluate``.
 
-    ray job submit --working-dir . -- python ray_jobs/evaluate.py \
+    ray job submit --working-dir . --runtime-env ray_jobs/runtime_env.yaml -- \
+        python ray_jobs/evaluate.py \
         --model models:/recicl@champion --samples recicl-work/samples/ml-latest-small --periods 6-9
 
 A thin wrapper on purpose: the arguments go unchanged to the CLI command, so its options, help

@@ -1,6 +1,7 @@
 """Ray job: move a registry alias to a version only if it is not worse, exactly ``recicl promote``.
 
-    ray job submit --working-dir . -- python ray_jobs/promote.py --version 4 \
+    ray job submit --working-dir . --runtime-env ray_jobs/runtime_env.yaml -- \
+        python ray_jobs/promote.py --version 4 \
         --samples recicl-work/samples/ml-latest-small
 
 Exit status 1 when the gate refuses (so a pipeline can stop there), 2 on a usage or input error.

@@ -1,6 +1,7 @@
 """Ray job: tune the model on ICL samples, exactly ``recicl train`` (Ray Train + DeepSpeed/DDP).
 
-    ray job submit --working-dir . -- python ray_jobs/train.py \
+    ray job submit --working-dir . --runtime-env ray_jobs/runtime_env.yaml -- \
+        python ray_jobs/train.py \
         --config ray_jobs/configs/qwen2.5-7b-zero3.yaml
 
 Resubmitting with the same ``--run-name`` resumes from that run's latest checkpoint.
