@@ -16,6 +16,14 @@ class RayConfig(StrictModel):
     num_cpus: int | None = Field(
         None, ge=1, description="Logical CPUs of a local runtime; null = max(4, cores)."
     )
+    parquet_footer_actors: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Processes Ray Data's Parquet reader starts to read file footers on every "
+        "read (Ray's default: 32, seconds of fixed cost per read on a small machine); null = "
+        "one per 16 cluster CPUs, 1 to 32. $RAY_DATA_PARQUET_FOOTER_NUM_ACTORS, when set, wins.",
+    )
 
 
 class MLflowConfig(StrictModel):

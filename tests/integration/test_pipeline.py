@@ -137,3 +137,35 @@ def test_cli_build_prints_summary_and_rejects_bad_config(synth_dir, tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_a_parquet_read_starts_as_many_footer_readers_as_sized(synth_dir, ray_local):
+    """Ray Data starts ``RAY_DATA_PARQUET_FOOTER_NUM_ACTORS`` footer readers for every Parquet
+    read (32 by default); ensure_ray sizes that for the cluster. Counted from Ray's own actor
+    table, so a Ray upgrade that renames the knob fails here instead of silently bringing back
+    32 processes per read."""
+    import os
+
+    from ray.util.state import list_actors
+
+    from recicl.config import RayConfig
+    from recicl.raycluster import FOOTER_ACTORS_ENV, ensure_ray
+
+    def footer_readers() -> set[str]:
+        actors = list_actors(
+            address=ray.get_runtime_context().gcs_address,  # this session's Ray, not another
+            filters=[("class_name", "=", "FooterReader")],
+            limit=10_000,
+        )
+        return {actor.actor_id for actor in actors}
+
+    ensure_ray(RayConfig(parquet_footer_actors=2))
+    try:
+        assert os.environ[FOOTER_ACTORS_ENV] == "2"
+        before = footer_readers()
+        rows = ray.data.read_parquet(str(synth_dir / "events.parquet")).materialize().count()
+        assert rows == pq.read_metadata(synth_dir / "events.parquet").num_rows
+        assert len(footer_readers() - before) == 2
+    finally:
+        ensure_ray(RayConfig())  # back to the size the rest of the session uses
+    assert os.environ[FOOTER_ACTORS_ENV] == "1"  # 4 logical CPUs: one reader
