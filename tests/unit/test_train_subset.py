@@ -43,3 +43,12 @@ def test_subsets_are_seeded_nested_and_from_the_training_periods(samples: Path) 
     assert len(choose_train_subset(samples, [0, 1], 0.1, seed=0)) == 20
     assert choose_train_subset(samples, [0, 1], None, seed=0) is None
     assert choose_train_subset(samples, [2], 500, seed=0) is None  # asks for more than there is
+
+
+def test_few_shot_rows_are_named_by_count_or_share():
+    from recicl.experiments.streaming import few_shot_name
+
+    assert few_shot_name("recicl", 16) == "recicl@16"
+    assert few_shot_name("recicl", 0.1) == "recicl@10%"
+    assert few_shot_name("tallrec", 0.125) == "tallrec@12.5%"
+    assert few_shot_name("recicl", 256.0) == "recicl@256"  # a whole float is a count
