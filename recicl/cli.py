@@ -132,7 +132,7 @@ def samples_build(
     )
     if periods is not None:
         cfg.samples.boundaries = None
-    manifest = build_samples(cfg)
+    manifest = build_samples(cfg, dashboard=False)  # this process never trains (ensure_ray)
     print_samples_summary(manifest)
 
 

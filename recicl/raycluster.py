@@ -17,9 +17,12 @@ FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
 CPUS_PER_FOOTER_ACTOR = 16
 MAX_FOOTER_ACTORS = 32
 _footer_actors_set: str | None = None  # the value this module put in the environment
+#: Real cores of the machine when this process started an oversubscribed local runtime (see
+#: :func:`local_core_limit`); None when connected to a cluster or not started here.
+_local_cores: int | None = None
 
 
-def ensure_ray(cfg: RayConfig | None = None) -> None:
+def ensure_ray(cfg: RayConfig | None = None, *, dashboard: bool = True) -> None:
     """Connect to ``cfg.address`` / ``$RAY_ADDRESS``, or start a local runtime once; then size
     Ray Data's Parquet listing for the cluster (:func:`size_parquet_listing`).
 
@@ -35,12 +38,34 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     The dashboard runs (on loopback only) because Ray Train's placement-group cleaner asks the
     State API, served by the dashboard, whether the train controller is alive; without it the
     cleaner logs a failure every second and, with another Ray instance on the same machine, can
-    end up asking that one.
+    end up asking that one. A process that never trains (``recicl samples build``) passes
+    ``dashboard=False``: Ray then starts only a minimal head API process instead of the
+    dashboard and its nine module processes (about 1.5 s of start-up on 2 cores). Only the
+    first call of a process decides; the flag changes nothing on a cluster.
+
+    Settings that local workers need (``DS_ACCELERATOR``) are put in this process's environment,
+    which the local raylet and its workers inherit, not in a job-level ``runtime_env``: a job
+    runtime env makes the workers Ray prestarts during ``ray.init`` unusable for the job's tasks,
+    so every task and actor waited for a fresh process instead.
     """
     cfg = cfg or RayConfig()
     if not ray.is_initialized():
-        _connect(cfg)
+        _connect(cfg, dashboard=dashboard)
     size_parquet_listing(cfg)
+
+
+def local_core_limit() -> int | None:
+    """The machine's real cores when this process started a local runtime that advertises more
+    logical CPUs (see :func:`ensure_ray`), else None (a cluster: its CPUs are real).
+
+    Jobs that need no Train workers (the sample build) bound their Ray Data concurrency by it:
+    4 concurrent tasks on 2 cores only start twice the worker processes (each importing Ray,
+    pyarrow and pandas, ~1.3 s of CPU) and contend for the same cores.
+    """
+    if _local_cores is None or not ray.is_initialized():
+        return None
+    logical = int(ray.cluster_resources().get("CPU", 0))
+    return _local_cores if _local_cores < logical else None
 
 
 def size_parquet_listing(cfg: RayConfig) -> int:
@@ -68,24 +93,27 @@ def size_parquet_listing(cfg: RayConfig) -> int:
     return actors
 
 
-def _connect(cfg: RayConfig) -> None:
+def _connect(cfg: RayConfig, *, dashboard: bool) -> None:
+    global _local_cores
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("connecting to Ray at %s", address)
         ray.init(address=address, log_to_driver=True)
         return
-    num_cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    num_cpus = cfg.num_cpus or max(4, cores)
+    if not _has_gpu():
+        # inherited by the local raylet and every worker it starts (see ensure_ray)
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     ray.init(
         num_cpus=num_cpus,
-        include_dashboard=True,
+        include_dashboard=dashboard,
         _system_config={"idle_worker_killing_time_threshold_ms": 300_000},
         dashboard_host="127.0.0.1",
         configure_logging=True,
         logging_level=logging.WARNING,
-        runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}}
-        if not _has_gpu()
-        else None,
     )
+    _local_cores = cores
 
 
 def _has_gpu() -> bool:

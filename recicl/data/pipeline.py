@@ -14,11 +14,14 @@ Stages (all Ray Data, streaming until the two materialization points):
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +46,7 @@ from recicl.data.samples import KIND_DUPLICATE, KIND_SAMPLE, annotate_events, to
 from recicl.data.samples_folder import BUILD_OUTPUTS, SamplesFolder
 from recicl.data.schema import QUARANTINE
 from recicl.data.validate import quarantined, valid_events, validate_batch
-from recicl.raycluster import ensure_ray
+from recicl.raycluster import ensure_ray, local_core_limit
 
 log = logging.getLogger(__name__)
 
@@ -96,30 +99,67 @@ def _apply_to_block(block: pa.Table, fn: Any) -> pa.Table:
     return fn(block)
 
 
-def _gather(ds: MaterializedDataset, fn: Any) -> pa.Table:
+def _gather(ds: MaterializedDataset, fn: Any, max_in_flight: int | None = None) -> pa.Table:
     """Apply small-result UDFs to every block of a *materialized* dataset and collect the results
     on the driver. Plain Ray tasks on the existing block refs: only the small results travel,
     and no new Ray Data execution (about 2 s of fixed cost each on a small machine) is started.
+    ``max_in_flight`` bounds the tasks running at once (the job's CPU limit): more tasks than
+    that only make Ray start more worker processes.
     """
-    refs = [_apply_to_block.remote(ref, fn) for ref in ds.to_arrow_refs()]
-    tables = [t for t in ray.get(refs) if t.num_rows]
+    refs: list[ray.ObjectRef] = []
+    pending: list[ray.ObjectRef] = []
+    for block in ds.to_arrow_refs():
+        if max_in_flight and len(pending) >= max_in_flight:
+            _, pending = ray.wait(pending, num_returns=1)
+        refs.append(_apply_to_block.remote(block, fn))
+        pending.append(refs[-1])
+    tables = [t for t in ray.get(refs) if t.num_rows]  # in block order
     return pa.concat_tables(tables).combine_chunks() if tables else pa.table({})
 
 
-def _default_partitions() -> int:
-    cpus = int(ray.cluster_resources().get("CPU", 1))
+def _default_partitions(cpus: int | None) -> int:
+    cpus = cpus or int(ray.cluster_resources().get("CPU", 1))
     return max(2, min(64, cpus * 2))
 
 
-def build_samples(cfg: ReciclConfig) -> dict[str, Any]:
-    """Run the whole job and return the manifest (also written to ``<output>/manifest.json``)."""
+@contextlib.contextmanager
+def _data_cpu_limit(cpus: int | None) -> Iterator[None]:
+    """Datasets created inside this block run on at most ``cpus`` CPUs (None: no limit).
+
+    Ray Data snapshots the current DataContext when a dataset is created, and datasets derived
+    from it keep that snapshot, so the limit applies to this job's datasets only; the context
+    is restored on exit (a Ray Train job in the same process must not inherit it).
+    """
+    if cpus is None:
+        yield
+        return
+    context = ray.data.DataContext.get_current()
+    saved = context.execution_options
+    options = copy.deepcopy(saved)
+    options.resource_limits = options.resource_limits.copy(cpu=float(cpus))
+    context.execution_options = options
+    try:
+        yield
+    finally:
+        context.execution_options = saved
+
+
+def build_samples(cfg: ReciclConfig, *, dashboard: bool = True) -> dict[str, Any]:
+    """Run the whole job and return the manifest (also written to ``<output>/manifest.json``).
+
+    ``dashboard=False`` when this process will not run Ray Train afterwards and Ray is not
+    running yet: a local runtime then starts without the dashboard (see ``ensure_ray``)."""
     if not cfg.samples.output:
         raise ConfigError("samples.output is not set: pass --output DIR (or set samples.output)")
     output = Path(cfg.samples.output).expanduser().resolve()
     started = time.perf_counter()
     check_source_folder(cfg.data)
-    ensure_ray(cfg.ray)
-    source = read_source(cfg.data)
+    ensure_ray(cfg.ray, dashboard=dashboard)
+    # On a local runtime that advertises more logical CPUs than the machine has (for Train),
+    # run on the real cores; on a cluster, None: Ray Data uses all of it.
+    cpus = local_core_limit()
+    with _data_cpu_limit(cpus):
+        source = read_source(cfg.data)
     log.info("reading %s from %s", source.layout, cfg.data.path)
 
     validated = source.events.map_batches(
@@ -143,7 +183,7 @@ def build_samples(cfg: ReciclConfig) -> dict[str, Any]:
     annotated = (
         validated.map_batches(valid_events, batch_size=None, batch_format="pyarrow")
         .repartition(
-            cfg.samples.num_partitions or _default_partitions(), keys=["user_id"], sort=True
+            cfg.samples.num_partitions or _default_partitions(cpus), keys=["user_id"], sort=True
         )
         .map_batches(
             annotate_events,
@@ -158,7 +198,7 @@ def build_samples(cfg: ReciclConfig) -> dict[str, Any]:
         .materialize()
     )
 
-    stats = _gather(annotated, _period_columns)
+    stats = _gather(annotated, _period_columns, cpus)
     _check_users_whole(stats)
     timestamps = stats["timestamp"].to_numpy() if stats.num_rows else np.zeros(0, np.int64)
     labels = stats["label"].to_numpy().astype(np.float64) if stats.num_rows else np.zeros(0)
@@ -188,7 +228,10 @@ def build_samples(cfg: ReciclConfig) -> dict[str, Any]:
         ).write_parquet(str(folder.samples_root), partition_cols=["period"])
     parts = [
         part
-        for part in (_gather(validated, quarantined), _gather(annotated, _duplicates_as_quarantine))
+        for part in (
+            _gather(validated, quarantined, cpus),
+            _gather(annotated, _duplicates_as_quarantine, cpus),
+        )
         if part.num_rows
     ]
     quarantine_table = pa.concat_tables(parts) if parts else QUARANTINE.empty_table()
