@@ -2,9 +2,21 @@
 
 Both paths run the same validation and per-user transform on the same synthetic log
 (default 1,000,000 events) and write the same Parquet layout; each runs in its own process so
-peak memory is its own. Prints a table with rows/s, the Ray/reference ratio and peak RSS.
+peak memory is its own. Three figures for the Ray path:
 
-    python benchmarks/bench_samples.py [--events 1000000] [--users 10000]
+* in-process, warm: ``build_samples`` a second time in a process whose Ray runtime and worker
+  processes are already up (what a long-running cluster sees);
+* in-process, cold: the first build of that process, on fresh worker processes (Ray start-up
+  itself excluded);
+* end to end: ``recicl samples build`` as a user runs it, a fresh CLI process timed from its
+  start to its exit (imports, Ray start-up and shutdown included).
+
+Prints a table with samples/s, the time ratio to the reference and peak RSS (summed over the
+process and its children; Ray's shared object store is counted once per process that maps
+it). With ``--repeats N`` every path runs N times, alternating, and the table gives the median
+and the range.
+
+    python benchmarks/bench_samples.py [--events 1000000] [--users 10000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,15 +34,18 @@ import time
 from pathlib import Path
 
 
-def _peak_rss_sampler(stop: threading.Event, result: dict) -> None:
-    """Peak summed RSS of this process and its children (Ray workers), sampled every 50 ms."""
+def _peak_rss_sampler(stop: threading.Event, result: dict, pid: int | None = None) -> None:
+    """Peak summed RSS of a process (default: this one) and its children (Ray workers), sampled
+    every 50 ms."""
     import psutil
 
-    me = psutil.Process()
+    me = psutil.Process(pid)
     peak = 0
     while not stop.is_set():
         total = 0
-        for proc in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # the process may have exited
+            procs = [me, *me.children(recursive=True)]
+        for proc in procs:
             with contextlib.suppress(psutil.Error):  # a worker may exit between calls
                 total += proc.memory_info().rss
         peak = max(peak, total)
@@ -73,6 +89,29 @@ def run_ray(source: Path, output: Path) -> dict:
     }
 
 
+def run_cli(source: Path, output: Path, env: dict[str, str]) -> dict:
+    """``recicl samples build`` in a fresh process, timed from its start to its exit."""
+    command = [
+        sys.executable, "-m", "recicl.cli", "samples", "build", "--source", "parquet",
+        "--path", str(source), "--output", str(output), "--periods", "10",
+    ]  # fmt: skip
+    stop, result = threading.Event(), {}
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    sampler = threading.Thread(target=_peak_rss_sampler, args=(stop, result, process.pid))
+    sampler.start()
+    _, stderr = process.communicate()
+    seconds = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    if process.returncode:
+        raise RuntimeError(f"recicl samples build failed ({process.returncode}):\n{stderr}")
+    manifest = json.loads((output / "manifest.json").read_text())
+    return {"seconds": seconds, "samples": manifest["samples"], "peak_bytes": result["peak"]}
+
+
 def run_reference(source: Path, output: Path) -> dict:
     import pyarrow as pa
     import pyarrow.dataset as pds
@@ -113,10 +152,24 @@ def run_reference(source: Path, output: Path) -> dict:
     return {"seconds": seconds, "samples": samples.num_rows, "peak_bytes": result["peak"]}
 
 
+def _row(name: str, runs: list[dict], ref_seconds: float, key: str = "seconds") -> str:
+    seconds = [run[key] for run in runs]
+    median = statistics.median(seconds)
+    spread = f"{min(seconds):.2f}-{max(seconds):.2f}" if len(seconds) > 1 else ""
+    rate = runs[0]["samples"] / median
+    peak = max(run["peak_bytes"] for run in runs) / 2**30 if key == "seconds" else None
+    peak_text = f"{peak:8.2f}GB" if peak is not None else f"{'':>10}"
+    return (
+        f"{name:44} {median:8.2f} {spread:>12} {rate:11,.0f} {peak_text} "
+        f"{median / ref_seconds:10.2f}x"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of every path, alternating")
     parser.add_argument("--mode", choices=["ray", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--source", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
@@ -129,42 +182,45 @@ def main() -> None:
 
     from recicl.data.synth import SynthSpec, write_synthetic
 
+    results: dict[str, list[dict]] = {"reference": [], "ray": [], "cli": []}
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "source"
         write_synthetic(
             SynthSpec(users=args.users, events_per_user=max(1, args.events // args.users)), source
         )
-        results = {}
         env = {**os.environ, "RAY_DATA_LOG_LEVEL": "WARNING", "RAY_USAGE_STATS_ENABLED": "0"}
-        for mode in ("reference", "ray"):
-            completed = subprocess.run(
-                [sys.executable, __file__, "--mode", mode, "--source", str(source),
-                 "--output", str(Path(tmp) / mode)],
-                capture_output=True, text=True, env=env, check=True,
-            )  # fmt: skip
-            last = [ln for ln in completed.stdout.splitlines() if ln.startswith("{")][-1]
-            results[mode] = json.loads(last)
+        for repeat in range(args.repeats):
+            for mode in ("reference", "ray", "cli"):
+                output = Path(tmp) / f"{mode}-{repeat}"
+                if mode == "cli":
+                    results[mode].append(run_cli(source, output, env))
+                    continue
+                completed = subprocess.run(
+                    [sys.executable, __file__, "--mode", mode, "--source", str(source),
+                     "--output", str(output)],
+                    capture_output=True, text=True, env=env, check=True,
+                )  # fmt: skip
+                last = [ln for ln in completed.stdout.splitlines() if ln.startswith("{")][-1]
+                results[mode].append(json.loads(last))
 
-    ref, ray_ = results["reference"], results["ray"]
-    assert ref["samples"] == ray_["samples"], "the two paths disagree on the sample count"
-    rows = [
-        ("single-process vectorized (reference)", ref),
-        ("Ray Data pipeline", ray_),
-    ]
+    ref = results["reference"]
+    counts = {run["samples"] for runs in results.values() for run in runs}
+    assert len(counts) == 1, f"the paths disagree on the sample count: {counts}"
+    ref_seconds = statistics.median(run["seconds"] for run in ref)
     print(f"\nsample building, {args.events:,} events of {args.users:,} users, "
-          f"{os.cpu_count()} cores")  # fmt: skip
-    print(f"{'path':40} {'seconds':>8} {'samples/s':>11} {'peak RSS':>10} {'time ratio':>10}")
-    for name, result in rows:
-        rate = result["samples"] / result["seconds"]
-        ratio = result["seconds"] / ref["seconds"]
-        print(
-            f"{name:40} {result['seconds']:8.2f} {rate:11,.0f} "
-            f"{result['peak_bytes'] / 2**30:8.2f}GB {ratio:10.2f}x"
-        )
-    cold = ray_["cold_seconds"]
+          f"{os.cpu_count()} cores, {args.repeats} run(s) per path (median, range)")  # fmt: skip
     print(
-        f"Ray path measured on its second build; the first, on fresh worker processes, took "
-        f"{cold:.2f}s ({ray_['samples'] / cold:,.0f} samples/s, {cold / ref['seconds']:.2f}x)"
+        f"{'path':44} {'seconds':>8} {'range':>12} {'samples/s':>11} {'peak RSS':>10} "
+        f"{'time ratio':>10}"
+    )
+    print(_row("single-process vectorized (reference)", ref, ref_seconds))
+    print(_row("Ray Data pipeline, in-process, warm", results["ray"], ref_seconds))
+    print(_row("Ray Data pipeline, in-process, cold workers", results["ray"], ref_seconds,
+               key="cold_seconds"))  # fmt: skip
+    print(_row("`recicl samples build` end to end (CLI)", results["cli"], ref_seconds))
+    print(
+        "reference and in-process rows time the build alone; the CLI row is a fresh process "
+        "from start to exit (imports, Ray start-up and shutdown included)"
     )
 
 
