@@ -330,7 +330,8 @@ def ensure_model(models_dir: Path, shape: str, catalog: Path, dtype: str, on_gpu
             return folder
         shutil.rmtree(folder)
     tiny = init_tiny_model(catalog, models_dir / "tiny-tokenizer")
-    task = ray.remote(_write_model).options(num_gpus=1 if on_gpu else 0, max_calls=1)
+    # max_calls=1: the worker process exits afterwards, releasing its CUDA context
+    task = ray.remote(num_gpus=1 if on_gpu else 0, max_calls=1)(_write_model)
     seconds = ray.get(task.remote(str(folder), shape, str(tiny), dtype, on_gpu))
     partial = Path(str(folder) + ".partial")
     (partial / SHAPE_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))
@@ -466,11 +467,15 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{suffix}"
 
 
+def _params(count: int) -> str:
+    return f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.2f}M"
+
+
 def print_table(report: dict[str, Any]) -> None:
     t, s, m = report["train"], report["serve"], report["model"]
     rows = [
         ("device", f"{report['device']} x {report['workers']}"),
-        ("model", f"{m['shape']} ({m['params'] / 1e9:.2f}B params, {m['dtype']})"),
+        ("model", f"{m['shape']} ({_params(m['params'])} params, {m['dtype']})"),
         ("strategy", t["strategy"]),
         ("prompt tokens (min/mean/max)", t["prompt_tokens"]),
         ("samples per optimizer step", str(t["samples_per_step"])),
@@ -478,8 +483,8 @@ def print_table(report: dict[str, Any]) -> None:
         ("step time", f"{t['step_seconds']:.2f} s"),
         ("samples/s", f"{t['samples_per_s']:.2f}"),
         ("tokens/s (non-padding)", f"{t['tokens_per_s']:,.0f}"),
-        ("tokens/s per GPU", f"{t['tokens_per_s'] / report['workers']:,.0f}"),
-        ("model TFLOPS per GPU", f"{t['model_tflops_per_gpu']:.1f}"),
+        ("tokens/s per worker (GPU)", f"{t['tokens_per_s'] / report['workers']:,.0f}"),
+        ("model TFLOPS per worker", f"{t['model_tflops_per_gpu']:.3g}"),
         ("peak bf16 TFLOPS per GPU", _fmt(report["peak_tflops"], ".0f")),
         ("MFU (LoRA model FLOPs)", _fmt(t["mfu"] and 100 * t["mfu"], ".1f", "%")),
         ("HFU (+ recomputed forward)", _fmt(t["hfu"] and 100 * t["hfu"], ".1f", "%")),
