@@ -21,7 +21,7 @@ from recicl.config import ReciclConfig, load_config
 ROOT = Path(__file__).resolve().parents[2]
 RECICL_CONFIGS = sorted((ROOT / "ray_jobs" / "configs").glob("*.yaml"))
 SERVE_CONFIGS = sorted((ROOT / "serve_configs").glob("*.yaml"))
-#: Every YAML file under infra/ is checked by tests/unit/test_infra.py; RayJobs here as well.
+#: Every YAML file under infra/ is checked by tests/unit/test_infra*.py; RayJobs here as well.
 INFRA_FILES = sorted((ROOT / "infra").rglob("*.yaml"))
 KUBERAY_MANIFESTS = sorted((ROOT / "infra" / "kuberay").glob("rayjob-*.yaml"))
 PRE_COMMIT = ROOT / ".pre-commit-config.yaml"
