@@ -1,0 +1,180 @@
+"""The pure parts of the GPU path check (benchmarks/gpu_smoke.py), unit-tested on any machine:
+the model shapes (Qwen2.5-7B's, and a tiny one for the CPU dry run), parameter and LoRA-step
+FLOP counts, the dense-bf16 peak table, the no-GPU refusal, and throughput/MFU from the per-step
+rates training logs."""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.bench_serve import forward_flops
+
+# Qwen2.5-7B (config.json of Qwen/Qwen2.5-7B-Instruct), written out so nothing is downloaded.
+QWEN25_7B = {
+    "vocab_size": 152064,
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0},
+    "tie_word_embeddings": False,
+    "use_sliding_window": False,
+}
+# The dry run's shape: the same architecture (GQA, q/k/v biases), a few hundred kilobytes.
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-6,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10_000.0},
+    "tie_word_embeddings": False,
+    "use_sliding_window": False,
+}
+SHAPES = {"qwen2.5-7b": QWEN25_7B, "tiny": TINY}
+
+# Dense (no sparsity) bf16 tensor-core peak per GPU in TFLOPS, from NVIDIA's datasheets.
+# Matched against the words of torch.cuda.get_device_name(); first match wins, so the more
+# specific variants (PCIe, NVL) come first. GPUs without bf16 tensor cores (V100, T4) are absent.
+PEAK_BF16_TFLOPS: list[tuple[tuple[str, ...], float]] = [
+    (("GB200",), 2500.0),
+    (("B200",), 2250.0),
+    (("B100",), 1750.0),
+    (("GH200",), 989.0),
+    (("H200", "NVL"), 835.0),
+    (("H200",), 989.0),  # SXM
+    (("H100", "NVL"), 835.0),
+    (("H100", "PCIE"), 756.0),
+    (("H100",), 989.0),  # SXM5 ("NVIDIA H100 80GB HBM3")
+    (("H800", "PCIE"), 756.0),
+    (("H800",), 989.0),
+    (("H20",), 148.0),
+    (("A100",), 312.0),  # SXM4 and PCIe, 40 and 80 GB
+    (("A800",), 312.0),
+    (("L40S",), 362.0),
+    (("L40",), 181.0),
+    (("L4",), 121.0),
+    (("A10",), 125.0),
+    (("RTX", "4090"), 165.0),
+    (("RTX", "6000", "ADA"), 364.0),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# pure parts (unit-tested)
+
+
+def peak_bf16_tflops(device_name: str) -> float | None:
+    """Dense bf16 peak TFLOPS of one GPU named ``device_name`` (as CUDA names it), or None."""
+    words = set(re.split(r"[^A-Z0-9]+", device_name.upper()))
+    for pattern, tflops in PEAK_BF16_TFLOPS:
+        if all(word in words for word in pattern):
+            return tflops
+    return None
+
+
+def gpu_refusal(device_count: int, torch_version: str, cuda_version: str | None) -> str | None:
+    """Why this machine cannot run the GPU check (None when it can)."""
+    if device_count > 0:
+        return None
+    build = f"built for CUDA {cuda_version}" if cuda_version else "a CPU-only build"
+    return (
+        f"gpu_smoke: no CUDA GPU is visible here (torch {torch_version}, {build}; "
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). "
+        "This check trains a 7B-shaped model with DeepSpeed ZeRO-3, bf16 and NCCL, one worker "
+        "per GPU: run it on a GPU node. To exercise the same script path on CPU (tiny shape, "
+        "gloo, fp32, ZeRO-3), pass --cpu-dry-run."
+    )
+
+
+def model_config(shape: str, vocab_size: int | None = None, **token_ids: int) -> Any:
+    """The ``Qwen2Config`` of ``shape``; ``vocab_size`` for shapes without their own (tiny)."""
+    from transformers import Qwen2Config
+
+    fields: dict[str, Any] = dict(SHAPES[shape])
+    fields.setdefault("vocab_size", vocab_size)
+    if fields["vocab_size"] is None:
+        raise ValueError(f"shape {shape!r} needs a vocab_size (the tokenizer's)")
+    return Qwen2Config(**fields, **token_ids)
+
+
+def parameter_count(config: Any) -> int:
+    """Parameters of a Qwen2 causal LM by formula: embeddings, untied LM head, per layer q/k/v
+    (with biases) and o projections, gate/up/down MLP and two RMSNorms, and the final norm."""
+    hidden, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    q_dim = config.num_attention_heads * head_dim
+    kv_dim = config.num_key_value_heads * head_dim
+    attention = hidden * q_dim + q_dim + 2 * (hidden * kv_dim + kv_dim) + q_dim * hidden
+    per_layer = attention + 3 * hidden * inter + 2 * hidden
+    embeddings = config.vocab_size * hidden * (1 if config.tie_word_embeddings else 2)
+    return layers * per_layer + embeddings + hidden
+
+
+def lora_step_flops(config: Any, tokens: float, attended_pairs: float) -> float:
+    """Model FLOPs of one LoRA training pass (frozen base) over ``tokens`` tokens attending to
+    ``attended_pairs`` (query, key) pairs: forward + input-gradient backward, i.e. the linear
+    layers twice and attention three times (see the module docstring)."""
+    linear = forward_flops(config, tokens, 0)
+    attention = forward_flops(config, 0, attended_pairs)
+    return 2 * linear + 3 * attention
+
+
+def steady_rate(per_step: list[tuple[int, float]], warmup_steps: int) -> tuple[float, int]:
+    """(samples/s, steps used) over the steps after ``warmup_steps``: every step carries the same
+    number of samples, so the aggregate rate is the harmonic mean of the per-step rates."""
+    rates = [rate for step, rate in sorted(per_step) if step > warmup_steps and rate > 0]
+    if not rates:
+        raise RuntimeError(
+            f"no per-step throughput after {warmup_steps} warm-up steps; raise --steps"
+        )
+    return len(rates) / sum(1.0 / r for r in rates), len(rates)
+
+
+@dataclass
+class Throughput:
+    samples_per_s: float
+    tokens_per_s: float
+    step_seconds: float
+    model_tflops_per_gpu: float
+    mfu: float | None
+    hfu: float | None
+
+
+def throughput(
+    config: Any,
+    samples_per_s: float,
+    lengths: list[int],
+    *,
+    world: int,
+    samples_per_step: int,
+    peak_tflops: float | None,
+    recompute: bool,
+) -> Throughput:
+    """Tokens/s, MFU and HFU from a measured samples/s and the prompts' token lengths."""
+    mean_tokens = statistics.fmean(lengths)
+    mean_pairs = statistics.fmean(n * (n + 1) / 2 for n in lengths)
+    per_sample = lora_step_flops(config, mean_tokens, mean_pairs)
+    hardware = per_sample + (forward_flops(config, mean_tokens, mean_pairs) if recompute else 0)
+    per_gpu = samples_per_s * per_sample / world
+    mfu = hfu = None
+    if peak_tflops:
+        mfu = per_gpu / (peak_tflops * 1e12)
+        hfu = samples_per_s * hardware / world / (peak_tflops * 1e12)
+    return Throughput(
+        samples_per_s=samples_per_s,
+        tokens_per_s=samples_per_s * mean_tokens,
+        step_seconds=samples_per_step / samples_per_s,
+        model_tflops_per_gpu=per_gpu / 1e12,
+        mfu=mfu,
+        hfu=hfu,
+    )
