@@ -7,6 +7,7 @@ checked against an independent reading of the spec rather than against itself.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 
@@ -20,10 +21,49 @@ def _key(event: dict[str, Any]) -> tuple:
     )
 
 
+def _pick(
+    candidates: list[tuple[int, str]],
+    target: str,
+    k: int,
+    *,
+    policy: str,
+    recent_share: float,
+    window: int,
+    similarity: Callable[[str, str], float] | None,
+) -> list[int]:
+    """Positions chosen among ``candidates`` ((position, item) oldest first), ascending.
+
+    The policies in words: consider only the ``window`` latest candidates; recent takes the k
+    latest; semantic the k most similar to ``target`` (more recent first on equal similarity);
+    mixed the round(k * recent_share) latest, then the most similar of the others."""
+    candidates = candidates[-window:] if policy != "recent" else candidates
+    if policy == "recent" or len(candidates) <= k:
+        return [position for position, _ in candidates[-k:]] if k else []
+    recent = {"semantic": 0, "mixed": int(k * recent_share + 0.5)}[policy]
+    recent = min(recent, k)
+    forced = candidates[len(candidates) - recent :] if recent else []
+    others = candidates[: len(candidates) - recent]
+    assert similarity is not None
+    ranked = sorted(others, key=lambda c: (-similarity(target, c[1]), -c[0]))
+    return sorted([p for p, _ in forced] + [p for p, _ in ranked[: k - recent]])
+
+
 def reference_samples(
-    events: list[dict[str, Any]], *, num_demos: int, history_len: int, min_demos: int
+    events: list[dict[str, Any]],
+    *,
+    num_demos: int,
+    history_len: int,
+    min_demos: int,
+    demo_policy: str = "recent",
+    history_policy: str = "recent",
+    recent_share: float = 0.5,
+    window: int = 200,
+    similarity: Callable[[str, str], float] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], int]:
-    """(samples keyed by sample_id, number of exact duplicates removed)."""
+    """(samples keyed by sample_id, number of exact duplicates removed).
+
+    ``similarity(item_a, item_b)``: what the semantic and mixed policies rank by."""
+    rules = {"recent_share": recent_share, "window": window, "similarity": similarity}
     by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for event in events:
         by_user[event["user_id"]].append(event)
@@ -45,14 +85,18 @@ def reference_samples(
             unique.append(event)
 
         def history_at(position: int, unique: list = unique) -> list[str]:
-            liked = [e["item_id"] for e in unique[:position] if e["label"] == 1]
-            return liked[-history_len:] if history_len else []
+            liked = [(p, e["item_id"]) for p, e in enumerate(unique[:position]) if e["label"] == 1]
+            target = unique[position]["item_id"]
+            chosen = _pick(liked, target, history_len, policy=history_policy, **rules)
+            return [unique[p]["item_id"] for p in chosen]
 
         for position, event in enumerate(unique):
             if position < min_demos:
                 continue
             demos = []
-            for demo_position in range(max(0, position - num_demos), position):
+            earlier = [(p, e["item_id"]) for p, e in enumerate(unique[:position])]
+            chosen = _pick(earlier, event["item_id"], num_demos, policy=demo_policy, **rules)
+            for demo_position in chosen:
                 demo = unique[demo_position]
                 demos.append(
                     {

@@ -7,11 +7,15 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from recicl.config.base import StrictModel
 
 SourceName = Literal["movielens", "amazon", "parquet", "csv"]
+#: Which earlier events become demonstrations (recicl.data.retrieval explains each).
+DemoPolicy = Literal["recent", "semantic", "mixed"]
+#: Which earlier liked events make up a history.
+HistoryPolicy = Literal["recent", "semantic"]
 TimestampUnit = Literal["s", "ms", "us", "iso"]
 
 #: The MovieLens latest-small copy shipped in the wheel: the default source, no download.
@@ -125,6 +129,67 @@ class SamplesConfig(StrictModel):
         description="Shuffle partitions for the group-by-user stage; null = Ray's default.",
     )
     output: str | None = Field(None, description="Output folder; required to build.")
+    demo_policy: DemoPolicy = Field(
+        "recent",
+        description="Which earlier events are demonstrations: recent (the latest), semantic "
+        "(the most similar to the target item, ties by recency; ReLLa's SUBR) or mixed "
+        "(recent_share of the slots recent, the rest semantic). Shown in time order.",
+    )
+    history_policy: HistoryPolicy = Field(
+        "recent",
+        description="Which earlier likes make up a history: recent (the latest) or semantic "
+        "(the most similar to the event's item). Shown in time order.",
+    )
+    recent_share: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="mixed policy: share of the demonstration slots kept for the latest events "
+        "(rounded to the nearest slot).",
+    )
+    retrieval_window: int = Field(
+        200,
+        ge=1,
+        le=10_000,
+        description="semantic/mixed: candidates are the user's latest N earlier events (likes, "
+        "for histories); bounds the cost per sample. Serving reads serve.context_events events, "
+        "so keep this at or below it for identical offline and online prompts.",
+    )
+    augment: list[DemoPolicy] = Field(
+        default_factory=list,
+        description="Retrieval-enhanced tuning (ReLLa): also write every sample with each listed "
+        "demonstration policy, under augmented/policy=NAME/; training mixes them in, "
+        "evaluation and serving use demo_policy only.",
+    )
+    embeddings: str | None = Field(
+        None,
+        description="item_embeddings.parquet for semantic/mixed policies; null = the build "
+        "embeds the catalog with the `embeddings` section and stores the file in the output.",
+    )
+
+    @model_validator(mode="after")
+    def _window_holds_the_slots(self) -> SamplesConfig:
+        if self.needs_embeddings() and self.retrieval_window < max(
+            self.num_demos, self.history_len
+        ):
+            raise ValueError(
+                f"retrieval_window {self.retrieval_window} is below num_demos {self.num_demos} "
+                f"or history_len {self.history_len}: raise it (the policies choose among that "
+                "many earlier events)"
+            )
+        return self
+
+    def needs_embeddings(self) -> bool:
+        """Whether any policy of this build retrieves by similarity."""
+        policies = {self.demo_policy, self.history_policy, *self.augment}
+        return bool(policies - {"recent"})
+
+    @field_validator("augment")
+    @classmethod
+    def _distinct_policies(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"augment lists a policy twice: {value}")
+        return value
 
     @field_validator("boundaries")
     @classmethod

@@ -1,13 +1,16 @@
 """Item embedding vectors: the file format, loading, and exact nearest-neighbour search.
 
-One owner for ``item_embeddings.parquet`` (written by :mod:`recicl.embeddings.job`, read by the
+One owner for ``item_embeddings.parquet`` (written by :mod:`recicl.embeddings`, read by the
 sample builder's retrieval policies and by serving). Columns: ``item_id`` (string) and
 ``vector`` (fixed-size list of float32, unit L2 norm); the schema metadata records the encoder
 and its settings, so a folder says what produced its vectors.
 
-Why unit-normalized float32 on disk: every consumer wants cosine similarity, which is then one
-matrix product; normalizing once at write time means offline sample building and online serving
-compute bit-identical similarities from the same file (the parity the policies need).
+Why unit-normalized vectors on a fixed-point grid: every consumer wants cosine similarity, which
+is then one matrix product. Components are rounded to multiples of 2**-16 (error < 8e-6, far below
+what retrieval can notice), so every product of two components is an integer multiple of 2**-32
+and every dot product of up to 2**21 components is exact in float64, whatever the summation order.
+Sample building (large blocks) and serving (one request) therefore compute *bit-identical*
+similarities, and a near-tie can never be broken one way offline and the other online.
 """
 
 from __future__ import annotations
@@ -32,11 +35,23 @@ class EmbeddingsError(ReciclError, ValueError):
     """An embeddings file is missing, malformed, or does not match what uses it."""
 
 
+#: Vector components are multiples of this (see the module doc: exact similarities).
+GRID = 2.0**-16
+
+
 def unit_rows(matrix: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (all-zero rows stay zero), as C-contiguous float32."""
-    matrix = np.asarray(matrix, dtype=np.float32)
+    """Rows scaled to unit L2 norm (all-zero rows stay zero) and rounded to the ``GRID``, as
+    C-contiguous float32 (exact: every grid value in [-1, 1] is a float32)."""
+    matrix = np.asarray(matrix, dtype=np.float64)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return np.ascontiguousarray(matrix / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+    unit = matrix / np.where(norms > 0, norms, 1.0)
+    return np.ascontiguousarray(np.round(unit / GRID) * GRID, dtype=np.float32)
+
+
+def similarities(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Cosine similarities (queries x vectors) of grid vectors, exact (float64, see the module
+    doc), so any batching of the same pairs gives the same bits."""
+    return np.asarray(queries, dtype=np.float64) @ np.asarray(vectors, dtype=np.float64).T
 
 
 def embeddings_table(
@@ -153,6 +168,6 @@ class ItemEmbeddings:
             index.add(self.matrix)
             scores, rows = index.search(queries, k)
             return scores.astype(np.float32), rows.astype(np.int64)
-        scores = queries @ self.matrix.T
+        scores = similarities(queries, self.matrix).astype(np.float32)
         rows = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, rows, axis=1), rows

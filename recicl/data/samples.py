@@ -11,6 +11,11 @@ Semantics (the contract every later stage relies on):
   oldest → newest, each with its own ``history`` (computed at the demo's own position).
 * A sample exists for every event with at least ``min_demos`` earlier events.
 
+Those are the ``recent`` policies. With a :class:`Selection` of other policies
+(:mod:`recicl.data.retrieval`), demos and histories are chosen among the same earlier events by
+similarity to the event's item instead; the augmented demo lists (``augment``) are extra columns
+``demos@<policy>``.
+
 Why one vectorized function over *many* users at once: the Ray Data path calls it once per
 hash partition of users (whole users per partition), the single-process reference in the
 benchmark calls it once on the whole table, and both must agree by construction. Everything is
@@ -19,10 +24,14 @@ index arithmetic on NumPy arrays plus Arrow ``take``: no per-row Python.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recicl.data.item_embeddings import ItemEmbeddings
+from recicl.data.retrieval import recent_slots, select_similar
 from recicl.data.schema import DEMO, SAMPLES
 
 KIND_SAMPLE, KIND_CONTEXT_ONLY, KIND_DUPLICATE = 0, 1, 2
@@ -53,6 +62,36 @@ ANNOTATED = pa.schema(
 )
 
 
+AUGMENTED_PREFIX = "demos@"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which earlier events a build puts into prompts (``samples.*_policy``, see
+    :mod:`recicl.data.retrieval`). The default is the recent policies, which need no vectors."""
+
+    demo_policy: str = "recent"
+    history_policy: str = "recent"
+    recent_share: float = 0.5
+    window: int = 200
+    augment: tuple[str, ...] = ()
+    embeddings: ItemEmbeddings | None = field(default=None, compare=False)
+
+    @property
+    def extra_policies(self) -> tuple[str, ...]:
+        """Augmentation policies other than the main one (each an extra demos column)."""
+        return tuple(p for p in self.augment if p != self.demo_policy)
+
+    def vectors_of(self, items: pa.Array) -> np.ndarray:
+        """Vectors of ``items`` (zero rows for items without one)."""
+        if self.embeddings is None:
+            raise ValueError(
+                "semantic/mixed policies need item embeddings: set samples.embeddings or let "
+                "the build embed the catalog"
+            )
+        return self.embeddings.vectors(items.to_pylist())
+
+
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate ``[start, start + length)`` ranges: (int32 list offsets, int64 indices)."""
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
@@ -66,13 +105,20 @@ def _list(offsets: np.ndarray, values: pa.Array) -> pa.ListArray:
 
 
 def annotate_events(
-    events: pa.Table, *, num_demos: int, history_len: int, min_demos: int
+    events: pa.Table,
+    *,
+    num_demos: int,
+    history_len: int,
+    min_demos: int,
+    selection: Selection | None = None,
 ) -> pa.Table:
-    """Canonical events of one or more users → ANNOTATED rows (see module docstring)."""
+    """Canonical events of one or more users → ANNOTATED rows (see module docstring), plus a
+    ``demos@<policy>`` column per augmentation policy of ``selection``."""
+    selection = selection or Selection()
     table = events.select(["user_id", "item_id", "timestamp", "label", "rating"]).sort_by(ORDER)
     n = table.num_rows
     if n == 0:
-        return ANNOTATED.empty_table()
+        return _with_augmented_columns(ANNOTATED.empty_table(), selection)
     table = table.combine_chunks()
     user = table["user_id"].chunk(0)
     item = table["item_id"].chunk(0)
@@ -110,26 +156,55 @@ def annotate_events(
     liked = k_label == 1
     likes_before = np.concatenate([[0], np.cumsum(liked)[:-1]])  # global, exclusive
     user_likes_before = likes_before - likes_before[start]
-    history_count = np.minimum(user_likes_before, history_len)
     liked_rows = np.flatnonzero(liked)
-    hist_offsets, hist_pos = _ranges(likes_before - history_count, history_count)
+    vectors = None
+    if {selection.history_policy, selection.demo_policy, *selection.extra_policies} != {"recent"}:
+        vectors = selection.vectors_of(k_item)
+    if selection.history_policy == "recent":
+        history_count = np.minimum(user_likes_before, history_len)
+        hist_offsets, hist_pos = _ranges(likes_before - history_count, history_count)
+    else:
+        assert vectors is not None
+        hist_offsets, hist_pos = select_similar(
+            vectors,
+            vectors[liked_rows],
+            likes_before,
+            np.minimum(user_likes_before, selection.window),
+            k=history_len,
+            recent=recent_slots(selection.history_policy, history_len, selection.recent_share),
+        )
     history_all = _list(hist_offsets, k_item.take(pa.array(liked_rows[hist_pos])))
 
-    # Demos: the latest earlier events of the same user (none for context-only rows, whose
-    # history/demos are never read: to_samples keeps only kind == sample).
+    # Demos: earlier events of the same user (none for context-only rows, whose history/demos
+    # are never read: to_samples keeps only kind == sample).
     is_sample = position >= min_demos
-    demo_count = np.where(is_sample, np.minimum(position, num_demos), 0)
-    demo_offsets, demo_rows = _ranges(np.arange(m) - demo_count, demo_count)
-    demo_take = pa.array(demo_rows)
-    demo_struct = pa.StructArray.from_arrays(
-        [
-            k_item.take(demo_take),
-            pa.array(k_label[demo_rows]),
-            pa.array(k_time[demo_rows]),
-            history_all.take(demo_take),
-        ],
-        fields=list(DEMO),
-    )
+
+    def demo_list(policy: str) -> pa.ListArray:
+        if policy == "recent":
+            demo_count = np.where(is_sample, np.minimum(position, num_demos), 0)
+            demo_offsets, demo_rows = _ranges(np.arange(m) - demo_count, demo_count)
+        else:
+            assert vectors is not None
+            demo_offsets, demo_rows = select_similar(
+                vectors,
+                vectors,
+                np.arange(m),
+                np.where(is_sample, np.minimum(position, selection.window), 0),
+                k=num_demos,
+                recent=recent_slots(policy, num_demos, selection.recent_share),
+            )
+        demo_take = pa.array(demo_rows)
+        demo_struct = pa.StructArray.from_arrays(
+            [
+                k_item.take(demo_take),
+                pa.array(k_label[demo_rows]),
+                pa.array(k_time[demo_rows]),
+                history_all.take(demo_take),
+            ],
+            fields=list(DEMO),
+        )
+        return _list(demo_offsets, demo_struct)
+
     sample_id = pc.binary_join_element_wise(k_user, pa.array(position).cast(pa.string()), "#")
     kept = pa.table(
         [
@@ -141,10 +216,14 @@ def annotate_events(
             rating.take(pa.array(keep)),
             pa.array(np.where(is_sample, KIND_SAMPLE, KIND_CONTEXT_ONLY).astype(np.int8)),
             history_all,
-            _list(demo_offsets, demo_struct),
+            demo_list(selection.demo_policy),
         ],
         schema=ANNOTATED,
     )
+    for policy in selection.extra_policies:
+        kept = kept.append_column(
+            pa.field(AUGMENTED_PREFIX + policy, ANNOTATED.field("demos").type), demo_list(policy)
+        )
     if m == n:
         return kept
     dropped = np.flatnonzero(same)
@@ -163,11 +242,26 @@ def annotate_events(
         ],
         schema=ANNOTATED,
     )
-    return pa.concat_tables([kept, duplicates])
+    return pa.concat_tables([kept, _with_augmented_columns(duplicates, selection)])
 
 
-def to_samples(annotated: pa.Table, periods: pa.Array) -> pa.Table:
-    """Sample rows of an annotated table with their period, in the SAMPLES schema."""
+def _with_augmented_columns(table: pa.Table, selection: Selection) -> pa.Table:
+    """``table`` with a null ``demos@<policy>`` column per augmentation policy (rows that
+    have no demos: duplicates, empty partitions), so every block has the same schema."""
+    demos_type = ANNOTATED.field("demos").type
+    for policy in selection.extra_policies:
+        table = table.append_column(
+            pa.field(AUGMENTED_PREFIX + policy, demos_type), pa.nulls(table.num_rows, demos_type)
+        )
+    return table
+
+
+def to_samples(annotated: pa.Table, periods: pa.Array, policy: str | None = None) -> pa.Table:
+    """Sample rows of an annotated table with their period, in the SAMPLES schema; with
+    ``policy``, the demos of that augmentation policy (column ``demos@<policy>``)."""
     with_period = annotated.append_column("period", periods.cast(pa.int16()))
     chosen = with_period.filter(pc.equal(with_period["kind"], KIND_SAMPLE))
+    if policy is not None:
+        demos = chosen[AUGMENTED_PREFIX + policy]
+        chosen = chosen.set_column(chosen.schema.get_field_index("demos"), "demos", demos)
     return chosen.select(SAMPLES.names).cast(SAMPLES)

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recicl.data.samples import KIND_DUPLICATE, annotate_events, to_samples
+from recicl.data.item_embeddings import ItemEmbeddings, unit_rows
+from recicl.data.samples import (
+    AUGMENTED_PREFIX,
+    KIND_DUPLICATE,
+    Selection,
+    annotate_events,
+    to_samples,
+)
 from recicl.data.schema import EVENTS, SAMPLES
 from tests.reference import reference_samples
 
@@ -114,3 +122,148 @@ def test_same_time_different_rating_is_not_a_duplicate():
     got, annotated = _build(events, num_demos=4, history_len=4, min_demos=1)
     assert KIND_DUPLICATE not in annotated["kind"].to_pylist()
     assert [d["item_id"] for d in got["u#2"]["demos"]] == ["x", "x"]
+
+
+# -- demonstration and history policies (recicl.data.retrieval) -------------------------------
+
+ITEMS = ["a", "b", "c", "d", "10", "9"]
+
+
+def _embeddings(seed: int) -> ItemEmbeddings:
+    """Vectors for all test items but "9" (no vector: similarity 0 with everything); "b" and
+    "c" share a vector, so their similarities tie exactly and recency must decide."""
+    rng = np.random.default_rng(seed)
+    ids = ["a", "b", "c", "d", "10"]
+    matrix = rng.normal(size=(len(ids), 8))
+    matrix[2] = matrix[1]
+    return ItemEmbeddings(tuple(ids), unit_rows(matrix))
+
+
+def _similarity(embeddings: ItemEmbeddings):
+    def similarity(a: str, b: str) -> float:
+        va, vb = embeddings.vectors([a])[0], embeddings.vectors([b])[0]
+        return sum(float(x) * float(y) for x, y in zip(va, vb, strict=True))  # exact: grid
+
+    return similarity
+
+
+policy_strategy = st.sampled_from(["recent", "semantic", "mixed"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    events=st.lists(event_strategy, max_size=60),
+    num_demos=st.integers(0, 5),
+    history_len=st.integers(0, 6),
+    min_demos=st.integers(0, 3),
+    demo_policy=policy_strategy,
+    history_policy=st.sampled_from(["recent", "semantic"]),
+    recent_share=st.sampled_from([0.0, 0.25, 0.5, 1.0]),
+    window_extra=st.integers(0, 8),
+    seed=st.integers(0, 3),
+)
+def test_policies_match_brute_force_reference(
+    events, num_demos, history_len, min_demos, demo_policy, history_policy, recent_share,
+    window_extra, seed,
+):  # fmt: skip
+    embeddings = _embeddings(seed)
+    window = max(num_demos, history_len) + window_extra
+    rules = {
+        "demo_policy": demo_policy,
+        "history_policy": history_policy,
+        "recent_share": recent_share,
+        "window": window,
+    }
+    params = {"num_demos": num_demos, "history_len": history_len, "min_demos": min_demos}
+    expected, _ = reference_samples(events, **params, **rules, similarity=_similarity(embeddings))
+    selection = Selection(**rules, embeddings=embeddings)
+    got, _ = _build(events, **params, selection=selection)
+    assert got == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=st.lists(event_strategy, min_size=1, max_size=60), policy=policy_strategy)
+def test_no_policy_uses_the_target_or_later_events(events, policy):
+    """Whatever the policy: every demo and every history item is an event of the same user
+    strictly before the target in the total order (position), likes only in histories."""
+    selection = Selection(policy, "semantic", 0.5, 6, embeddings=_embeddings(0))
+    got, _ = _build(events, num_demos=3, history_len=3, min_demos=1, selection=selection)
+    ordered: dict[str, list] = {}
+    for sample in got.values():
+        ordered.setdefault(sample["user_id"], [])
+    for sample in got.values():
+        position = int(sample["sample_id"].rsplit("#", 1)[1])
+        target = (sample["timestamp"], sample["item_id"])
+        assert len(sample["demos"]) == min(position, 3)
+        for demo in sample["demos"]:
+            assert (demo["timestamp"], demo["item_id"]) <= target
+            assert len(demo["history"]) <= 3
+        user_events = [e for e in events if e["user_id"] == sample["user_id"] and e["label"] == 1]
+        for item in sample["history"]:
+            assert any(
+                (e["timestamp"], e["item_id"]) <= target and e["item_id"] == item
+                for e in user_events
+            )
+        stamps = [(d["timestamp"], d["item_id"]) for d in sample["demos"]]
+        assert stamps == sorted(stamps)  # shown oldest first, whatever the policy
+
+
+def test_semantic_demos_pick_the_most_similar_and_mixed_keeps_the_latest():
+    """A hand-checked case: the target is most similar to an old event; semantic brings it
+    back, mixed keeps the latest slot and retrieves the other."""
+    ids = ("target", "twin", "far1", "far2", "far3")
+    matrix = np.array([[1, 0], [0.99, 0.1], [0, 1], [-0.1, 1], [0.1, -1]], dtype=float)
+    embeddings = ItemEmbeddings(ids, unit_rows(matrix))
+    events = [
+        {"user_id": "u", "item_id": item, "timestamp": ts, "label": 1, "rating": None}
+        for item, ts in [("twin", 1), ("far1", 2), ("far2", 3), ("far3", 4), ("target", 5)]
+    ]
+    semantic = Selection("semantic", "semantic", embeddings=embeddings)
+    got, _ = _build(events, num_demos=2, history_len=1, min_demos=1, selection=semantic)
+    sample = got["u#4"]
+    assert [d["item_id"] for d in sample["demos"]] == ["twin", "far3"]  # far3: 0.1 > -0.1, 0
+    assert sample["history"] == ["twin"]
+    mixed = Selection("mixed", "recent", recent_share=0.5, embeddings=embeddings)
+    got, _ = _build(events, num_demos=2, history_len=1, min_demos=1, selection=mixed)
+    assert [d["item_id"] for d in got["u#4"]["demos"]] == ["twin", "far3"]
+    recent = Selection("recent", "recent")
+    got, _ = _build(events, num_demos=2, history_len=1, min_demos=1, selection=recent)
+    assert [d["item_id"] for d in got["u#4"]["demos"]] == ["far2", "far3"]
+
+
+def test_augmented_policies_are_extra_demo_columns_with_the_same_samples():
+    events = [
+        {"user_id": u, "item_id": item, "timestamp": ts, "label": ts % 2, "rating": None}
+        for u in ("u1", "u2")
+        for ts, item in enumerate(["a", "b", "c", "d", "10", "9", "a", "c"])
+    ]
+    selection = Selection(augment=("recent", "semantic"), embeddings=_embeddings(1))
+    annotated = annotate_events(
+        _events_table(events), num_demos=3, history_len=2, min_demos=1, selection=selection
+    )
+    assert AUGMENTED_PREFIX + "semantic" in annotated.column_names
+    assert AUGMENTED_PREFIX + "recent" not in annotated.column_names  # the main policy
+    periods = pa.array(np.zeros(annotated.num_rows, np.int16))
+    main = to_samples(annotated, periods)
+    extra = to_samples(annotated, periods, policy="semantic")
+    assert extra.schema == SAMPLES
+    assert main["sample_id"].to_pylist() == extra["sample_id"].to_pylist()
+    semantic_only = Selection("semantic", embeddings=_embeddings(1))
+    alone = to_samples(
+        annotate_events(
+            _events_table(events), num_demos=3, history_len=2, min_demos=1,
+            selection=semantic_only,
+        ),
+        periods,
+    )  # fmt: skip
+    assert extra["demos"].to_pylist() == alone["demos"].to_pylist()
+    assert extra["demos"].to_pylist() != main["demos"].to_pylist()
+
+
+def test_semantic_policy_without_embeddings_is_a_clear_error():
+    events = [
+        {"user_id": "u", "item_id": i, "timestamp": t, "label": 1, "rating": None}
+        for t, i in enumerate("abc")
+    ]
+    with pytest.raises(ValueError, match=r"samples\.embeddings"):
+        _build(events, num_demos=2, history_len=2, min_demos=1, selection=Selection("semantic"))
