@@ -21,7 +21,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from ray.data.dataset import MaterializedDataset
 
 from recicl import __version__
 from recicl.config import ConfigError, ReciclConfig
+from recicl.data.item_embeddings import ItemEmbeddings
 from recicl.data.periods import (
     assign_periods,
     date_boundaries,
@@ -42,7 +43,7 @@ from recicl.data.periods import (
     iso,
 )
 from recicl.data.readers import check_source_folder, read_source
-from recicl.data.samples import KIND_DUPLICATE, KIND_SAMPLE, annotate_events, to_samples
+from recicl.data.samples import KIND_DUPLICATE, KIND_SAMPLE, Selection, annotate_events, to_samples
 from recicl.data.samples_folder import BUILD_OUTPUTS, SamplesFolder
 from recicl.data.schema import QUARANTINE
 from recicl.data.validate import quarantined, valid_events, validate_batch
@@ -51,10 +52,62 @@ from recicl.raycluster import ensure_ray, local_core_limit
 log = logging.getLogger(__name__)
 
 
-def _with_periods(batch: pa.Table, *, boundaries: np.ndarray) -> pa.Table:
-    """Ray Data UDF: annotated rows → SAMPLES rows with their period."""
+#: Embeds a catalog table (``recicl.embeddings.embedder_for(cfg)``; injected by the callers above
+#: the data layer, since the encoders may load an LLM).
+Embedder = Callable[[pa.Table], ItemEmbeddings]
+
+
+def _with_periods(
+    batch: pa.Table, *, boundaries: np.ndarray, policy: str | None = None
+) -> pa.Table:
+    """Ray Data UDF: annotated rows → SAMPLES rows with their period (demos of augmentation
+    policy ``policy`` when given)."""
     periods = assign_periods(batch["timestamp"].to_numpy(), boundaries)
-    return to_samples(batch, pa.array(periods))
+    return to_samples(batch, pa.array(periods), policy=policy)
+
+
+def _selection(
+    cfg: ReciclConfig, catalog: pa.Table, embedder: Embedder | None
+) -> tuple[Selection, str | None]:
+    """The build's policies with their item vectors, and where the vectors came from."""
+    samples = cfg.samples
+    embeddings, origin = None, None
+    if samples.needs_embeddings():
+        if samples.embeddings:
+            embeddings = ItemEmbeddings.load(Path(samples.embeddings).expanduser())
+            origin = str(samples.embeddings)
+        elif embedder is not None:
+            started = time.perf_counter()
+            embeddings = embedder(catalog)
+            origin = "embedded by this build"
+            log.info(
+                "embedded %d catalog items in %.1f s (%s)",
+                len(embeddings),
+                time.perf_counter() - started,
+                embeddings.metadata.get("encoder"),
+            )
+        else:
+            raise ConfigError(
+                f"samples.demo_policy {samples.demo_policy!r} / history_policy "
+                f"{samples.history_policy!r} / augment {samples.augment} retrieve by item "
+                "similarity: set samples.embeddings to an item_embeddings.parquet (`recicl embed "
+                "items`), or build with `recicl samples build`, which embeds the catalog"
+            )
+        known = embeddings.rows(catalog["item_id"].to_pylist())
+        if not (known >= 0).any():
+            raise ConfigError(
+                f"samples.embeddings ({origin}) has no vector for any catalog item: it was made "
+                "for another catalog; re-run `recicl embed items` on this one"
+            )
+    selection = Selection(
+        demo_policy=samples.demo_policy,
+        history_policy=samples.history_policy,
+        recent_share=samples.recent_share,
+        window=samples.retrieval_window,
+        augment=tuple(samples.augment),
+        embeddings=embeddings,
+    )
+    return selection, origin
 
 
 def _duplicates_as_quarantine(batch: pa.Table) -> pa.Table:
@@ -144,11 +197,15 @@ def _data_cpu_limit(cpus: int | None) -> Iterator[None]:
         context.execution_options = saved
 
 
-def build_samples(cfg: ReciclConfig, *, dashboard: bool = True) -> dict[str, Any]:
+def build_samples(
+    cfg: ReciclConfig, *, dashboard: bool = True, embedder: Embedder | None = None
+) -> dict[str, Any]:
     """Run the whole job and return the manifest (also written to ``<output>/manifest.json``).
 
     ``dashboard=False`` when this process will not run Ray Train afterwards and Ray is not
-    running yet: a local runtime then starts without the dashboard (see ``ensure_ray``)."""
+    running yet: a local runtime then starts without the dashboard (see ``ensure_ray``).
+    ``embedder``: embeds the catalog when a policy retrieves by similarity and
+    ``samples.embeddings`` is not set."""
     if not cfg.samples.output:
         raise ConfigError("samples.output is not set: pass --output DIR (or set samples.output)")
     output = Path(cfg.samples.output).expanduser().resolve()
@@ -161,6 +218,7 @@ def build_samples(cfg: ReciclConfig, *, dashboard: bool = True) -> dict[str, Any
     with _data_cpu_limit(cpus):
         source = read_source(cfg.data)
     log.info("reading %s from %s", source.layout, cfg.data.path)
+    selection, embeddings_origin = _selection(cfg, source.catalog, embedder)
 
     validated = source.events.map_batches(
         functools.partial(
@@ -193,6 +251,7 @@ def build_samples(cfg: ReciclConfig, *, dashboard: bool = True) -> dict[str, Any
                 "num_demos": cfg.samples.num_demos,
                 "history_len": cfg.samples.history_len,
                 "min_demos": cfg.samples.min_demos,
+                "selection": selection,
             },
         )
         .materialize()
@@ -226,6 +285,15 @@ def build_samples(cfg: ReciclConfig, *, dashboard: bool = True) -> dict[str, Any
             batch_format="pyarrow",
             fn_kwargs={"boundaries": boundaries},
         ).write_parquet(str(folder.samples_root), partition_cols=["period"])
+        for policy in selection.extra_policies:
+            annotated.map_batches(
+                _with_periods,
+                batch_size=None,
+                batch_format="pyarrow",
+                fn_kwargs={"boundaries": boundaries, "policy": policy},
+            ).write_parquet(str(folder.augmented_root(policy)), partition_cols=["period"])
+    if selection.embeddings is not None:  # serving reads the vectors from the samples folder
+        selection.embeddings.save(folder.embeddings_path)
     parts = [
         part
         for part in (
@@ -271,6 +339,21 @@ def build_samples(cfg: ReciclConfig, *, dashboard: bool = True) -> dict[str, Any
         "boundaries": [iso(b) for b in boundaries.tolist()],
         "boundaries_ts": boundaries.tolist(),
         "periods": period_rows,
+        "selection": {
+            "demo_policy": selection.demo_policy,
+            "history_policy": selection.history_policy,
+            "recent_share": selection.recent_share,
+            "retrieval_window": selection.window,
+            "augmented": list(selection.extra_policies),
+            "embeddings": None
+            if selection.embeddings is None
+            else {
+                "file": folder.embeddings_path.name,
+                "from": embeddings_origin,
+                "items": len(selection.embeddings),
+                **selection.embeddings.metadata,
+            },
+        },
         "config": cfg.model_dump(mode="json", include={"data", "samples"}),
         "seconds": round(time.perf_counter() - started, 2),
     }

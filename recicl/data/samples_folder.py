@@ -12,6 +12,8 @@ Layout::
       catalog.parquet              item_id, title, attributes: renders prompts, checks item ids
       manifest.json                what was built from what (counts per period, config, source)
       quarantine/                  rows and catalog entries that failed validation
+      item_embeddings.parquet      item vectors, when a policy retrieves by similarity
+      augmented/policy=P/period=K/ the same samples with demo policy P (samples.augment)
 
 **Content identity.** Evaluations are cached in MLflow and reused by the promotion gate, so
 "the same samples" must mean the same *bytes*, not the same config: rebuilding from a grown log
@@ -34,19 +36,28 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 
 from recicl.config import ConfigError, ReciclConfig
+from recicl.data.item_embeddings import EMBEDDINGS_FILE
 from recicl.data.schema import SAMPLES
 
 if TYPE_CHECKING:
     import ray.data
 
-SAMPLES_DIR, CATALOG_FILE, MANIFEST_FILE, QUARANTINE_DIR = (
+SAMPLES_DIR, CATALOG_FILE, MANIFEST_FILE, QUARANTINE_DIR, AUGMENTED_DIR = (
     "samples",
     "catalog.parquet",
     "manifest.json",
     "quarantine",
+    "augmented",
 )
 #: Everything a build writes, in the order a rebuild removes it (never mixing old and new files).
-BUILD_OUTPUTS = (SAMPLES_DIR, QUARANTINE_DIR, CATALOG_FILE, MANIFEST_FILE)
+BUILD_OUTPUTS = (
+    SAMPLES_DIR,
+    AUGMENTED_DIR,
+    QUARANTINE_DIR,
+    CATALOG_FILE,
+    EMBEDDINGS_FILE,
+    MANIFEST_FILE,
+)
 _HASH_CHUNK = 1 << 20
 
 
@@ -113,6 +124,19 @@ class SamplesFolder:
     def quarantine_dir(self) -> Path:
         return self.root / QUARANTINE_DIR
 
+    @property
+    def embeddings_path(self) -> Path:
+        return self.root / EMBEDDINGS_FILE
+
+    def augmented_root(self, policy: str) -> Path:
+        """Where the samples of augmentation policy ``policy`` live (period partitions)."""
+        return self.root / AUGMENTED_DIR / f"policy={policy}"
+
+    def augmented_policies(self) -> list[str]:
+        """Augmentation policies with samples on disk, sorted."""
+        base = self.root / AUGMENTED_DIR
+        return sorted(p.name.split("=", 1)[1] for p in base.glob("policy=*") if p.is_dir())
+
     def require_catalog(self) -> Path:
         """The catalog's path, for callers that render prompts (titles) from it."""
         if not self.catalog_path.is_file():
@@ -136,11 +160,23 @@ class SamplesFolder:
             )
         return manifest
 
-    def periods(self) -> list[int]:
+    def _partitions(self, policy: str | None) -> Path:
+        """Where the period partitions of the main samples (None) or of an augmentation policy
+        live."""
+        if policy is None:
+            return self.samples_root
+        root = self.augmented_root(policy)
+        if not root.is_dir():
+            raise ConfigError(
+                f"{self.root} has no samples of augmentation policy {policy!r} (it has "
+                f"{self.augmented_policies() or 'none'}): build with samples.augment"
+            )
+        return root
+
+    def periods(self, policy: str | None = None) -> list[int]:
         """Periods with a partition on disk, ascending."""
-        return sorted(
-            int(p.name.split("=", 1)[1]) for p in self.samples_root.glob("period=*") if p.is_dir()
-        )
+        root = self._partitions(policy)
+        return sorted(int(p.name.split("=", 1)[1]) for p in root.glob("period=*") if p.is_dir())
 
     def sample_counts(self) -> dict[int, int]:
         """Samples per period as the manifest records them ({} without a manifest)."""
@@ -168,24 +204,25 @@ class SamplesFolder:
             raise ConfigError(f"{self.root} has no period with samples")
         return max(with_samples)
 
-    def period_paths(self, periods: list[int] | None) -> list[str]:
-        """Partition folders of ``periods`` (all when None); unknown periods are an error that
-        lists the available ones."""
-        available = self.periods()
+    def period_paths(self, periods: list[int] | None, policy: str | None = None) -> list[str]:
+        """Partition folders of ``periods`` (all when None) of the main samples or of an
+        augmentation ``policy``; unknown periods are an error that lists the available ones."""
+        available = self.periods(policy)
         chosen = available if periods is None else periods
         missing = sorted(set(chosen) - set(available))
         if missing:
             raise ConfigError(
                 f"periods {missing} have no samples in {self.root}; available: {available}"
             )
-        return [str(self.samples_root / f"period={p}") for p in chosen]
+        return [str(self._partitions(policy) / f"period={p}") for p in chosen]
 
     # -- reading -------------------------------------------------------------------------------
 
-    def read_table(self, periods: list[int] | None = None) -> pa.Table:
-        """All samples of the chosen periods as one Arrow table in the SAMPLES schema."""
+    def read_table(self, periods: list[int] | None = None, policy: str | None = None) -> pa.Table:
+        """All samples of the chosen periods as one Arrow table in the SAMPLES schema (those of
+        augmentation ``policy`` when given)."""
         tables = []
-        for path in self.period_paths(periods):
+        for path in self.period_paths(periods, policy):
             period = int(path.rsplit("=", 1)[1])
             table = pds.dataset(path, format="parquet").to_table()
             periods_column = pa.array(np.full(table.num_rows, period, np.int16))
@@ -193,12 +230,15 @@ class SamplesFolder:
             tables.append(table.select(SAMPLES.names).cast(SAMPLES))
         return pa.concat_tables(tables) if tables else SAMPLES.empty_table()
 
-    def read_dataset(self, periods: list[int] | None = None) -> ray.data.Dataset:
-        """Samples of the chosen periods as a Ray Dataset in the SAMPLES schema."""
+    def read_dataset(
+        self, periods: list[int] | None = None, policy: str | None = None
+    ) -> ray.data.Dataset:
+        """Samples of the chosen periods as a Ray Dataset in the SAMPLES schema (those of
+        augmentation ``policy`` when given)."""
         import ray.data
 
         return ray.data.read_parquet(
-            self.period_paths(periods), include_paths=True, partitioning=None
+            self.period_paths(periods, policy), include_paths=True, partitioning=None
         ).map_batches(_add_period, batch_size=None, batch_format="pyarrow")
 
     # -- identity ------------------------------------------------------------------------------
@@ -210,7 +250,8 @@ class SamplesFolder:
         recomputed, never reused on other data). The bytes are read once per process for as
         long as no file's size or modification time changes."""
         files = sorted(p for p in self.samples_root.rglob("*") if p.is_file())
-        files += [self.catalog_path] if self.catalog_path.is_file() else []
+        files += sorted(p for p in (self.root / AUGMENTED_DIR).rglob("*") if p.is_file())
+        files += [p for p in (self.catalog_path, self.embeddings_path) if p.is_file()]
         signature = tuple(
             (path.relative_to(self.root).as_posix(), stat.st_size, stat.st_mtime_ns)
             for path, stat in ((path, path.stat()) for path in files)

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from recicl.config import build_config
+from recicl.config import ConfigError, build_config
+from recicl.data.item_embeddings import ItemEmbeddings, unit_rows
 from recicl.data.pipeline import build_samples
 from recicl.data.samples_folder import SamplesFolder
 from recicl.data.synth import SynthSpec, generate, write_synthetic
@@ -76,6 +77,73 @@ def test_pipeline_equals_reference_and_is_deterministic(synth_dir, tmp_path, ray
         period = periods[sid]
         assert period == int(np.searchsorted(bounds, row["timestamp"], side="right"))
     assert len(ts) == len(got)
+
+
+def _reference_rows(synth_dir, **rules):
+    events = pq.read_table(synth_dir / "events.parquet").to_pylist()
+    for event in events:
+        event["label"] = int(event["rating"] >= 4.0)
+    expected, _ = reference_samples(events, num_demos=4, history_len=10, min_demos=1, **rules)
+    for row in expected.values():
+        row.pop("sample_id")
+    return expected
+
+
+def _rows(table):
+    rows = {row.pop("sample_id"): row for row in table.to_pylist()}
+    for row in rows.values():
+        row.pop("period")
+    return rows
+
+
+def test_retrieval_policies_and_augmentation_equal_the_reference(synth_dir, tmp_path, ray_local):
+    """Semantic histories + mixed demos, with the semantic demos as an augmented copy, built by
+    the Ray Data job on 3 partitions from a vectors file: each equals the brute-force reading."""
+    catalog = pq.read_table(synth_dir / "catalog.parquet")
+    ids = [str(i) for i in catalog["item_id"].to_pylist()]
+    rng = np.random.default_rng(7)
+    vectors = ItemEmbeddings(tuple(ids[:-5]), unit_rows(rng.normal(size=(len(ids) - 5, 16))))
+    vectors_path = vectors.save(tmp_path / "vectors.parquet")  # 5 items without a vector
+    cfg = _config(
+        synth_dir, tmp_path / "out", 3, demo_policy="mixed", history_policy="semantic",
+        recent_share=0.5, retrieval_window=12, augment=["mixed", "semantic"],
+        embeddings=str(vectors_path),
+    )  # fmt: skip
+    manifest = build_samples(cfg)
+    folder = SamplesFolder.at(tmp_path / "out")
+    loaded = ItemEmbeddings.load(folder.embeddings_path)  # the vectors travel with the samples
+    assert loaded.ids == vectors.ids and np.array_equal(loaded.matrix, vectors.matrix)
+    assert folder.augmented_policies() == ["semantic"]  # mixed is the main policy
+
+    def similarity(a, b):
+        va, vb = vectors.vectors([a])[0], vectors.vectors([b])[0]
+        return sum(float(x) * float(y) for x, y in zip(va, vb, strict=True))
+
+    rules = {"history_policy": "semantic", "recent_share": 0.5, "window": 12}
+    expected = _reference_rows(synth_dir, demo_policy="mixed", similarity=similarity, **rules)
+    assert _rows(folder.read_table()) == expected
+    augmented = folder.read_table(policy="semantic")
+    expected = _reference_rows(synth_dir, demo_policy="semantic", similarity=similarity, **rules)
+    assert _rows(augmented) == expected
+    recent = _reference_rows(synth_dir)  # the policies changed something
+    assert sum(expected[s]["demos"] != recent[s]["demos"] for s in recent) > len(recent) // 4
+    assert manifest["selection"]["demo_policy"] == "mixed"
+    assert manifest["selection"]["augmented"] == ["semantic"]
+    assert manifest["selection"]["embeddings"]["items"] == len(ids) - 5
+    assert manifest["content_id"] == folder.content_id()
+
+
+def test_a_retrieval_policy_without_vectors_is_a_config_error(synth_dir, tmp_path, ray_local):
+    cfg = _config(synth_dir, tmp_path / "out", 2, demo_policy="semantic")
+    with pytest.raises(ConfigError, match=r"samples\.embeddings"):
+        build_samples(cfg)  # no vectors file and no embedder
+    other = ItemEmbeddings(("not-an-item",), unit_rows(np.ones((1, 4))))
+    cfg = _config(
+        synth_dir, tmp_path / "out", 2, demo_policy="semantic",
+        embeddings=str(other.save(tmp_path / "other.parquet")),
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="another catalog"):
+        build_samples(cfg)
 
 
 def test_read_samples_dataset_matches_table(synth_dir, tmp_path, ray_local):
