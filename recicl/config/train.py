@@ -101,6 +101,12 @@ class TrainConfig(StrictModel):
             raise ValueError(f"max_train_samples must be at least 1, got {value}")
         return int(value)
 
+    use_augmented: bool = Field(
+        True,
+        description="Also train on the augmented copies a samples folder holds "
+        "(samples.augment: the same samples with other demonstration policies, mixed in as "
+        "ReLLa's retrieval-enhanced tuning). Validation uses the main samples only.",
+    )
     epochs: int = Field(1, ge=1, description="Passes over the training periods.")
     max_steps: int | None = Field(
         None,

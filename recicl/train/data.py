@@ -144,6 +144,22 @@ def _keep_subset(
     return {key: np.asarray(values)[mask] for key, values in batch.items()}
 
 
+def _tag_policy(batch: dict[str, np.ndarray], policy: str) -> dict[str, np.ndarray]:
+    """Ray Data UDF: augmented rows get ``<sample_id>@<policy>`` ids, so their shuffle keys
+    differ from the main copy's (the two copies of a sample do not land side by side)."""
+    ids = np.asarray(batch["sample_id"]).astype(str)
+    return {**batch, "sample_id": np.char.add(ids, f"@{policy}").astype(object)}
+
+
+def _encoded(samples: ray.data.Dataset, settings: str, catalog_path: str, seed: int) -> Any:
+    return samples.map_batches(
+        functools.partial(encode_samples, settings=settings, catalog_path=catalog_path, seed=seed),
+        batch_format="numpy",
+        batch_size=256,
+        num_cpus=0.5,
+    )
+
+
 def _keep_periods(batch: dict[str, np.ndarray], periods: list[int]) -> dict[str, np.ndarray]:
     mask = np.isin(np.asarray(batch["period"]), periods)
     return {key: np.asarray(values)[mask] for key, values in batch.items() if key != "period"}
@@ -168,24 +184,24 @@ def encoded_datasets(
     train_ids = choose_train_subset(
         samples_dir, train_periods, cfg.train.max_train_samples, cfg.train.seed
     )
+    rest = [p for p in train_periods if p not in val_periods]
+    keep_subset = functools.partial(_keep_subset, train_ids=train_ids, train_periods=rest)
     if train_ids is not None:
-        rest = [p for p in train_periods if p not in val_periods]
-        samples = samples.map_batches(
-            functools.partial(_keep_subset, train_ids=train_ids, train_periods=rest),
-            batch_format="numpy",
-            num_cpus=0.25,
+        samples = samples.map_batches(keep_subset, batch_format="numpy", num_cpus=0.25)
+    catalog_path = str(folder.catalog_path)
+    encoded = _encoded(samples, settings, catalog_path, cfg.train.seed)
+    policies = folder.augmented_policies() if cfg.train.use_augmented and rest else []
+    for policy in policies:  # the same (sub)set of samples, with other demonstrations
+        extra = folder.read_dataset(rest, policy=policy)
+        if train_ids is not None:
+            extra = extra.map_batches(keep_subset, batch_format="numpy", num_cpus=0.25)
+        extra = extra.map_batches(
+            functools.partial(_tag_policy, policy=policy), batch_format="numpy", num_cpus=0.25
         )
-    encoded = samples.map_batches(
-        functools.partial(
-            encode_samples,
-            settings=settings,
-            catalog_path=str(folder.catalog_path),
-            seed=cfg.train.seed,
-        ),
-        batch_format="numpy",
-        batch_size=256,
-        num_cpus=0.5,
-    )
+        # Unioned once tokenized: the encoded columns have one type whatever the source.
+        encoded = encoded.union(_encoded(extra, settings, catalog_path, cfg.train.seed))
+    if policies:
+        log.info("training also on the augmented samples of policies %s", policies)
     if cfg.train.materialize_data:
         encoded = encoded.materialize()
 

@@ -132,6 +132,24 @@ def test_retrieval_policies_and_augmentation_equal_the_reference(synth_dir, tmp_
     assert manifest["selection"]["embeddings"]["items"] == len(ids) - 5
     assert manifest["content_id"] == folder.content_id()
 
+    # Training mixes the augmented copy in (training periods only), with its own shuffle keys;
+    # validation and `use_augmented: false` read the main samples only.
+    from recicl.modeling import init_tiny_model
+    from recicl.train.data import encoded_datasets
+
+    tiny = init_tiny_model(folder.catalog_path, tmp_path / "tiny")
+    train_cfg = cfg.model_copy(deep=True)
+    train_cfg.model.name_or_path = str(tiny)
+    counts = {p["period"]: p["samples"] for p in manifest["periods"]}
+    train, val = encoded_datasets(train_cfg, folder.root, [0, 1, 2], [3])
+    assert val is not None and val.count() == counts[3]
+    rows = train.take_all()
+    assert len(rows) == 2 * (counts[0] + counts[1] + counts[2])
+    assert len({int(r["shuffle_key"]) for r in rows}) == len(rows)
+    train_cfg.train.use_augmented = False
+    train, _ = encoded_datasets(train_cfg, folder.root, [0, 1, 2], [3])
+    assert train.count() == counts[0] + counts[1] + counts[2]
+
 
 def test_a_retrieval_policy_without_vectors_is_a_config_error(synth_dir, tmp_path, ray_local):
     cfg = _config(synth_dir, tmp_path / "out", 2, demo_policy="semantic")
