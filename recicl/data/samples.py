@@ -84,12 +84,16 @@ class Selection:
 
     def vectors_of(self, items: pa.Array) -> np.ndarray:
         """Vectors of ``items`` (zero rows for items without one)."""
+        return self.vectors_of_ids(items.to_pylist())
+
+    def vectors_of_ids(self, items: list[str]) -> np.ndarray:
+        """Vectors of the item ids ``items`` (zero rows for items without one)."""
         if self.embeddings is None:
             raise ValueError(
                 "semantic/mixed policies need item embeddings: set samples.embeddings or let "
                 "the build embed the catalog"
             )
-        return self.embeddings.vectors(items.to_pylist())
+        return self.embeddings.vectors(items)
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

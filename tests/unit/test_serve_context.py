@@ -8,25 +8,31 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recicl.data.samples import KIND_SAMPLE, annotate_events
+from recicl.data.item_embeddings import ItemEmbeddings, unit_rows
+from recicl.data.samples import KIND_SAMPLE, Selection, annotate_events
 from recicl.data.schema import EVENTS
-from recicl.serve.context import context_from_events
+from recicl.serve.context import context_from_events, contexts_for
 from recicl.serve.store import Event
 
 TARGET_ITEM = "zz-target"
 
 
 def training_context(
-    events: list[Event], num_demos: int, history_len: int
+    events: list[Event],
+    num_demos: int,
+    history_len: int,
+    target_item: str = TARGET_ITEM,
+    selection: Selection | None = None,
 ) -> tuple[list[str], list[dict]]:
     """What training would build for a target event right after ``events``."""
     last = max((e.timestamp for e in events), default=0)
-    rows = [*events, Event("u", TARGET_ITEM, 1, last + 1, None)]
+    rows = [*events, Event("u", target_item, 1, last + 1, None)]
     table = pa.table(
         {
             "user_id": ["u"] * len(rows),
@@ -37,11 +43,13 @@ def training_context(
         },
         schema=EVENTS,
     )
-    annotated = annotate_events(table, num_demos=num_demos, history_len=history_len, min_demos=0)
+    annotated = annotate_events(
+        table, num_demos=num_demos, history_len=history_len, min_demos=0, selection=selection
+    )
     target = [
         r
         for r in annotated.to_pylist()
-        if r["item_id"] == TARGET_ITEM and r["timestamp"] == last + 1 and r["kind"] == KIND_SAMPLE
+        if r["item_id"] == target_item and r["timestamp"] == last + 1 and r["kind"] == KIND_SAMPLE
     ]
     assert len(target) == 1
     return target[0]["history"], target[0]["demos"]
@@ -98,3 +106,51 @@ def test_cold_start_is_empty():
 def test_negative_sizes_are_refused():
     with pytest.raises(ValueError):
         context_from_events([], -1, 10)
+
+
+ITEMS = ["a", "b", "c", "B", "é", "a10", "a9"]
+
+
+def _vectors(seed: int) -> ItemEmbeddings:
+    """Vectors for every item but "a9"; "b" and "B" tie exactly (recency must decide)."""
+    rng = np.random.default_rng(seed)
+    ids = ITEMS[:-1]
+    matrix = rng.normal(size=(len(ids), 6))
+    matrix[ids.index("B")] = matrix[ids.index("b")]
+    return ItemEmbeddings(tuple(ids), unit_rows(matrix))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    events=st.lists(event_strategy, max_size=25),
+    num_demos=st.integers(0, 5),
+    history_len=st.integers(0, 5),
+    demo_policy=st.sampled_from(["recent", "semantic", "mixed"]),
+    history_policy=st.sampled_from(["recent", "semantic"]),
+    window_extra=st.integers(0, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_retrieval_contexts_match_training_for_every_candidate(
+    events, num_demos, history_len, demo_policy, history_policy, window_extra, seed
+):
+    """Offline and online prompts are identical for the same user state, whatever the
+    policies: the served context of each candidate equals the sample built for that item."""
+    selection = Selection(
+        demo_policy, history_policy, recent_share=0.5,
+        window=max(num_demos, history_len) + window_extra, embeddings=_vectors(seed % 4),
+    )  # fmt: skip
+    shuffled = list(events)
+    random.Random(seed).shuffle(shuffled)
+    candidates = ["a", "B", "a9", "zz-new"]  # a9 and zz-new have no vector
+    got = contexts_for(shuffled, candidates, num_demos, history_len, selection)
+    assert len(got) == len(candidates)
+    for candidate, (history, demos) in zip(candidates, got, strict=True):
+        want = training_context(shuffled, num_demos, history_len, candidate, selection)
+        assert (history, demos) == want
+
+
+def test_recent_contexts_are_one_shared_context():
+    events = [Event("u", "a", 1, 1), Event("u", "b", 0, 2)]
+    got = contexts_for(events, ["c", "a10"], 2, 2, Selection())
+    assert got[0] is got[1]  # one prefix for every candidate
+    assert got[0] == context_from_events(events, 2, 2)
