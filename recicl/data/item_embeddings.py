@@ -160,7 +160,7 @@ class ItemEmbeddings:
             empty = np.zeros((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
         try:
-            import faiss  # type: ignore[import-not-found]  # optional: pip install faiss-cpu
+            import faiss  # optional: pip install faiss-cpu
         except ImportError:
             faiss = None
         if faiss is not None:

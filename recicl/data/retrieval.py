@@ -103,8 +103,8 @@ def select_similar(
     ranked = np.flatnonzero(~simple)
     if len(ranked) and k > 0:
         width = int(counts[ranked].max())
-        for block in _blocks(ends[ranked] - counts[ranked], ends[ranked], width):
-            block = ranked[block]
+        for run in _blocks(ends[ranked] - counts[ranked], ends[ranked], width):
+            block = ranked[run]
             lo = int((ends[block] - counts[block]).min())
             hi = int(ends[block].max())
             sims = similarities(targets[block], candidates[lo:hi])  # (rows, hi - lo), exact

@@ -16,19 +16,23 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+
+import pyarrow.parquet as pq
 
 from recicl.config import ReciclConfig
+from recicl.data.item_embeddings import EMBEDDINGS_FILE, EmbeddingsError, ItemEmbeddings
+from recicl.data.samples import Selection
 from recicl.data.samples_folder import CATALOG_FILE, MANIFEST_FILE
 from recicl.modeling.packaged import load_packaged_model
 from recicl.prompts import PromptBuilder, PromptError
 from recicl.registry import load_version
 from recicl.serve.api.backend import ModelError, ModelJob, ModelReply
-from recicl.serve.context import context_from_events
+from recicl.serve.context import Context, contexts_for
 from recicl.serve.settings import ServeError
 
 if TYPE_CHECKING:
-    from recicl.modeling.prefix_sharing import CandidateScorer
+    from recicl.modeling.prefix_sharing import CandidateScorer, ScoreJob
 
 log = logging.getLogger("recicl.serve")
 
@@ -86,6 +90,7 @@ class ServingModel:
     history_len: int
     prompt_format: str
     rating_range: tuple[float, float] | None
+    selection: Selection = field(default_factory=Selection)
     loaded_at: float = field(default_factory=time.time)
 
     def describe(self) -> dict[str, Any]:
@@ -97,6 +102,8 @@ class ServingModel:
             "num_demos": self.num_demos,
             "history_len": self.history_len,
             "prompt_format": self.prompt_format,
+            "demo_policy": self.selection.demo_policy,
+            "history_policy": self.selection.history_policy,
             "rating_range": list(self.rating_range) if self.rating_range else None,
             "loaded_at": self.loaded_at,
             "scoring": {
@@ -118,8 +125,6 @@ def load_serving_model(
 ) -> ServingModel:
     """Download ``name`` version ``version`` from the registry and make it ready to score.
     ``on_fallback(reason)``: called whenever prefix-shared scoring falls back to full prompts."""
-    import pyarrow.parquet as pq
-
     from recicl.modeling.prefix_sharing import CandidateScorer
 
     download = Path(tempfile.mkdtemp(prefix=f"recicl-serve-{name}-{version}-"))
@@ -157,6 +162,7 @@ def load_serving_model(
     history_len = cfg.serve.history_len
     if history_len is None:
         history_len = int(trained.get("history_len", cfg.samples.history_len))
+    selection = trained_selection(trained, samples_dir, f"{name}/{version}")
     builder = PromptBuilder(packaged.prompt, catalog, packaged.tokenizer)
     scorer = CandidateScorer(
         packaged.model,
@@ -180,6 +186,40 @@ def load_serving_model(
         history_len=history_len,
         prompt_format=packaged.prompt.format,
         rating_range=trained_rating_range(samples_manifest, cfg),
+        selection=selection,
+    )
+
+
+def trained_selection(trained: dict[str, Any], samples_dir: str | None, label: str) -> Selection:
+    """The demonstration/history policies a version was trained with (its samples config;
+    recent for folders built before the policies existed), with the item vectors built with
+    them when a policy retrieves by similarity."""
+    selection = Selection(
+        demo_policy=str(trained.get("demo_policy", "recent")),
+        history_policy=str(trained.get("history_policy", "recent")),
+        recent_share=float(trained.get("recent_share", 0.5)),
+        window=int(trained.get("retrieval_window", 200)),
+    )
+    if selection.demo_policy == "recent" and selection.history_policy == "recent":
+        return selection
+    location = _join(samples_dir, EMBEDDINGS_FILE) if samples_dir else None
+    try:
+        if location is None:
+            raise OSError("the version records no samples folder")
+        embeddings = ItemEmbeddings.from_table(pq.read_table(location))
+    except (OSError, ValueError, EmbeddingsError) as error:
+        raise ServeError(
+            f"{label} was trained with demo_policy {selection.demo_policy!r} / history_policy "
+            f"{selection.history_policy!r}, which need its item vectors ({location}): {error}. "
+            "Restore that file (`recicl embed items --samples DIR`)"
+        ) from error
+    log.info("%s selects context by %s/%s", label, selection.demo_policy, selection.history_policy)
+    return Selection(
+        demo_policy=selection.demo_policy,
+        history_policy=selection.history_policy,
+        recent_share=selection.recent_share,
+        window=selection.window,
+        embeddings=embeddings,
     )
 
 
@@ -219,12 +259,12 @@ def run_jobs(model: ServingModel, jobs: Sequence[ModelJob]) -> list[ModelReply |
     Per-job problems (unknown candidates) become :class:`ModelError`; the rest are scored
     together (prefixes batched, candidates on shared prefix caches).
     """
-    from recicl.modeling.prefix_sharing import ScoreJob  # torch: replicas only
 
     results: list[ModelReply | ModelError | None] = [None] * len(jobs)
-    work: list[tuple[int, ScoreJob, int]] = []
+    # (job index, the job's candidates, one ScoreJob per distinct context, each candidate's
+    # (ScoreJob, position) in it)
+    work: list[tuple[int, list[str], list[ScoreJob], list[tuple[int, int]]]] = []
     for i, job in enumerate(jobs):
-        history, demos = context_from_events(job.events, model.num_demos, model.history_len)
         if job.candidates is None:
             candidates = fill_pool(model, job)
         else:
@@ -243,14 +283,47 @@ def run_jobs(model: ServingModel, jobs: Sequence[ModelJob]) -> list[ModelReply |
         if not candidates:
             results[i] = _reply(model, [], [], len(job.events))
             continue
-        work.append((i, ScoreJob(history, demos, candidates), len(job.events)))
+        contexts = contexts_for(
+            job.events, candidates, model.num_demos, model.history_len, model.selection
+        )
+        prompts, where = _group_by_context(candidates, contexts)
+        work.append((i, candidates, prompts, where))
     if work:
         try:
-            scores = model.scorer.score([prompt for _, prompt, _ in work])
+            scores = model.scorer.score([prompt for _, _, prompts, _ in work for prompt in prompts])
         except PromptError as error:
-            for i, _, _ in work:
+            for i, *_ in work:
                 results[i] = ModelError(500, "prompt_error", str(error))
         else:
-            for (i, prompt, n_events), values in zip(work, scores, strict=True):
-                results[i] = _reply(model, prompt.candidates, values, n_events)
+            at = 0
+            for i, candidates, prompts, where in work:
+                mine, at = scores[at : at + len(prompts)], at + len(prompts)
+                values = [mine[group][slot] for group, slot in where]
+                results[i] = _reply(model, candidates, values, len(jobs[i].events))
     return [r for r in results if r is not None]
+
+
+def _group_by_context(
+    candidates: list[str], contexts: list[Context]
+) -> tuple[list[ScoreJob], list[tuple[int, int]]]:
+    """One ScoreJob per distinct context (its candidates share a prefix cache), and where each
+    candidate's score will be: (ScoreJob index, position among its candidates). With the
+    recent policies every candidate has the same context: one ScoreJob, as before."""
+    from recicl.modeling.prefix_sharing import ScoreJob
+
+    groups: dict[Any, int] = {}
+    jobs: list[ScoreJob] = []
+    where: list[tuple[int, int]] = []
+    for candidate, (history, demos) in zip(candidates, contexts, strict=True):
+        key = (
+            tuple(history),
+            tuple((d["item_id"], d["label"], d["timestamp"], tuple(d["history"])) for d in demos),
+        )
+        if key not in groups:
+            groups[key] = len(jobs)
+            jobs.append(ScoreJob(history, demos, []))
+        index = groups[key]
+        members = cast("list[str]", jobs[index].candidates)
+        where.append((index, len(members)))
+        members.append(candidate)
+    return jobs, where

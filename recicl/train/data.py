@@ -185,15 +185,16 @@ def encoded_datasets(
         samples_dir, train_periods, cfg.train.max_train_samples, cfg.train.seed
     )
     rest = [p for p in train_periods if p not in val_periods]
-    keep_subset = functools.partial(_keep_subset, train_ids=train_ids, train_periods=rest)
+    keep_subset = None
     if train_ids is not None:
+        keep_subset = functools.partial(_keep_subset, train_ids=train_ids, train_periods=rest)
         samples = samples.map_batches(keep_subset, batch_format="numpy", num_cpus=0.25)
     catalog_path = str(folder.catalog_path)
     encoded = _encoded(samples, settings, catalog_path, cfg.train.seed)
     policies = folder.augmented_policies() if cfg.train.use_augmented and rest else []
     for policy in policies:  # the same (sub)set of samples, with other demonstrations
         extra = folder.read_dataset(rest, policy=policy)
-        if train_ids is not None:
+        if keep_subset is not None:
             extra = extra.map_batches(keep_subset, batch_format="numpy", num_cpus=0.25)
         extra = extra.map_batches(
             functools.partial(_tag_policy, policy=policy), batch_format="numpy", num_cpus=0.25
