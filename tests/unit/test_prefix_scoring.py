@@ -333,3 +333,39 @@ def test_fallbacks_are_reported(world, monkeypatch, caplog):
     np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
     assert len(seen) == 1 and seen[0].startswith("unsupported_layers:")
     assert "linear_attention" in seen[0]
+
+
+def test_served_scores_under_a_retrieval_policy_equal_the_offline_prompts(world):
+    """A version trained with semantic demos and histories: each candidate gets its own
+    context; candidates whose contexts coincide share one prefix; every score equals the
+    score of the prompt the sample builder makes for that candidate as the target."""
+    from recicl.data.item_embeddings import ItemEmbeddings, unit_rows
+    from recicl.data.samples import Selection
+    from recicl.serve.api.backend import ModelJob
+    from recicl.serve.serving_model import ServingModel, run_jobs
+    from recicl.serve.store import Event
+    from tests.unit.test_serve_context import training_context
+
+    rng = np.random.default_rng(5)
+    ids = tuple(str(i) for i in range(8))
+    embeddings = ItemEmbeddings(ids, unit_rows(rng.normal(size=(8, 4))))
+    selection = Selection("mixed", "semantic", recent_share=0.25, window=6, embeddings=embeddings)
+    builder = PromptBuilder(PromptConfig(), world["catalog"], world["tokenizer"])
+    scorer = CandidateScorer(world["model"], world["tokenizer"], builder, world["tokens"])
+    served = ServingModel(
+        version="1", label="recicl/1", scorer=scorer, catalog_ids=frozenset(ids),
+        catalog_order=list(ids), catalog_path="catalog.parquet", num_demos=4, history_len=2,
+        prompt_format="recicl", rating_range=None, selection=selection,
+    )  # fmt: skip
+    events = tuple(Event("u", str(i % 8), int(i % 3 == 0), 100 + i) for i in range(11))
+    candidates = ("0", "3", "5", "6", "7")
+    (reply,) = run_jobs(served, [ModelJob("u", events, candidates)])
+    assert [item for item, _ in reply.scores] == list(candidates)
+    offline = [training_context(list(events), 4, 2, c, selection) for c in candidates]
+    assert len({repr(c) for c in offline}) >= 3  # the candidates really get other contexts
+    prompts = [
+        builder.encode(history, demos, c).input_ids
+        for c, (history, demos) in zip(candidates, offline, strict=True)
+    ]
+    want = score_prompts(world["model"], world["tokenizer"], prompts, answer_tokens=world["tokens"])
+    np.testing.assert_allclose([s for _, s in reply.scores], want, atol=TOL, rtol=0)
