@@ -80,7 +80,9 @@ def run_seed(
     )
     samples = SamplesFolder(Path(configured_samples_dir(cfg) or "").expanduser().resolve())
     if not samples.manifest():
-        build_samples(cfg)
+        from recicl.embeddings import embed_catalog
+
+        build_samples(cfg, embedder=lambda catalog: embed_catalog(catalog, cfg))
     started = time.perf_counter()
     result = run_streaming(cfg)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)

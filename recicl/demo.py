@@ -111,16 +111,16 @@ def _personalization(cfg: ReciclConfig, samples_dir: Path) -> dict[str, Any]:
 def run_demo(cfg: ReciclConfig) -> dict[str, Any]:
     """Run every stage once and print what each produced."""
     from recicl.data.pipeline import build_samples
+    from recicl.embeddings import embed_catalog
     from recicl.evaluate.batch import evaluate_model
     from recicl.promotion import promote
 
     samples_dir = Path(configured_samples_dir(cfg) or "")
     _step(1, "samples from the bundled MovieLens data (Ray Data)")
-    manifest = build_samples(
-        cfg.model_copy(
-            update={"samples": cfg.samples.model_copy(update={"output": str(samples_dir)})}
-        )
+    build_cfg = cfg.model_copy(
+        update={"samples": cfg.samples.model_copy(update={"output": str(samples_dir)})}
     )
+    manifest = build_samples(build_cfg, embedder=lambda catalog: embed_catalog(catalog, build_cfg))
     print_samples_summary(manifest)
     samples = SamplesFolder.at(samples_dir)
     newest = samples.newest_period()

@@ -21,7 +21,8 @@ from typing import Any
 from recicl.data.samples_folder import SamplesFolder
 from recicl.modeling.packaged import load_packaged_model
 from recicl.prompts import PromptBuilder
-from recicl.serve.context import context_from_events
+from recicl.serve.context import contexts_for
+from recicl.serve.serving_model import group_by_context, trained_selection
 from recicl.serve.store import Event
 
 OLD, NEW = "Comedy", "Horror"
@@ -108,12 +109,14 @@ def taste_switch_shift(
     ``force_prompt`` scores a tuned version with ``prompt`` (tallrec+demos)."""
     import pyarrow.parquet as pq
 
-    from recicl.modeling.prefix_sharing import CandidateScorer, ScoreJob
+    from recicl.modeling.prefix_sharing import CandidateScorer
 
     folder = SamplesFolder.at(samples_dir)
     built = folder.require_manifest()["config"]["samples"]
     demos_n = int(num_demos if num_demos is not None else built["num_demos"])
     history_n = int(history_len if history_len is not None else built["history_len"])
+    # the policies the samples were built with, as serving would apply them
+    selection = trained_selection(built, str(folder.root), str(model_dir))
     probe = taste_switch(folder.root, "taste-probe", 2_000_000_000)
     packaged = load_packaged_model(
         model_dir, prompt=prompt, model_cfg=model_cfg, force_prompt=force_prompt
@@ -126,7 +129,9 @@ def taste_switch_shift(
             Event(e["user_id"], e["item_id"], e["label"], e["timestamp"], e["rating"])
             for e in events
         ]
-        history, demos = context_from_events(stored, demos_n, history_n)
-        scores = scorer.score([ScoreJob(history, demos, probe.candidates)])[0]
+        contexts = contexts_for(stored, probe.candidates, demos_n, history_n, selection)
+        jobs, where = group_by_context(list(probe.candidates), contexts)
+        grouped = scorer.score(jobs)
+        scores = [grouped[job][slot] for job, slot in where]
         gaps.append(probe.gap(dict(zip(probe.candidates, scores, strict=True))))
     return {"gap_before": gaps[0], "gap_after": gaps[1], "shift": gaps[1] - gaps[0]}

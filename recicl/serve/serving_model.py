@@ -286,7 +286,7 @@ def run_jobs(model: ServingModel, jobs: Sequence[ModelJob]) -> list[ModelReply |
         contexts = contexts_for(
             job.events, candidates, model.num_demos, model.history_len, model.selection
         )
-        prompts, where = _group_by_context(candidates, contexts)
+        prompts, where = group_by_context(candidates, contexts)
         work.append((i, candidates, prompts, where))
     if work:
         try:
@@ -303,7 +303,7 @@ def run_jobs(model: ServingModel, jobs: Sequence[ModelJob]) -> list[ModelReply |
     return [r for r in results if r is not None]
 
 
-def _group_by_context(
+def group_by_context(
     candidates: list[str], contexts: list[Context]
 ) -> tuple[list[ScoreJob], list[tuple[int, int]]]:
     """One ScoreJob per distinct context (its candidates share a prefix cache), and where each
