@@ -51,6 +51,8 @@ experiment_app = typer.Typer(no_args_is_help=True, help="Experiments (streaming 
 app.add_typer(experiment_app, name="experiment")
 infra_app = typer.Typer(no_args_is_help=True, help="Deployment manifests (KubeRay).")
 app.add_typer(infra_app, name="infra")
+embed_app = typer.Typer(no_args_is_help=True, help="Item embeddings (Ray Data actor pool).")
+app.add_typer(embed_app, name="embed")
 
 console = Console(stderr=True)
 
@@ -168,6 +170,37 @@ def data_synth(
     console.print(
         f"wrote {summary['events']:,} events of {summary['users']:,} users over "
         f"{summary['items']:,} items to {output}"
+    )
+
+
+@embed_app.command("items")
+@friendly_errors
+def embed_items_command(
+    samples: Path = typer.Option(
+        ..., "--samples", help="Samples folder (output of `recicl samples build`)."
+    ),
+    config: Path | None = typer.Option(None, "--config", help="YAML config file."),
+    encoder: str | None = typer.Option(
+        None, "--encoder", help="wordllama | llm | sentence-transformers (default: config)."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="Model folder for the llm / sentence-transformers encoders."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", help="Parquet file to write (default: DIR/item_embeddings.parquet)."
+    ),
+) -> None:
+    """Embed every catalog item's title and attributes; write item_embeddings.parquet."""
+    from recicl.embeddings.job import embed_items
+
+    cfg = resolve_config(config, {"embeddings.encoder": encoder, "embeddings.model": model})
+    path, summary = embed_items(samples, cfg, output)
+    console.print(
+        f"embedded {summary['items']:,} items → {summary['dim']}-d vectors with "
+        f"{summary['encoder']} ({summary['model']}) in {summary['seconds']:.1f}s "
+        f"({summary['items_per_s']:,.0f} items/s, {summary['replicas']} replicas): {path}",
+        highlight=False,
+        soft_wrap=True,
     )
 
 

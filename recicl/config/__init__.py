@@ -8,8 +8,8 @@ README's configuration table is generated from the same text.
 Import everything from here (``from recicl.config import ReciclConfig``); the modules are:
 
 - :mod:`~recicl.config.base`: the strict base model, :class:`ConfigError`, period syntax;
-- :mod:`~recicl.config.data`, :mod:`~recicl.config.model`, :mod:`~recicl.config.train`,
-  :mod:`~recicl.config.services`: the sections, grouped by stage;
+- :mod:`~recicl.config.data`, :mod:`~recicl.config.embeddings`, :mod:`~recicl.config.model`,
+  :mod:`~recicl.config.train`, :mod:`~recicl.config.services`: the sections, grouped by stage;
 - :mod:`~recicl.config.root`: :class:`ReciclConfig`, one field per section;
 - :mod:`~recicl.config.loading`: YAML files and flag overrides → a validated config;
 - :mod:`~recicl.config.reference`: the generated key/default/meaning table.
@@ -25,6 +25,7 @@ from recicl.config.data import (
     SourceName,
     TimestampUnit,
 )
+from recicl.config.embeddings import EmbeddingsConfig, EncoderName
 from recicl.config.loading import build_config, load_config, with_overrides
 from recicl.config.model import LoraSettings, ModelConfig, PromptConfig, TinyModelSettings
 from recicl.config.reference import reference_markdown, reference_rows
@@ -45,6 +46,8 @@ __all__ = [
     "ColumnMapping",
     "ConfigError",
     "DataConfig",
+    "EmbeddingsConfig",
+    "EncoderName",
     "EvaluateConfig",
     "ExperimentConfig",
     "LoraSettings",

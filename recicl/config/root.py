@@ -9,6 +9,7 @@ from pydantic import Field
 
 from recicl.config.base import StrictModel
 from recicl.config.data import DataConfig, SamplesConfig
+from recicl.config.embeddings import EmbeddingsConfig
 from recicl.config.model import ModelConfig, PromptConfig
 from recicl.config.services import (
     EvaluateConfig,
@@ -28,6 +29,9 @@ class ReciclConfig(StrictModel):
     )
     data: DataConfig = Field(default_factory=DataConfig)
     samples: SamplesConfig = Field(default_factory=SamplesConfig)
+    embeddings: EmbeddingsConfig = Field(
+        default_factory=EmbeddingsConfig, description="Item embeddings (`recicl embed items`)."
+    )
     ray: RayConfig = Field(default_factory=RayConfig)
     prompt: PromptConfig = Field(
         default_factory=PromptConfig, description="Prompt template and token budget."

@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"recicl.raycluster", "recicl.reports", "recicl.deploy"},
     {"recicl.data", "recicl.prompts"},
     {"recicl.modeling"},
-    {"recicl.registry"},
+    {"recicl.registry", "recicl.embeddings"},
     {"recicl.train", "recicl.evaluate"},
     {"recicl.promotion", "recicl.serve"},
     {"recicl.experiments"},

@@ -30,6 +30,7 @@ JOB_COMMANDS = {
     "train.py": ("train",),
     "evaluate.py": ("evaluate",),
     "promote.py": ("promote",),
+    "embed_items.py": ("embed", "items"),
 }
 
 # Wide, plain output: rich would otherwise wrap or colour differently per terminal.
@@ -92,6 +93,7 @@ def test_help_is_the_cli_commands_help(script: Path) -> None:
         ("evaluate.py", ["--samples", "somewhere"], "Missing option '--model'"),
         ("promote.py", [], "Missing option '--version'"),
         ("train.py", ["--num-workers", "0"], "Invalid value for '--num-workers'"),
+        ("embed_items.py", [], "Missing option '--samples'"),
     ],
 )
 def test_usage_errors_exit_2_like_the_cli(script: str, argv: list[str], message: str) -> None:
