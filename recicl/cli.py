@@ -115,9 +115,21 @@ def samples_build(
     history_len: int | None = typer.Option(None, help="Liked items per history."),
     min_demos: int | None = typer.Option(None, help="Minimum earlier events for a sample."),
     like_threshold: float | None = typer.Option(None, help="Rating at or above = liked."),
+    demo_policy: str | None = typer.Option(
+        None, help="Demonstrations: recent | semantic | mixed (default: config, else recent)."
+    ),
+    history_policy: str | None = typer.Option(
+        None, help="History: recent | semantic (default: config, else recent)."
+    ),
+    embeddings: str | None = typer.Option(
+        None,
+        help="item_embeddings.parquet for semantic/mixed (default: embed the catalog with the "
+        "config's `embeddings` encoder).",
+    ),
 ) -> None:
     """Read logs, validate and quarantine, cut periods and write ICL samples (Ray Data)."""
     from recicl.data.pipeline import build_samples
+    from recicl.embeddings import embed_catalog
 
     cfg = resolve_config(
         config,
@@ -130,11 +142,16 @@ def samples_build(
             "samples.num_demos": num_demos,
             "samples.history_len": history_len,
             "samples.min_demos": min_demos,
+            "samples.demo_policy": demo_policy,
+            "samples.history_policy": history_policy,
+            "samples.embeddings": embeddings,
         },
     )
     if periods is not None:
         cfg.samples.boundaries = None
-    manifest = build_samples(cfg, dashboard=False)  # this process never trains (ensure_ray)
+    manifest = build_samples(  # this process never trains (ensure_ray)
+        cfg, dashboard=False, embedder=lambda catalog: embed_catalog(catalog, cfg)
+    )
     print_samples_summary(manifest)
 
 

@@ -47,6 +47,17 @@ def print_samples_summary(manifest: dict[str, Any]) -> None:
     for reason, count in quarantine["catalog"].items():
         head.add_row(f"  catalog {reason}", f"{count:,}")
     head.add_row("samples", f"{manifest['samples']:,}")
+    selection = manifest.get("selection") or {}
+    if selection:
+        policies = f"demos {selection['demo_policy']}, history {selection['history_policy']}"
+        if selection.get("augmented"):
+            policies += f", augmented: {', '.join(selection['augmented'])}"
+        head.add_row("policies", policies)
+    if selection.get("embeddings"):
+        vectors = selection["embeddings"]
+        head.add_row(
+            "item vectors", f"{vectors['items']:,} x {vectors['dim']} ({vectors.get('encoder')})"
+        )
     head.add_row("seconds", f"{manifest['seconds']}")
     _out.print(head)
     periods = Table(title="periods")

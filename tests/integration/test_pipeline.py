@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -216,6 +217,25 @@ def test_cli_build_prints_summary_and_rejects_bad_config(synth_dir, tmp_path):
     assert manifest["config"]["samples"]["num_demos"] == 2
     demos = SamplesFolder.at(tmp_path / "cli").read_table()["demos"].to_pylist()
     assert max(len(d) for d in demos) == 2
+
+    # A retrieval policy from the command line: the build embeds the catalog itself (WordLlama,
+    # offline) and keeps the vectors with the samples.
+    result = subprocess.run(
+        [env_python, "-m", "recicl.cli", "samples", "build", "--source", "parquet",
+         "--path", str(synth_dir), "--output", str(tmp_path / "semantic"), "--periods", "3",
+         "--demo-policy", "semantic", "--history-policy", "semantic"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "demos semantic, history semantic" in result.stdout
+    folder = SamplesFolder.at(tmp_path / "semantic")
+    selection = folder.require_manifest()["selection"]
+    assert selection["embeddings"]["encoder"] == "wordllama"
+    assert len(ItemEmbeddings.load(folder.embeddings_path)) == selection["embeddings"]["items"]
+    recent = SamplesFolder.at(tmp_path / "cli").read_table().sort_by("sample_id")
+    semantic = folder.read_table().sort_by("sample_id")
+    assert recent["sample_id"].equals(semantic["sample_id"])  # the same samples...
+    assert recent["history"].to_pylist() != semantic["history"].to_pylist()  # ...other context
 
     missing = subprocess.run(
         [env_python, "-m", "recicl.cli", "samples", "build", "--source", "movielens",
