@@ -13,7 +13,7 @@ from recicl.config.base import StrictModel
 
 SourceName = Literal["movielens", "amazon", "parquet", "csv"]
 #: Which earlier events become demonstrations (recicl.data.retrieval explains each).
-DemoPolicy = Literal["recent", "semantic", "mixed"]
+DemoPolicy = Literal["recent", "semantic", "mixed", "quality"]
 #: Which earlier liked events make up a history.
 HistoryPolicy = Literal["recent", "semantic"]
 TimestampUnit = Literal["s", "ms", "us", "iso"]
@@ -132,8 +132,9 @@ class SamplesConfig(StrictModel):
     demo_policy: DemoPolicy = Field(
         "recent",
         description="Which earlier events are demonstrations: recent (the latest), semantic "
-        "(the most similar to the target item, ties by recency; ReLLa's SUBR) or mixed "
-        "(recent_share of the slots recent, the rest semantic). Shown in time order.",
+        "(the most similar to the target item, ties by recency; ReLLa's SUBR), mixed "
+        "(recent_share of the slots recent, the rest semantic) or quality (the highest "
+        "estimated help, see demo_quality). Shown in time order.",
     )
     history_policy: HistoryPolicy = Field(
         "recent",
@@ -163,8 +164,14 @@ class SamplesConfig(StrictModel):
     )
     embeddings: str | None = Field(
         None,
-        description="item_embeddings.parquet for semantic/mixed policies; null = the build "
-        "embeds the catalog with the `embeddings` section and stores the file in the output.",
+        description="item_embeddings.parquet for semantic/mixed/quality policies; null = the "
+        "build embeds the catalog with the `embeddings` section and stores the file in the "
+        "output.",
+    )
+    demo_quality: str | None = Field(
+        None,
+        description="quality policy: the fitted estimator of a demonstration's help (JSON "
+        "written by `recicl samples demo-quality`); copied into the output.",
     )
 
     @model_validator(mode="after")
@@ -176,6 +183,15 @@ class SamplesConfig(StrictModel):
                 f"retrieval_window {self.retrieval_window} is below num_demos {self.num_demos} "
                 f"or history_len {self.history_len}: raise it (the policies choose among that "
                 "many earlier events)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _quality_needs_an_estimator(self) -> SamplesConfig:
+        if "quality" in {self.demo_policy, *self.augment} and not self.demo_quality:
+            raise ValueError(
+                "the quality demo policy needs samples.demo_quality: fit one with `recicl "
+                "samples demo-quality --samples DIR --model M` and point demo_quality at it"
             )
         return self
 

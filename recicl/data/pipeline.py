@@ -43,6 +43,7 @@ from recicl.data.periods import (
     iso,
 )
 from recicl.data.readers import check_source_folder, read_source
+from recicl.data.retrieval import DemoQuality
 from recicl.data.samples import KIND_DUPLICATE, KIND_SAMPLE, Selection, annotate_events, to_samples
 from recicl.data.samples_folder import BUILD_OUTPUTS, SamplesFolder
 from recicl.data.schema import QUARANTINE
@@ -99,6 +100,16 @@ def _selection(
                 f"samples.embeddings ({origin}) has no vector for any catalog item: it was made "
                 "for another catalog; re-run `recicl embed items` on this one"
             )
+    quality = None
+    if samples.demo_quality:
+        path = Path(samples.demo_quality).expanduser()
+        try:
+            quality = DemoQuality.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ConfigError(
+                f"samples.demo_quality {path}: {error}; write it with `recicl samples "
+                "demo-quality --samples DIR --model M`"
+            ) from None
     selection = Selection(
         demo_policy=samples.demo_policy,
         history_policy=samples.history_policy,
@@ -106,6 +117,7 @@ def _selection(
         window=samples.retrieval_window,
         augment=tuple(samples.augment),
         embeddings=embeddings,
+        quality=quality,
     )
     return selection, origin
 
@@ -294,6 +306,8 @@ def build_samples(
             ).write_parquet(str(folder.augmented_root(policy)), partition_cols=["period"])
     if selection.embeddings is not None:  # serving reads the vectors from the samples folder
         selection.embeddings.save(folder.embeddings_path)
+    if selection.quality is not None:  # and the estimator, for the quality policy
+        folder.demo_quality_path.write_text(json.dumps(selection.quality.to_json(), indent=2))
     parts = [
         part
         for part in (
@@ -345,6 +359,7 @@ def build_samples(
             "recent_share": selection.recent_share,
             "retrieval_window": selection.window,
             "augmented": list(selection.extra_policies),
+            "demo_quality": None if selection.quality is None else selection.quality.to_json(),
             "embeddings": None
             if selection.embeddings is None
             else {

@@ -12,6 +12,10 @@ event. The policies (``samples.demo_policy`` / ``samples.history_policy``):
 * ``mixed``: ``round(k * recent_share)`` slots hold the latest events, the remaining slots the
   most similar of the older ones, so a new interest always reaches the prompt while the rest of
   the context is retrieved.
+* ``quality`` (demonstrations only): the ones with the highest *estimated help*, a linear
+  function (:class:`DemoQuality`) of a candidate's similarity to the target, its age and its
+  label, fitted on training data to how much each demonstration moved the model's Yes/No margin
+  toward the right answer (:mod:`recicl.experiments.demo_quality` measures and fits it).
 
 Whatever the policy, the chosen events are shown oldest → newest, and candidates are only the
 ``retrieval_window`` latest earlier events (likes, for histories): that bounds the cost per
@@ -24,6 +28,9 @@ arithmetic on the same vectors is what makes offline and online prompts identica
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import numpy as np
 
 from recicl.data.item_embeddings import similarities
@@ -31,8 +38,52 @@ from recicl.data.item_embeddings import similarities
 #: Rows of targets handled per block: the block's similarity matrix is about
 #: ``_BLOCK_ROWS x (_BLOCK_ROWS + window)`` floats.
 _BLOCK_ROWS = 512
-#: A forced-recent slot's similarity: above any cosine, so it always wins.
-_FORCED = 4.0
+#: A forced-recent slot's score: above any similarity or estimated help, so it always wins.
+_FORCED = np.inf
+
+#: What the quality estimate of a candidate demonstration is a linear function of.
+QUALITY_FEATURES = ("similarity", "age", "liked", "similarity_x_liked")
+
+
+@dataclass(frozen=True)
+class DemoQuality:
+    """Estimated help of a candidate demonstration for a query (the ``quality`` policy).
+
+    ``help = sum(weight_f * feature_f)`` over :data:`QUALITY_FEATURES`: ``similarity`` (cosine
+    of the two items), ``age`` (events between the candidate and the query, divided by the
+    retrieval window: 0 = the latest event), ``liked`` (the candidate's label) and their
+    product. Only the ranking matters, so there is no intercept. Weights are rounded to 1e-6 when
+    fitted, and the features are exact, so offline and online rankings are identical.
+    """
+
+    weights: tuple[float, ...]
+    fitted: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.weights) != len(QUALITY_FEATURES):
+            raise ValueError(
+                f"demo quality weights: {len(self.weights)} given, {len(QUALITY_FEATURES)} "
+                f"expected ({', '.join(QUALITY_FEATURES)})"
+            )
+
+    def score(self, sims: np.ndarray, age: np.ndarray, liked: np.ndarray) -> np.ndarray:
+        """Estimated help, elementwise (float64)."""
+        w = self.weights
+        liked = liked.astype(np.float64)
+        return w[0] * sims + w[1] * age + w[2] * liked + w[3] * (sims * liked)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"features": list(QUALITY_FEATURES), "weights": list(self.weights), **self.fitted}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DemoQuality:
+        if list(data.get("features", [])) != list(QUALITY_FEATURES):
+            raise ValueError(
+                f"demo quality estimator has features {data.get('features')}, this version of "
+                f"recicl uses {list(QUALITY_FEATURES)}: fit it again (recicl samples demo-quality)"
+            )
+        fitted = {k: v for k, v in data.items() if k not in ("features", "weights")}
+        return cls(tuple(float(w) for w in data["weights"]), fitted)
 
 
 def recent_slots(policy: str, k: int, recent_share: float) -> int:
@@ -41,11 +92,11 @@ def recent_slots(policy: str, k: int, recent_share: float) -> int:
     ``recent`` → k, ``semantic`` → 0, ``mixed`` → ``round(k * recent_share)`` (half up)."""
     if policy == "recent":
         return k
-    if policy == "semantic":
+    if policy in ("semantic", "quality"):
         return 0
     if policy == "mixed":
         return min(k, int(np.floor(k * recent_share + 0.5)))
-    raise ValueError(f"unknown policy {policy!r}: use recent, semantic or mixed")
+    raise ValueError(f"unknown policy {policy!r}: use recent, semantic, mixed or quality")
 
 
 def _blocks(starts: np.ndarray, ends: np.ndarray, width: int) -> list[slice]:
@@ -72,13 +123,18 @@ def select_similar(
     *,
     k: int,
     recent: int,
+    quality: DemoQuality | None = None,
+    liked: np.ndarray | None = None,
+    window: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each target row, up to ``k`` of its candidates, as indices into ``candidates``.
 
     Target ``i`` may use the candidate rows ``[ends[i] - counts[i], ends[i])`` (its user's
     earlier events, already cut to the retrieval window). When it has at most ``k`` of them all
     are chosen; otherwise the ``recent`` latest ones, then the rest by cosine similarity of
-    ``targets[i]`` with the candidate's vector, ties broken by recency (later first).
+    ``targets[i]`` with the candidate's vector, ties broken by recency (later first). With
+    ``quality``, by its estimated help instead (``liked``: each candidate's label; ``window``:
+    what ages are divided by).
 
     ``targets`` (n, d) and ``candidates`` (m, d) are unit-norm float32 vectors (zero rows for
     items without one). Returns ``(offsets, chosen)``: int32 list offsets (n + 1) and int64
@@ -112,6 +168,11 @@ def select_similar(
             band = ends[block, None] - width + np.arange(width)[None, :]
             valid = band >= (ends[block] - counts[block])[:, None]
             band_sims = np.take_along_axis(sims, np.clip(band - lo, 0, hi - lo - 1), axis=1)
+            if quality is not None:
+                assert liked is not None
+                age = (ends[block, None] - 1 - band) / float(window)
+                labels = liked[np.clip(band, 0, len(liked) - 1)]
+                band_sims = quality.score(band_sims, age, labels)
             band_sims = np.where(valid, band_sims, -np.inf)
             if recent:
                 band_sims[:, width - recent :] = _FORCED

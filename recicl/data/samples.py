@@ -25,13 +25,14 @@ index arithmetic on NumPy arrays plus Arrow ``take``: no per-row Python.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from recicl.data.item_embeddings import ItemEmbeddings
-from recicl.data.retrieval import recent_slots, select_similar
+from recicl.data.retrieval import DemoQuality, recent_slots, select_similar
 from recicl.data.schema import DEMO, SAMPLES
 
 KIND_SAMPLE, KIND_CONTEXT_ONLY, KIND_DUPLICATE = 0, 1, 2
@@ -76,11 +77,23 @@ class Selection:
     window: int = 200
     augment: tuple[str, ...] = ()
     embeddings: ItemEmbeddings | None = field(default=None, compare=False)
+    quality: DemoQuality | None = None
 
     @property
     def extra_policies(self) -> tuple[str, ...]:
         """Augmentation policies other than the main one (each an extra demos column)."""
         return tuple(p for p in self.augment if p != self.demo_policy)
+
+    def quality_args(self, policy: str, labels: np.ndarray) -> dict[str, Any]:
+        """Extra arguments of ``select_similar`` for ``policy`` (the estimator for quality)."""
+        if policy != "quality":
+            return {}
+        if self.quality is None:
+            raise ValueError(
+                "the quality policy needs a fitted estimator: set samples.demo_quality "
+                "(`recicl samples demo-quality` writes one)"
+            )
+        return {"quality": self.quality, "liked": labels, "window": self.window}
 
     def vectors_of(self, items: pa.Array) -> np.ndarray:
         """Vectors of ``items`` (zero rows for items without one)."""
@@ -196,6 +209,7 @@ def annotate_events(
                 np.where(is_sample, np.minimum(position, selection.window), 0),
                 k=num_demos,
                 recent=recent_slots(policy, num_demos, selection.recent_share),
+                **selection.quality_args(policy, k_label),
             )
         demo_take = pa.array(demo_rows)
         demo_struct = pa.StructArray.from_arrays(

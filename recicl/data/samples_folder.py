@@ -13,6 +13,7 @@ Layout::
       manifest.json                what was built from what (counts per period, config, source)
       quarantine/                  rows and catalog entries that failed validation
       item_embeddings.parquet      item vectors, when a policy retrieves by similarity
+      demo_quality.json            the quality policy's fitted estimator (when used)
       augmented/policy=P/period=K/ the same samples with demo policy P (samples.augment)
 
 **Content identity.** Evaluations are cached in MLflow and reused by the promotion gate, so
@@ -42,6 +43,7 @@ from recicl.data.schema import SAMPLES
 if TYPE_CHECKING:
     import ray.data
 
+DEMO_QUALITY_FILE = "demo_quality.json"
 SAMPLES_DIR, CATALOG_FILE, MANIFEST_FILE, QUARANTINE_DIR, AUGMENTED_DIR = (
     "samples",
     "catalog.parquet",
@@ -56,6 +58,7 @@ BUILD_OUTPUTS = (
     QUARANTINE_DIR,
     CATALOG_FILE,
     EMBEDDINGS_FILE,
+    DEMO_QUALITY_FILE,
     MANIFEST_FILE,
 )
 _HASH_CHUNK = 1 << 20
@@ -127,6 +130,10 @@ class SamplesFolder:
     @property
     def embeddings_path(self) -> Path:
         return self.root / EMBEDDINGS_FILE
+
+    @property
+    def demo_quality_path(self) -> Path:
+        return self.root / DEMO_QUALITY_FILE
 
     def augmented_root(self, policy: str) -> Path:
         """Where the samples of augmentation policy ``policy`` live (period partitions)."""
@@ -251,7 +258,8 @@ class SamplesFolder:
         long as no file's size or modification time changes."""
         files = sorted(p for p in self.samples_root.rglob("*") if p.is_file())
         files += sorted(p for p in (self.root / AUGMENTED_DIR).rglob("*") if p.is_file())
-        files += [p for p in (self.catalog_path, self.embeddings_path) if p.is_file()]
+        extra = (self.catalog_path, self.embeddings_path, self.demo_quality_path)
+        files += [p for p in extra if p.is_file()]
         signature = tuple(
             (path.relative_to(self.root).as_posix(), stat.st_size, stat.st_mtime_ns)
             for path, stat in ((path, path.stat()) for path in files)

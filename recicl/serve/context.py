@@ -136,6 +136,7 @@ def contexts_for(
         start = max(0, n - num_demos)
         picked = [list(range(start, n))] * count
     else:
+        labels = np.array([e.label for e in kept], dtype=np.int8)
         offsets, chosen = select_similar(
             queries,
             vectors,
@@ -143,6 +144,7 @@ def contexts_for(
             np.full(count, min(n, window)),
             k=num_demos,
             recent=recent_slots(selection.demo_policy, num_demos, selection.recent_share),
+            **selection.quality_args(selection.demo_policy, labels),
         )
         picked = [chosen[offsets[i] : offsets[i + 1]].tolist() for i in range(count)]
     return [

@@ -22,8 +22,9 @@ import pyarrow.parquet as pq
 
 from recicl.config import ReciclConfig
 from recicl.data.item_embeddings import EMBEDDINGS_FILE, EmbeddingsError, ItemEmbeddings
+from recicl.data.retrieval import DemoQuality
 from recicl.data.samples import Selection
-from recicl.data.samples_folder import CATALOG_FILE, MANIFEST_FILE
+from recicl.data.samples_folder import CATALOG_FILE, DEMO_QUALITY_FILE, MANIFEST_FILE
 from recicl.modeling.packaged import load_packaged_model
 from recicl.prompts import PromptBuilder, PromptError
 from recicl.registry import load_version
@@ -213,6 +214,17 @@ def trained_selection(trained: dict[str, Any], samples_dir: str | None, label: s
             f"{selection.history_policy!r}, which need its item vectors ({location}): {error}. "
             "Restore that file (`recicl embed items --samples DIR`)"
         ) from error
+    quality = None
+    if selection.demo_policy == "quality":
+        location = _join(samples_dir or "", DEMO_QUALITY_FILE)
+        text = _read_text(location)
+        try:
+            quality = DemoQuality.from_json(json.loads(text or ""))
+        except (ValueError, KeyError, TypeError) as error:
+            raise ServeError(
+                f"{label} was trained with the quality demo policy, whose estimator "
+                f"({location}) cannot be read: {error}"
+            ) from error
     log.info("%s selects context by %s/%s", label, selection.demo_policy, selection.history_policy)
     return Selection(
         demo_policy=selection.demo_policy,
@@ -220,6 +232,7 @@ def trained_selection(trained: dict[str, Any], samples_dir: str | None, label: s
         recent_share=selection.recent_share,
         window=selection.window,
         embeddings=embeddings,
+        quality=quality,
     )
 
 

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recicl.data.item_embeddings import ItemEmbeddings, unit_rows
+from recicl.data.retrieval import DemoQuality
 from recicl.data.samples import (
     AUGMENTED_PREFIX,
     KIND_DUPLICATE,
@@ -147,7 +148,9 @@ def _similarity(embeddings: ItemEmbeddings):
     return similarity
 
 
-policy_strategy = st.sampled_from(["recent", "semantic", "mixed"])
+policy_strategy = st.sampled_from(["recent", "semantic", "mixed", "quality"])
+#: quality estimators: similarity-led, recency-led (negative age weight), label-led
+WEIGHTS = [(1.0, -0.5, 0.25, 0.5), (0.1, -2.0, 0.0, 0.0), (0.3, 0.0, -1.0, 0.7)]
 
 
 @settings(max_examples=300, deadline=None)
@@ -161,10 +164,11 @@ policy_strategy = st.sampled_from(["recent", "semantic", "mixed"])
     recent_share=st.sampled_from([0.0, 0.25, 0.5, 1.0]),
     window_extra=st.integers(0, 8),
     seed=st.integers(0, 3),
+    weights=st.sampled_from(WEIGHTS),
 )
 def test_policies_match_brute_force_reference(
     events, num_demos, history_len, min_demos, demo_policy, history_policy, recent_share,
-    window_extra, seed,
+    window_extra, seed, weights,
 ):  # fmt: skip
     embeddings = _embeddings(seed)
     window = max(num_demos, history_len) + window_extra
@@ -175,8 +179,10 @@ def test_policies_match_brute_force_reference(
         "window": window,
     }
     params = {"num_demos": num_demos, "history_len": history_len, "min_demos": min_demos}
-    expected, _ = reference_samples(events, **params, **rules, similarity=_similarity(embeddings))
-    selection = Selection(**rules, embeddings=embeddings)
+    expected, _ = reference_samples(
+        events, **params, **rules, similarity=_similarity(embeddings), quality=weights
+    )
+    selection = Selection(**rules, embeddings=embeddings, quality=DemoQuality(weights))
     got, _ = _build(events, **params, selection=selection)
     assert got == expected
 
@@ -186,7 +192,9 @@ def test_policies_match_brute_force_reference(
 def test_no_policy_uses_the_target_or_later_events(events, policy):
     """Whatever the policy: every demo and every history item is an event of the same user
     strictly before the target in the total order (position), likes only in histories."""
-    selection = Selection(policy, "semantic", 0.5, 6, embeddings=_embeddings(0))
+    selection = Selection(
+        policy, "semantic", 0.5, 6, embeddings=_embeddings(0), quality=DemoQuality(WEIGHTS[0])
+    )
     got, _ = _build(events, num_demos=3, history_len=3, min_demos=1, selection=selection)
     ordered: dict[str, list] = {}
     for sample in got.values():
@@ -267,3 +275,24 @@ def test_semantic_policy_without_embeddings_is_a_clear_error():
     ]
     with pytest.raises(ValueError, match=r"samples\.embeddings"):
         _build(events, num_demos=2, history_len=2, min_demos=1, selection=Selection("semantic"))
+
+
+def test_quality_policy_ranks_by_the_estimated_help():
+    """By hand: with weight only on `liked`, the quality policy picks the liked events (newest
+    first among equals); with a negative age weight it degenerates to recency."""
+    events = [
+        {"user_id": "u", "item_id": i, "timestamp": t, "label": lab, "rating": None}
+        for t, (i, lab) in enumerate([("a", 1), ("b", 0), ("c", 1), ("d", 0), ("10", 0), ("9", 1)])
+    ]
+    likes = Selection("quality", embeddings=_embeddings(0), quality=DemoQuality((0, 0, 1, 0)))
+    got, _ = _build(events, num_demos=2, history_len=0, min_demos=1, selection=likes)
+    assert [d["item_id"] for d in got["u#5"]["demos"]] == ["a", "c"]
+    newest = Selection("quality", embeddings=_embeddings(0), quality=DemoQuality((0, -1, 0, 0)))
+    got, _ = _build(events, num_demos=2, history_len=0, min_demos=1, selection=newest)
+    assert [d["item_id"] for d in got["u#5"]["demos"]] == ["d", "10"]
+    with pytest.raises(ValueError, match="4 expected"):
+        DemoQuality((1.0, 2.0))
+    with pytest.raises(ValueError, match="fit it again"):
+        DemoQuality.from_json({"features": ["similarity"], "weights": [1.0]})
+    assert likes.quality is not None
+    assert DemoQuality.from_json(likes.quality.to_json()) == likes.quality

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recicl.data.item_embeddings import ItemEmbeddings, unit_rows
+from recicl.data.retrieval import DemoQuality
 from recicl.data.samples import KIND_SAMPLE, Selection, annotate_events
 from recicl.data.schema import EVENTS
 from recicl.serve.context import context_from_events, contexts_for
@@ -125,7 +126,7 @@ def _vectors(seed: int) -> ItemEmbeddings:
     events=st.lists(event_strategy, max_size=25),
     num_demos=st.integers(0, 5),
     history_len=st.integers(0, 5),
-    demo_policy=st.sampled_from(["recent", "semantic", "mixed"]),
+    demo_policy=st.sampled_from(["recent", "semantic", "mixed", "quality"]),
     history_policy=st.sampled_from(["recent", "semantic"]),
     window_extra=st.integers(0, 6),
     seed=st.integers(0, 2**16),
@@ -138,6 +139,7 @@ def test_retrieval_contexts_match_training_for_every_candidate(
     selection = Selection(
         demo_policy, history_policy, recent_share=0.5,
         window=max(num_demos, history_len) + window_extra, embeddings=_vectors(seed % 4),
+        quality=DemoQuality((0.7, -0.3 * (seed % 3), 0.2, -0.4)),
     )  # fmt: skip
     shuffled = list(events)
     random.Random(seed).shuffle(shuffled)
