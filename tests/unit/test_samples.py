@@ -171,7 +171,7 @@ def test_policies_match_brute_force_reference(
     window_extra, seed, weights,
 ):  # fmt: skip
     embeddings = _embeddings(seed)
-    window = max(num_demos, history_len) + window_extra
+    window = max(1, num_demos, history_len) + window_extra
     rules = {
         "demo_policy": demo_policy,
         "history_policy": history_policy,

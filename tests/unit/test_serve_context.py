@@ -138,7 +138,7 @@ def test_retrieval_contexts_match_training_for_every_candidate(
     policies: the served context of each candidate equals the sample built for that item."""
     selection = Selection(
         demo_policy, history_policy, recent_share=0.5,
-        window=max(num_demos, history_len) + window_extra, embeddings=_vectors(seed % 4),
+        window=max(1, num_demos, history_len) + window_extra, embeddings=_vectors(seed % 4),
         quality=DemoQuality((0.7, -0.3 * (seed % 3), 0.2, -0.4)),
     )  # fmt: skip
     shuffled = list(events)
