@@ -155,6 +155,42 @@ def samples_build(
     print_samples_summary(manifest)
 
 
+@samples_app.command("demo-quality")
+@friendly_errors
+def samples_demo_quality(
+    samples: Path = typer.Option(
+        ..., "--samples", help="Samples folder whose training periods are measured."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="Model folder to measure with (default: model.name_or_path)."
+    ),
+    config: Path | None = typer.Option(None, "--config", help="YAML config file."),
+    count: int = typer.Option(200, "--count", min=2, help="Training samples to measure."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the drawn samples."),
+    output: Path | None = typer.Option(
+        None, "--output", help="Estimator JSON (default: SAMPLES/demo_quality.json)."
+    ),
+    embeddings: str | None = typer.Option(
+        None,
+        "--embeddings",
+        help="item_embeddings.parquet (default: the folder's, else embed the catalog).",
+    ),
+) -> None:
+    """Fit the quality demo policy: measure each demonstration's help (leave-one-out margin
+    change with the model) on training samples and fit its linear estimate."""
+    from recicl.experiments.demo_quality import describe, fit_from_samples
+
+    cfg = resolve_config(config, {"samples.embeddings": embeddings})
+    quality, path = fit_from_samples(cfg, samples, model, samples=count, seed=seed, output=output)
+    for name, value in describe(quality):
+        console.print(f"{name:>20}  {value}", highlight=False)
+    console.print(
+        f"wrote {path}: build with samples.demo_policy=quality, samples.demo_quality={path}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 @data_app.command("synth")
 @friendly_errors
 def data_synth(

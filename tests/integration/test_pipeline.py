@@ -152,6 +152,52 @@ def test_retrieval_policies_and_augmentation_equal_the_reference(synth_dir, tmp_
     assert train.count() == counts[0] + counts[1] + counts[2]
 
 
+def test_quality_policy_fitted_with_a_model_builds_the_reference_samples(
+    synth_dir, tmp_path, ray_local
+):
+    """`recicl samples demo-quality` end to end on a tiny model: measure leave-one-out help on
+    recent samples, fit, build with the quality policy; the build equals the brute-force
+    reading with the fitted weights, and the estimator travels with the samples."""
+    from recicl.experiments.demo_quality import fit_from_samples
+    from recicl.modeling import init_tiny_model
+
+    build_samples(_config(synth_dir, tmp_path / "recent", 2))
+    recent = SamplesFolder.at(tmp_path / "recent")
+    catalog = pq.read_table(recent.catalog_path)
+    ids = tuple(str(i) for i in catalog["item_id"].to_pylist())
+    vectors = ItemEmbeddings(ids, unit_rows(np.random.default_rng(3).normal(size=(len(ids), 8))))
+    vectors_path = vectors.save(tmp_path / "vectors.parquet")
+    tiny = init_tiny_model(recent.catalog_path, tmp_path / "tiny")
+    cfg = _config(synth_dir, tmp_path / "quality", 2, embeddings=str(vectors_path))
+    cfg.model.name_or_path = str(tiny)
+    cfg.experiment.train_periods = "0-2"
+    quality, path = fit_from_samples(cfg, recent.root, None, samples=12, seed=1)
+    saved = json.loads(path.read_text())
+    assert path == recent.demo_quality_path and saved["measured_samples"] == 12
+    assert saved["measured_demos"] >= 24 and saved["periods"] == [0, 1, 2]
+    assert any(w != 0 for w in quality.weights)
+
+    cfg = _config(
+        synth_dir, tmp_path / "quality", 2, demo_policy="quality", demo_quality=str(path),
+        embeddings=str(vectors_path),
+    )  # fmt: skip
+    manifest = build_samples(cfg)
+    folder = SamplesFolder.at(tmp_path / "quality")
+    assert json.loads(folder.demo_quality_path.read_text())["weights"] == list(quality.weights)
+    assert manifest["selection"]["demo_quality"]["weights"] == list(quality.weights)
+
+    def similarity(a, b):
+        va, vb = vectors.vectors([a])[0], vectors.vectors([b])[0]
+        return sum(float(x) * float(y) for x, y in zip(va, vb, strict=True))
+
+    expected = _reference_rows(
+        synth_dir, demo_policy="quality", similarity=similarity, quality=quality.weights
+    )
+    assert _rows(folder.read_table()) == expected
+    with pytest.raises(ConfigError, match="recent policy"):
+        fit_from_samples(cfg, folder.root, None, samples=4)  # needs recent demos (their ages)
+
+
 def test_a_retrieval_policy_without_vectors_is_a_config_error(synth_dir, tmp_path, ray_local):
     cfg = _config(synth_dir, tmp_path / "out", 2, demo_policy="semantic")
     with pytest.raises(ConfigError, match=r"samples\.embeddings"):

@@ -1,0 +1,204 @@
+"""Fit the ``quality`` demonstration policy: how much does each demonstration help?
+
+The estimator (ICL as implicit fine-tuning: demonstrations are not equally useful):
+
+1. **Measure.** On ``n`` training samples (seeded draw from the training periods of a samples
+   folder), score the full prompt and, for each demonstration ``j``, the prompt without it, with
+   one model (by default the base LLM: the reader whose use of context we want to improve). The
+   *help* of ``j`` is how far it moved the Yes/No margin toward the right answer:
+   ``help_j = (margin(all) - margin(all but j)) * (+1 if the target was liked else -1)``, with
+   ``margin = log P(Yes) - log P(No)``.
+2. **Fit.** A ridge regression of ``help`` on the features the policy can compute for *any*
+   earlier event without knowing the answer (:data:`recicl.data.retrieval.QUALITY_FEATURES`):
+   similarity of the two items, age (events between the demonstration and the query, divided by
+   ``samples.retrieval_window``), the demonstration's label, and similarity x label. Features
+   are centered per sample (only the ranking within one prompt matters), there is no intercept,
+   and the weights are rounded to 1e-6 so offline and online rankings agree exactly.
+3. **Report.** The weights, 5-fold cross-validated R^2 (how much of the help the features
+   explain; it is small: most of a demonstration's effect depends on content the features do not
+   see) and the count of measured demonstrations, saved as JSON next to the samples.
+
+The measured samples use the demonstrations the folder was built with (usually the recent ones),
+so the ages seen in fitting are 0 .. num_demos - 1: the fit says how help falls with age in that
+range and extrapolates linearly beyond it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from recicl.config import ConfigError, ReciclConfig, parse_periods
+from recicl.data.item_embeddings import ItemEmbeddings, similarities
+from recicl.data.retrieval import QUALITY_FEATURES, DemoQuality
+from recicl.data.samples_folder import SamplesFolder
+from recicl.modeling.packaged import load_packaged_model
+from recicl.prompts import PromptBuilder
+
+log = logging.getLogger(__name__)
+
+
+def _margins(p_yes: np.ndarray) -> np.ndarray:
+    p = np.clip(p_yes, 1e-12, 1 - 1e-12)
+    return np.log(p) - np.log1p(-p)
+
+
+def measure_demo_help(
+    cfg: ReciclConfig,
+    folder: SamplesFolder,
+    model_dir: str | Path,
+    embeddings: ItemEmbeddings,
+    *,
+    periods: list[int],
+    samples: int,
+    seed: int,
+    batch_size: int = 8,
+) -> dict[str, np.ndarray]:
+    """Leave-one-out help of every demonstration of ``samples`` training samples, with the
+    features the estimator is fitted on (``group``: which sample a demonstration came from)."""
+    from tqdm.auto import tqdm
+
+    from recicl.modeling import score_prompts
+
+    table = folder.read_table(periods)
+    with_demos = np.flatnonzero([len(d) >= 2 for d in table["demos"].to_pylist()])
+    if not len(with_demos):
+        raise ConfigError(f"periods {periods} of {folder.root} have no sample with 2+ demos")
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(with_demos, size=min(samples, len(with_demos)), replace=False))
+    rows = table.take(chosen).to_pylist()
+    packaged = load_packaged_model(model_dir, prompt=cfg.prompt, model_cfg=cfg.model)
+    catalog = pq.read_table(folder.catalog_path)
+    builder = PromptBuilder(packaged.prompt, catalog, packaged.tokenizer)
+    window = float(cfg.samples.retrieval_window)
+    out: dict[str, list[float]] = {name: [] for name in (*QUALITY_FEATURES, "help", "group")}
+    for group, row in enumerate(tqdm(rows, desc="demo help", unit="sample")):
+        demos = row["demos"]
+        variants = [demos] + [demos[:j] + demos[j + 1 :] for j in range(len(demos))]
+        prompts = [builder.encode(row["history"], d, row["item_id"]).input_ids for d in variants]
+        p_yes = score_prompts(
+            packaged.model,
+            packaged.tokenizer,
+            prompts,
+            batch_size,
+            answer_tokens=packaged.answer_tokens,
+        )
+        margins = _margins(p_yes)
+        sign = 1.0 if row["label"] == 1 else -1.0
+        target = embeddings.vectors([row["item_id"]])
+        sims = similarities(target, embeddings.vectors([d["item_id"] for d in demos]))[0]
+        for j, demo in enumerate(demos):
+            liked = float(demo["label"])
+            out["similarity"].append(float(sims[j]))
+            out["age"].append((len(demos) - 1 - j) / window)
+            out["liked"].append(liked)
+            out["similarity_x_liked"].append(float(sims[j]) * liked)
+            out["help"].append(float((margins[0] - margins[j + 1]) * sign))
+            out["group"].append(group)
+    return {name: np.asarray(values) for name, values in out.items()}
+
+
+def fit_demo_quality(measured: dict[str, np.ndarray], alpha: float = 1.0) -> DemoQuality:
+    """Ridge weights of the help on the per-sample-centered features (see the module doc)."""
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GroupKFold, cross_val_score
+
+    features = np.column_stack([measured[name] for name in QUALITY_FEATURES])
+    groups = measured["group"].astype(np.int64)
+    centered = features.copy()
+    target = measured["help"].astype(np.float64).copy()
+    for g in np.unique(groups):
+        rows = groups == g
+        centered[rows] -= centered[rows].mean(axis=0)
+        target[rows] -= target[rows].mean()
+    model = Ridge(alpha=alpha, fit_intercept=False).fit(centered, target)
+    folds = min(5, len(np.unique(groups)))
+    r2 = (
+        cross_val_score(
+            Ridge(alpha=alpha, fit_intercept=False),
+            centered,
+            target,
+            groups=groups,
+            cv=GroupKFold(n_splits=folds),
+            scoring="r2",
+        )
+        if folds >= 2
+        else np.array([np.nan])
+    )
+    weights = tuple(round(float(w), 6) for w in model.coef_)
+    fitted = {
+        "measured_demos": len(target),
+        "measured_samples": len(np.unique(groups)),
+        "r2_cv": round(float(np.mean(r2)), 4),
+        "mean_help": round(float(measured["help"].mean()), 4),
+        "ridge_alpha": alpha,
+    }
+    return DemoQuality(weights, fitted)
+
+
+def fit_from_samples(
+    cfg: ReciclConfig,
+    samples_dir: str | Path,
+    model_dir: str | Path | None,
+    *,
+    samples: int = 200,
+    seed: int = 0,
+    output: str | Path | None = None,
+) -> tuple[DemoQuality, Path]:
+    """Measure on the training periods of ``samples_dir`` (``experiment.train_periods``),
+    fit, and write the estimator JSON (default: ``<samples_dir>/demo_quality.json``)."""
+    folder = SamplesFolder.at(samples_dir)
+    built = (folder.manifest().get("selection") or {}).get("demo_policy", "recent")
+    if built != "recent":
+        raise ConfigError(
+            f"{folder.root} was built with demo_policy {built!r}: measure on samples built with "
+            "the recent policy (the fit needs each demonstration's age)"
+        )
+    model = model_dir or cfg.model.name_or_path
+    if not model:
+        raise ConfigError("no model to measure with: pass --model DIR or set model.name_or_path")
+    vectors = cfg.samples.embeddings or (
+        folder.embeddings_path if folder.embeddings_path.is_file() else None
+    )
+    if vectors:
+        embeddings = ItemEmbeddings.load(Path(vectors).expanduser())
+    else:
+        from recicl.embeddings import embed_catalog
+
+        embeddings = embed_catalog(pq.read_table(folder.catalog_path), cfg)
+    periods = parse_periods(cfg.experiment.train_periods) or folder.periods()
+    started = time.perf_counter()
+    measured = measure_demo_help(
+        cfg, folder, model, embeddings, periods=periods, samples=samples, seed=seed
+    )
+    quality = fit_demo_quality(measured)
+    quality = DemoQuality(
+        quality.weights,
+        {
+            **quality.fitted,
+            "model": str(model),
+            "samples_dir": str(folder.root),
+            "periods": periods,
+            "seed": seed,
+            "retrieval_window": cfg.samples.retrieval_window,
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+    )
+    path = Path(output) if output else folder.demo_quality_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(quality.to_json(), indent=2) + "\n")
+    log.info("demo quality weights %s (R2 cv %s)", quality.weights, quality.fitted["r2_cv"])
+    return quality, path
+
+
+def describe(quality: DemoQuality) -> list[tuple[str, Any]]:
+    """(name, value) rows for a printed summary."""
+    rows: list[tuple[str, Any]] = list(zip(QUALITY_FEATURES, quality.weights, strict=True))
+    rows += [(k, v) for k, v in quality.fitted.items() if k in ("r2_cv", "measured_demos")]
+    return rows
