@@ -12,7 +12,16 @@ Two tables, each with ratios to the ``recent`` policy measured in the same run:
     demonstrations, so a request costs up to N full prompts. Tiny random model by default,
     ``--model DIR`` for a real one (e.g. .cache/models/gemma-3-270m).
 
+(c) **Model-free readers** (``--readers``), per policy and period, on the bundled MovieLens
+    (D6-D9) and on synthetic drift data (every user switches genres at about 60 % of the
+    timeline): the AUC of two scores a sample's demonstrations give without any model. The
+    like rate (share of Yes among them) and a similarity vote (sum over demonstrations of
+    similarity to the target x (+1 liked, -1 not)), the verdict a reader that copies similar
+    demonstrations would reach. It shows what each policy puts *in* the prompt, not what a
+    model makes of it (the Gemma table in the README does that).
+
     python benchmarks/bench_policies.py [--repeats 3] [--sizes 5,20] [--model DIR] [--skip-build]
+    python benchmarks/bench_policies.py --readers
 """
 
 from __future__ import annotations
@@ -172,6 +181,84 @@ def bench_serving(root: Path, sizes: list[int], repeats: int, model_dir: str | N
     return rows
 
 
+def reader_aucs(folder_path: Path, periods: list[int]) -> dict[int, tuple[float, float]]:
+    """(like-rate AUC, similarity-vote AUC) per period of a built samples folder."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from recicl.data.item_embeddings import ItemEmbeddings, similarities
+    from recicl.data.samples_folder import SamplesFolder
+
+    folder = SamplesFolder.at(folder_path)
+    vectors = ItemEmbeddings.load(folder.embeddings_path)
+    out = {}
+    for period in periods:
+        table = folder.read_table([period])
+        labels = np.asarray(table["label"].to_pylist())
+        rate, vote = [], []
+        for target, demos in zip(
+            table["item_id"].to_pylist(), table["demos"].to_pylist(), strict=True
+        ):
+            ys = np.array([2 * d["label"] - 1 for d in demos], dtype=float)
+            rate.append(float((ys > 0).mean()))
+            sims = similarities(
+                vectors.vectors([target]), vectors.vectors([d["item_id"] for d in demos])
+            )[0]
+            vote.append(float((sims * ys).sum()))
+        out[period] = (roc_auc_score(labels, rate), roc_auc_score(labels, vote))
+    return out
+
+
+def bench_readers(root: Path, quality_file: Path | None) -> None:
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from recicl.config import build_config
+    from recicl.data.pipeline import build_samples
+    from recicl.data.synth import SynthSpec, write_synthetic
+    from recicl.embeddings import embed_catalog
+
+    synth = root / "synth"
+    spec = SynthSpec(users=400, events_per_user=60, seed=0)
+    write_synthetic(spec, synth)
+    drift_period = int(spec.drift_at * 10)
+    sources = {
+        "MovieLens": ({}, [6, 7, 8, 9]),
+        "synthetic drift": ({"source": "parquet", "path": str(synth)}, list(range(1, 10))),
+    }
+    quality_path = quality_file or root / "reader-quality.json"
+    if quality_file is None:
+        quality_path.write_text(json.dumps(QUALITY))
+    for source, (data, periods) in sources.items():
+        results: dict[str, Path] = {}
+        vectors_path = root / f"r-{source}-vectors.parquet"
+        for name, policy in POLICIES.items():
+            extra: dict = {"demo_quality": str(quality_path)} if name == "quality" else {}
+            if name != "recent":
+                extra["embeddings"] = str(vectors_path)
+            folder = root / f"r-{source}-{name}"
+            cfg = build_config(
+                {"data": data, "samples": {"output": str(folder), "num_demos": 8,
+                 "periods": 10, **policy, **extra}}
+            )  # fmt: skip
+            build_samples(cfg)
+            if name == "recent":  # one set of vectors for every policy and for the readers
+                catalog = pq.read_table(folder / "catalog.parquet")
+                embed_catalog(catalog, cfg).save(vectors_path)
+                shutil.copy(vectors_path, folder / "item_embeddings.parquet")
+            results[name] = folder
+        aucs = {name: reader_aucs(folder, periods) for name, folder in results.items()}
+        note = f" (drift at ~D{drift_period})" if source.startswith("synthetic") else ""
+        print(f"\n(c) model-free readers, {source}{note}: like-rate AUC / similarity-vote AUC\n")
+        print("| policy | " + " | ".join(f"D{p}" for p in periods) + " |")
+        print("|---|" + "---|" * len(periods))
+        for name in POLICIES:
+            cells = [f"{aucs[name][p][0]:.3f} / {aucs[name][p][1]:.3f}" for p in periods]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -179,12 +266,19 @@ def main() -> None:
     parser.add_argument("--model", help="HF folder to serve with (default: a tiny random model)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for (b)")
     parser.add_argument("--skip-build", action="store_true", help="table (b) only")
+    parser.add_argument("--readers", action="store_true", help="table (c) only")
+    parser.add_argument(
+        "--quality", type=Path, help="(c): a fitted demo_quality.json (default: fixed weights)"
+    )
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-policies-") as tmp:
         root = Path(tmp)
+        if args.readers:
+            bench_readers(root, args.quality)
+            return
         if not args.skip_build:
             rows = bench_build(root, args.repeats)
             base = statistics.median(rows[0]["seconds"])
