@@ -324,6 +324,11 @@ def group_by_context(
     recent policies every candidate has the same context: one ScoreJob, as before."""
     from recicl.modeling.prefix_sharing import ScoreJob
 
+    if contexts and all(context is contexts[0] for context in contexts):  # recent: one prefix
+        history, demos = contexts[0]
+        return [ScoreJob(history, demos, list(candidates))], [
+            (0, i) for i in range(len(candidates))
+        ]
     groups: dict[Any, int] = {}
     jobs: list[ScoreJob] = []
     where: list[tuple[int, int]] = []

@@ -369,3 +369,11 @@ def test_served_scores_under_a_retrieval_policy_equal_the_offline_prompts(world)
     ]
     want = score_prompts(world["model"], world["tokenizer"], prompts, answer_tokens=world["tokens"])
     np.testing.assert_allclose([s for _, s in reply.scores], want, atol=TOL, rtol=0)
+
+    # The recent policies: one shared context for every candidate, the same scores.
+    served.selection = Selection()
+    (reply,) = run_jobs(served, [ModelJob("u", events, candidates)])
+    history, demos = training_context(list(events), 4, 2, "0")
+    prompts = [builder.encode(history, demos, c).input_ids for c in candidates]
+    want = score_prompts(world["model"], world["tokenizer"], prompts, answer_tokens=world["tokens"])
+    np.testing.assert_allclose([s for _, s in reply.scores], want, atol=TOL, rtol=0)
