@@ -45,6 +45,10 @@ demo-tiny: $(STAMP)
 
 bench: $(STAMP) model
 	$(BIN)/python benchmarks/bench_samples.py
+	$(BIN)/python benchmarks/bench_embed.py
+	$(BIN)/python benchmarks/bench_policies.py
+	$(BIN)/python benchmarks/bench_policies.py --readers
+	$(BIN)/python benchmarks/bench_ceiling.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/bench_serve.py --shapes "" --model $(GEMMA_DIR) --skip-http \
