@@ -87,7 +87,13 @@ def main() -> None:
     parser.add_argument("--samples", default="recicl-work/samples/ml-latest-small-d8")
     parser.add_argument("--data", default=str(BUNDLED_MOVIELENS))
     args = parser.parse_args()
-    manifest = json.loads((Path(args.samples) / "manifest.json").read_text())
+    manifest_path = Path(args.samples) / "manifest.json"
+    if not manifest_path.is_file():  # the periods come from a build: make one (10 periods)
+        from recicl.config import build_config
+        from recicl.data.pipeline import build_samples
+
+        build_samples(build_config({"samples": {"output": args.samples, "periods": 10}}))
+    manifest = json.loads(manifest_path.read_text())
     threshold = float(manifest["config"]["data"]["like_threshold"])
     frame = signals(
         pd.read_csv(Path(args.data) / "ratings.csv"), manifest["boundaries_ts"], threshold
