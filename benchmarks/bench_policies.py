@@ -106,7 +106,8 @@ def bench_serving(root: Path, sizes: list[int], repeats: int, model_dir: str | N
     from recicl.modeling.prefix_sharing import CandidateScorer
     from recicl.prompts import PromptBuilder
     from recicl.serve.api.backend import ModelJob
-    from recicl.serve.serving_model import ServingModel, run_jobs
+    from recicl.serve.context import contexts_for
+    from recicl.serve.serving_model import ServingModel, group_by_context, run_jobs
     from recicl.serve.store import Event
 
     catalog_path = next(root.glob("*/catalog.parquet"), None)
@@ -163,9 +164,6 @@ def bench_serving(root: Path, sizes: list[int], repeats: int, model_dir: str | N
                 run_jobs(served, [job])
                 times.append(time.perf_counter() - t0)
             timings[name] = statistics.median(times)
-            from recicl.serve.context import contexts_for
-            from recicl.serve.serving_model import group_by_context
-
             contexts = contexts_for(events, list(candidates), 8, 10, selection)
             prompts[name] = len(group_by_context(list(candidates), contexts)[0])
         for name in POLICIES:

@@ -80,9 +80,9 @@ def run_seed(
     )
     samples = SamplesFolder(Path(configured_samples_dir(cfg) or "").expanduser().resolve())
     if not samples.manifest():
-        from recicl.embeddings import embed_catalog
+        from recicl.embeddings import embedder_for
 
-        build_samples(cfg, embedder=lambda catalog: embed_catalog(catalog, cfg))
+        build_samples(cfg, embedder=embedder_for(cfg))
     started = time.perf_counter()
     result = run_streaming(cfg)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)

@@ -129,7 +129,7 @@ def samples_build(
 ) -> None:
     """Read logs, validate and quarantine, cut periods and write ICL samples (Ray Data)."""
     from recicl.data.pipeline import build_samples
-    from recicl.embeddings import embed_catalog
+    from recicl.embeddings import embedder_for
 
     cfg = resolve_config(
         config,
@@ -150,7 +150,7 @@ def samples_build(
     if periods is not None:
         cfg.samples.boundaries = None
     manifest = build_samples(  # this process never trains (ensure_ray)
-        cfg, dashboard=False, embedder=lambda catalog: embed_catalog(catalog, cfg)
+        cfg, dashboard=False, embedder=embedder_for(cfg)
     )
     print_samples_summary(manifest)
 

@@ -111,7 +111,7 @@ def _personalization(cfg: ReciclConfig, samples_dir: Path) -> dict[str, Any]:
 def run_demo(cfg: ReciclConfig) -> dict[str, Any]:
     """Run every stage once and print what each produced."""
     from recicl.data.pipeline import build_samples
-    from recicl.embeddings import embed_catalog
+    from recicl.embeddings import embedder_for
     from recicl.evaluate.batch import evaluate_model
     from recicl.promotion import promote
 
@@ -120,7 +120,7 @@ def run_demo(cfg: ReciclConfig) -> dict[str, Any]:
     build_cfg = cfg.model_copy(
         update={"samples": cfg.samples.model_copy(update={"output": str(samples_dir)})}
     )
-    manifest = build_samples(build_cfg, embedder=lambda catalog: embed_catalog(catalog, build_cfg))
+    manifest = build_samples(build_cfg, embedder=embedder_for(build_cfg))
     print_samples_summary(manifest)
     samples = SamplesFolder.at(samples_dir)
     newest = samples.newest_period()

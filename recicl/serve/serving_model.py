@@ -8,6 +8,7 @@ into replies, scoring all candidates of the batch together on shared prefix cach
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -226,14 +227,7 @@ def trained_selection(trained: dict[str, Any], samples_dir: str | None, label: s
                 f"({location}) cannot be read: {error}"
             ) from error
     log.info("%s selects context by %s/%s", label, selection.demo_policy, selection.history_policy)
-    return Selection(
-        demo_policy=selection.demo_policy,
-        history_policy=selection.history_policy,
-        recent_share=selection.recent_share,
-        window=selection.window,
-        embeddings=embeddings,
-        quality=quality,
-    )
+    return dataclasses.replace(selection, embeddings=embeddings, quality=quality)
 
 
 def fill_pool(model: ServingModel, job: ModelJob) -> list[str]:

@@ -15,7 +15,6 @@ from recicl.cli import app
 from recicl.config import build_config
 from recicl.data.item_embeddings import EMBEDDINGS_FILE, GRID, ItemEmbeddings, unit_rows
 from recicl.data.pipeline import build_samples
-from recicl.data.schema import CATALOG
 from recicl.data.synth import SynthSpec, write_synthetic
 from recicl.embeddings import (
     EncoderSpec,
@@ -26,6 +25,7 @@ from recicl.embeddings import (
     load_encoder,
 )
 from recicl.embeddings.encoders import LLMEncoder
+from tests.unit.test_embeddings import handmade_catalog as unit_catalog
 
 pytestmark = pytest.mark.integration
 
@@ -119,11 +119,7 @@ HANDMADE = [
 
 
 def handmade_catalog() -> pa.Table:
-    rows = [
-        {"item_id": item, "title": title, "attributes": [("genres", genres)]}
-        for item, title, genres in HANDMADE
-    ]
-    return pa.Table.from_pylist(rows, schema=CATALOG)
+    return unit_catalog(HANDMADE)
 
 
 @pytest.fixture(scope="module")

@@ -41,10 +41,11 @@ HANDMADE = [
 ]
 
 
-def handmade_catalog() -> pa.Table:
+def handmade_catalog(items: list[tuple[str, str, str]] = HANDMADE) -> pa.Table:
+    """A CATALOG table of (item_id, title, genres) rows."""
     rows = [
         {"item_id": item, "title": title, "attributes": [("genres", genres)]}
-        for item, title, genres in HANDMADE
+        for item, title, genres in items
     ]
     return pa.Table.from_pylist(rows, schema=CATALOG)
 
