@@ -64,6 +64,17 @@ BUILD_OUTPUTS = (
 _HASH_CHUNK = 1 << 20
 
 
+def sample_keys(sample_ids: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded pseudo-random uint64 per sample id. Sorting by it is a reproducible shuffle, and
+    taking the smallest keys is a reproducible draw that depends on the ids only, never on the
+    row order a build happened to write (training shuffles and subsets, evaluation subsets).
+    (pandas' keyed SipHash: vectorized, and the same on every machine and Python run.)"""
+    import pandas as pd
+
+    key = f"{seed & 0xFFFF_FFFF_FFFF_FFFF:016x}"  # the 16-character hash key
+    return pd.util.hash_array(np.asarray(sample_ids, dtype=object).astype(str), hash_key=key)
+
+
 def configured_samples_dir(cfg: ReciclConfig) -> str | None:
     """The samples folder a config points at: ``train.samples_dir``, else ``samples.output``
     (the folder `recicl samples build` writes). None when neither is set."""

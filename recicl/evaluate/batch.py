@@ -27,7 +27,7 @@ import pyarrow as pa
 import ray.data
 
 from recicl.config import ModelConfig, PromptConfig, ReciclConfig
-from recicl.data.samples_folder import SamplesFolder
+from recicl.data.samples_folder import SamplesFolder, sample_keys
 from recicl.errors import ReciclError
 from recicl.evaluate.metrics import metrics_by_period
 from recicl.evaluate.plots import plot_by_period
@@ -56,23 +56,27 @@ SUBSET_SEED = 0
 
 
 def subset_name(max_samples: int | None) -> str:
-    return "all" if max_samples is None else f"cap{max_samples}"
+    """The tag of an ``evaluate.max_samples`` subset. ``-ids``: drawn by sample id; evaluations
+    cached from the older draw by row position (``capN``) are never compared with these."""
+    return "all" if max_samples is None else f"cap{max_samples}-ids"
 
 
 def subsample_per_period(table: pa.Table, cap: int | None, seed: int) -> pa.Table:
-    """At most ``cap`` rows per period, chosen at random with a fixed seed (reproducible)."""
-    import pyarrow.compute as pc
+    """At most ``cap`` rows per period: those whose sample ids have the smallest seeded keys.
 
+    The draw depends on the ids, not on row order, so two builds of the same samples (which may
+    write their rows in different orders) and folders built with different demonstration
+    policies (the same samples, other prompts) give the same ids: every model, policy and build
+    is evaluated like with like. Rows keep their order in ``table``."""
     if cap is None:
         return table
-    parts = []
-    for period in sorted(set(table["period"].to_pylist())):
-        part = table.filter(pc.equal(table["period"], period))
-        if part.num_rows > cap:
-            rows = np.random.default_rng(seed + period).choice(part.num_rows, cap, replace=False)
-            part = part.take(pa.array(np.sort(rows)))
-        parts.append(part)
-    return pa.concat_tables(parts) if parts else table
+    periods = table["period"].to_numpy()
+    keys = sample_keys(table["sample_id"].to_numpy(zero_copy_only=False), seed)
+    keep = []
+    for period in np.unique(periods):
+        rows = np.flatnonzero(periods == period)
+        keep.append(rows[np.argsort(keys[rows], kind="stable")[:cap]])
+    return table.take(pa.array(np.sort(np.concatenate(keep)))) if keep else table
 
 
 class EvaluationError(ReciclError):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recicl.config import ConfigError, ModelConfig, PromptConfig, ReciclConfig, TrainConfig
-from recicl.data.samples_folder import SamplesFolder
+from recicl.data.samples_folder import SamplesFolder, sample_keys
 from recicl.modeling import load_tokenizer
 from recicl.prompts import PromptBuilder
 
@@ -82,15 +82,6 @@ def _builder(settings: str, catalog_path: str) -> Any:
     return builder
 
 
-def shuffle_keys(sample_ids: np.ndarray, seed: int) -> np.ndarray:
-    """A seeded pseudo-random uint64 per sample id: sorting by it is a reproducible shuffle.
-    (pandas' keyed SipHash: vectorized, and the same on every machine and Python run.)"""
-    import pandas as pd
-
-    key = f"{seed & 0xFFFF_FFFF_FFFF_FFFF:016x}"  # the 16-character hash key
-    return pd.util.hash_array(np.asarray(sample_ids, dtype=object).astype(str), hash_key=key)
-
-
 def encode_samples(
     batch: dict[str, np.ndarray], settings: str, catalog_path: str, seed: int = 0
 ) -> dict[str, np.ndarray]:
@@ -98,7 +89,7 @@ def encode_samples(
     and ``shuffle_key``. ``settings``: JSON of the ``prompt`` and ``model`` config sections."""
     encoded = _builder(settings, catalog_path).encode_batch(batch)
     out = {key: encoded[key] for key in [*ENCODED_COLUMNS, "period"]}
-    out["shuffle_key"] = shuffle_keys(np.asarray(batch["sample_id"]), seed)
+    out["shuffle_key"] = sample_keys(np.asarray(batch["sample_id"]), seed)
     return out
 
 
@@ -130,7 +121,7 @@ def choose_train_subset(
     keep = train_subset_size(max_train_samples, len(ids))
     if keep >= len(ids):
         return None
-    order = np.argsort(shuffle_keys(ids, seed), kind="stable")
+    order = np.argsort(sample_keys(ids, seed), kind="stable")
     return np.sort(ids[order[:keep]].astype(str))
 
 

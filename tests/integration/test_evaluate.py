@@ -186,9 +186,9 @@ def test_capped_evaluation_uses_one_subset_and_the_gate_compares_like_with_like(
         evaluate_model(capped, f"models:/recicl/{v}", world["samples"], [2]) for v in (v0, v1)
     ]
     for report in reports:
-        assert report["periods"]["2"]["count"] == 9 and report["samples"]["subset"] == "cap9"
+        assert report["periods"]["2"]["count"] == 9 and report["samples"]["subset"] == "cap9-ids"
         run = client(resolve_tracking_uri(capped)).get_run(report["mlflow_run_id"])
-        assert run.data.tags["recicl.eval_subset"] == "cap9"
+        assert run.data.tags["recicl.eval_subset"] == "cap9-ids"
     # the same 9 samples for both versions (same like rate, same users)
     assert reports[0]["periods"]["2"]["like_rate"] == reports[1]["periods"]["2"]["like_rate"]
     assert reports[0]["periods"]["2"]["auc"] != reports[1]["periods"]["2"]["auc"]

@@ -238,11 +238,11 @@ def test_plan_steps() -> None:
 
 
 def test_shuffle_keys_are_a_reproducible_seeded_order() -> None:
-    from recicl.train.data import shuffle_keys
+    from recicl.data.samples_folder import sample_keys
 
     ids = np.array([f"s{i}" for i in range(200)], dtype=object)
-    order = np.argsort(shuffle_keys(ids, 0))
-    assert np.array_equal(order, np.argsort(shuffle_keys(ids.copy(), 0)))  # same every run
+    order = np.argsort(sample_keys(ids, 0))
+    assert np.array_equal(order, np.argsort(sample_keys(ids.copy(), 0)))  # same every run
     assert not np.array_equal(order, np.arange(200))  # really shuffled
-    assert not np.array_equal(order, np.argsort(shuffle_keys(ids, 1)))  # the seed matters
-    assert len(set(shuffle_keys(ids, 0).tolist())) == 200
+    assert not np.array_equal(order, np.argsort(sample_keys(ids, 1)))  # the seed matters
+    assert len(set(sample_keys(ids, 0).tolist())) == 200
