@@ -2,10 +2,10 @@
 
 The estimator (ICL as implicit fine-tuning: demonstrations are not equally useful):
 
-1. **Measure.** On ``n`` training samples (seeded draw from the training periods of a samples
-   folder), score the full prompt and, for each demonstration ``j``, the prompt without it, with
-   one model (by default the base LLM: the reader whose use of context we want to improve). The
-   *help* of ``j`` is how far it moved the Yes/No margin toward the right answer:
+1. **Measure.** On ``n`` training samples (a seeded draw by sample id from the training periods
+   of a samples folder), score the full prompt and, for each demonstration ``j``, the prompt
+   without it, with one model (by default the base LLM: the reader whose use of context we want
+   to improve). The *help* of ``j`` is how far it moved the Yes/No margin toward the right answer:
    ``help_j = (margin(all) - margin(all but j)) * (+1 if the target was liked else -1)``, with
    ``margin = log P(Yes) - log P(No)``.
 2. **Fit.** A ridge regression of ``help`` on the features the policy can compute for *any*
@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from recicl.config import ConfigError, ReciclConfig, parse_periods
 from recicl.data.item_embeddings import ItemEmbeddings, similarities
 from recicl.data.retrieval import QUALITY_FEATURES, DemoQuality
-from recicl.data.samples_folder import SamplesFolder
+from recicl.data.samples_folder import SamplesFolder, sample_keys
 from recicl.modeling.packaged import load_packaged_model
 from recicl.prompts import PromptBuilder
 
@@ -70,8 +70,10 @@ def measure_demo_help(
     with_demos = np.flatnonzero([len(d) >= 2 for d in table["demos"].to_pylist()])
     if not len(with_demos):
         raise ConfigError(f"periods {periods} of {folder.root} have no sample with 2+ demos")
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(with_demos, size=min(samples, len(with_demos)), replace=False))
+    # drawn by sample id (seeded keys), so a rebuild that orders rows differently measures the
+    # same samples
+    keys = sample_keys(table["sample_id"].to_numpy(zero_copy_only=False)[with_demos], seed)
+    chosen = np.sort(with_demos[np.argsort(keys, kind="stable")[:samples]])
     rows = table.take(chosen).to_pylist()
     packaged = load_packaged_model(model_dir, prompt=cfg.prompt, model_cfg=cfg.model)
     catalog = pq.read_table(folder.catalog_path)
