@@ -35,7 +35,7 @@ $(GEMMA_DIR)/recicl_import.json: $(STAMP)
 model: $(GEMMA_DIR)/recicl_import.json
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
 demo: $(STAMP)
 	$(BIN)/recicl demo --config ray_jobs/configs/gemma3-270m-demo.yaml
