@@ -10,6 +10,17 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+#: Ray Train settings for the suite's Ray runtimes (this process's, inherited by the local raylet
+#: and the controller actors it starts, and test_ray_job_submit's nodes). The controller looks at
+#: its workers every 2 s by default, so a run returns up to ~5 s after its last step; the suite
+#: runs dozens of few-step trainings, and a tighter poll costs nothing on a local runtime. The
+#: preemption watcher (spot-node notices) is one more process per run with nothing to watch here.
+RAY_TRAIN_TEST_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+for _key, _value in RAY_TRAIN_TEST_ENV.items():
+    os.environ.setdefault(_key, _value)
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,8 @@ import psutil
 import pytest
 import yaml
 
+from tests.conftest import RAY_TRAIN_TEST_ENV
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -303,6 +305,7 @@ def _cluster_env() -> dict[str, str]:
         DS_ACCELERATOR="cpu",
         TOKENIZERS_PARALLELISM="false",
     )
+    env.update(RAY_TRAIN_TEST_ENV)  # the suite's Ray Train timings, as for the session's Ray
     env.pop("VIRTUAL_ENV", None)
     return env
 
