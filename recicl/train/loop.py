@@ -6,8 +6,9 @@ The driver (:mod:`recicl.train.trainer`) computes a :class:`TrainPlan` and hands
 stays free of torch and Ray imports so that the driver (and the CLI) import it cheaply.
 
 Test-only fault hook: with ``RECICL_FAULT_AT_STEP=N`` (and ``RECICL_FAULT_MARKER=<file>``) rank 0
-exits hard after optimizer step N (``RECICL_FAULT_DELAY_S`` later, default 5 s), once: the marker
-file records that the fault happened, so the restarted attempt runs through.
+exits hard after optimizer step N (``RECICL_FAULT_DELAY_S`` later; by default 2.5 Ray Train
+controller polls, at least 1 s), once: the marker file records that the fault happened, so the
+restarted attempt runs through.
 """
 
 from __future__ import annotations
@@ -67,9 +68,11 @@ def maybe_fault(step: int, rank: int, run_name: str) -> None:
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"fault injected at step {step}\n")
     # Ray Train registers a reported checkpoint only when its controller next polls the workers
-    # (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s): a worker dying right after `report` can take
-    # that checkpoint with it. Wait past one poll, as a crash some time after a checkpoint would.
-    delay = float(os.environ.get(FAULT_DELAY_ENV, "5"))
+    # (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default): a worker dying right after
+    # `report` can take that checkpoint with it. Wait past a few polls (5 s at the default), as a
+    # crash some time after a checkpoint would.
+    poll_seconds = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S") or 2.0)
+    delay = float(os.environ.get(FAULT_DELAY_ENV) or max(1.0, 2.5 * poll_seconds))
     print(f"[recicl] {FAULT_STEP_ENV}: killing rank 0 at step {step} in {delay:g}s", flush=True)
     time.sleep(delay)
     os._exit(17)

@@ -62,6 +62,11 @@ RUN_NAME = "rj-train"
 STARTUP_TIMEOUT_S = 180
 WORKER_START_ATTEMPTS = 3
 JOB_TIMEOUT_S = 600
+# Stopping: how long SIGTERM gets before SIGKILL. A head that has run jobs takes over 20 s to
+# shut down on SIGTERM, and its runtime-env agent ignores SIGTERM; neither grace is part of what
+# the stop test checks (that every process of ours ends, and nothing else), so it is kept short.
+NODE_STOP_GRACE_S = 5
+LEFTOVER_STOP_GRACE_S = 3
 
 
 def _free_port() -> int:
@@ -272,9 +277,10 @@ class LocalCluster:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.terminate()
+        deadline = time.monotonic() + NODE_STOP_GRACE_S
         for proc in self.procs:
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 proc.kill()
         self._remember_processes()
@@ -282,7 +288,7 @@ class LocalCluster:
         for p in leftover:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.terminate()
-        _, alive = psutil.wait_procs(leftover, timeout=10)
+        _, alive = psutil.wait_procs(leftover, timeout=LEFTOVER_STOP_GRACE_S)
         for p in alive:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
