@@ -52,11 +52,17 @@ def shipped_yaml_files() -> set[Path]:
     return found
 
 
+#: The configs that train on GPUs (read as plain YAML, so a broken file fails its own test).
+GPU_CONFIGS = [
+    p for p in RECICL_CONFIGS if ((read_yaml(p) or {}).get("train") or {}).get("use_gpu")
+]
+
+
 def test_every_shipped_yaml_is_covered() -> None:
     shipped = shipped_yaml_files()
     covered = {*RECICL_CONFIGS, *SERVE_CONFIGS, *INFRA_FILES, PRE_COMMIT, RUNTIME_ENV}
     assert not shipped - covered, "YAML files without a check in this test"
-    assert RECICL_CONFIGS and SERVE_CONFIGS and KUBERAY_MANIFESTS
+    assert RECICL_CONFIGS and SERVE_CONFIGS and KUBERAY_MANIFESTS and GPU_CONFIGS
 
 
 @pytest.mark.parametrize("path", RECICL_CONFIGS, ids=relative)
@@ -64,6 +70,16 @@ def test_recicl_config_loads(path: Path) -> None:
     cfg = load_config(path)  # strict: an unknown key or a bad value is a ConfigError
     assert isinstance(cfg, ReciclConfig)
     assert read_yaml(path), f"{relative(path)} is empty: it would silently mean the defaults"
+
+
+@pytest.mark.parametrize("path", GPU_CONFIGS, ids=relative)
+def test_a_config_that_trains_on_gpus_also_scores_on_gpus(path: Path) -> None:
+    """Evaluation and serving default to CPU replicas; a GPU-trained model scored on CPUs (a 7B
+    one: minutes a batch) is a config that forgot its `evaluate`/`serve` sections."""
+    cfg = load_config(path)
+    assert cfg.train.use_gpu
+    assert cfg.evaluate.use_gpu, f"{relative(path)}: set evaluate.use_gpu: true"
+    assert cfg.serve.num_gpus > 0, f"{relative(path)}: set serve.num_gpus (e.g. 1.0)"
 
 
 @pytest.mark.parametrize("path", SERVE_CONFIGS, ids=relative)
