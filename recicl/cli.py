@@ -184,6 +184,8 @@ def samples_demo_quality(
     quality, path = fit_from_samples(cfg, samples, model, samples=count, seed=seed, output=output)
     for name, value in describe(quality):
         console.print(f"{name:>20}  {value}", highlight=False)
+    if weak := quality.weakness():
+        console.print(f"[yellow]warning:[/] {weak}", highlight=False, soft_wrap=True)
     console.print(
         f"wrote {path}: build with samples.demo_policy=quality, samples.demo_quality={path}",
         highlight=False,

@@ -372,10 +372,15 @@ def build_samples(
         "config": cfg.model_dump(mode="json", include={"data", "samples"}),
         "seconds": round(time.perf_counter() - started, 2),
     }
+    warnings = []
     if not cfg.samples.boundaries and len(boundaries) + 1 < cfg.samples.periods:
-        manifest["warnings"] = [
+        warnings.append(
             f"asked for {cfg.samples.periods} periods but timestamp ties allow only "
             f"{len(boundaries) + 1}"
-        ]
+        )
+    if selection.quality is not None and (weak := selection.quality.weakness()):
+        warnings.append(f"samples.demo_quality: {weak}")
+    if warnings:
+        manifest["warnings"] = warnings
     folder.manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

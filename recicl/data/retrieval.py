@@ -72,6 +72,31 @@ class DemoQuality:
         liked = liked.astype(np.float64)
         return w[0] * sims + w[1] * age + w[2] * liked + w[3] * (sims * liked)
 
+    def weakness(self) -> str | None:
+        """Why this estimator should not be trusted, or None.
+
+        A cross-validated R^2 at or below 0 means the features predict a demonstration's help no
+        better than its mean: the policy then ranks by whatever the weights happen to favour.
+        With Gemma 3 270M on MovieLens (R^2 -0.014) the weights favoured liked demonstrations and
+        the policy lost 0.15-0.18 AUC to ``recent`` (README, "Demonstration policies"). Said at fit
+        and at build time, so nobody ships it by accident; hand-set weights (no R^2) pass.
+        """
+        r2 = self.fitted.get("r2_cv")
+        if r2 is None or r2 > 0:
+            return None
+        found = (
+            "could not be cross-validated (too few measured samples)"
+            if r2 != r2  # NaN
+            else f"has a cross-validated R^2 of {r2}: its features do not predict a "
+            "demonstration's help"
+        )
+        return (
+            f"the demo quality estimator {found}, so the quality policy would rank "
+            "demonstrations by its weights' bias (with Gemma 3 270M on MovieLens it lost "
+            "0.15-0.18 AUC to recent); "
+            "measure more samples (demo-quality --count) or use demo_policy recent or mixed"
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {"features": list(QUALITY_FEATURES), "weights": list(self.weights), **self.fitted}
 

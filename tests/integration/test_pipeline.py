@@ -185,6 +185,9 @@ def test_quality_policy_fitted_with_a_model_builds_the_reference_samples(
     folder = SamplesFolder.at(tmp_path / "quality")
     assert json.loads(folder.demo_quality_path.read_text())["weights"] == list(quality.weights)
     assert manifest["selection"]["demo_quality"]["weights"] == list(quality.weights)
+    # a tiny random model's help is noise: the build says the estimator explains nothing
+    warned = [w for w in manifest.get("warnings", []) if w.startswith("samples.demo_quality")]
+    assert len(warned) == (quality.weakness() is not None)
 
     def similarity(a, b):
         va, vb = vectors.vectors([a])[0], vectors.vectors([b])[0]

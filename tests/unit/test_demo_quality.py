@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recicl.data.retrieval import QUALITY_FEATURES
+from recicl.data.retrieval import QUALITY_FEATURES, DemoQuality
 from recicl.experiments.demo_quality import _margins, fit_demo_quality
 
 
@@ -45,3 +45,18 @@ def test_noise_only_help_gives_a_low_cross_validated_r2():
 def test_margins_are_log_odds():
     np.testing.assert_allclose(_margins(np.array([0.5, 0.75])), [0.0, np.log(3.0)])
     assert np.isfinite(_margins(np.array([0.0, 1.0]))).all()
+
+
+def test_an_estimator_that_explains_nothing_is_called_out():
+    """R^2 <= 0 (or not measurable) is said at fit and build time; a real fit and hand-set
+    weights pass silently."""
+    planted = fit_demo_quality(_measured((0.8, -20.0, 0.3, -0.5)), alpha=1e-3)
+    assert planted.weakness() is None
+    noise = fit_demo_quality(_measured((0.0, 0.0, 0.0, 0.0), noise=1.0))
+    assert noise.fitted["r2_cv"] <= 0
+    assert f"R^2 of {noise.fitted['r2_cv']}" in (noise.weakness() or "")
+    weights = (0.1, 0.0, 0.04, 0.0)
+    assert DemoQuality(weights).weakness() is None  # hand-set: nothing was measured
+    unmeasurable = DemoQuality(weights, {"r2_cv": float("nan")}).weakness() or ""
+    assert "could not be cross-validated" in unmeasurable
+    assert "recent or mixed" in unmeasurable
