@@ -378,7 +378,8 @@ def build_samples(
             f"asked for {cfg.samples.periods} periods but timestamp ties allow only "
             f"{len(boundaries) + 1}"
         )
-    if selection.quality is not None and (weak := selection.quality.weakness()):
+    uses_quality = "quality" in (selection.demo_policy, *selection.extra_policies)
+    if uses_quality and selection.quality is not None and (weak := selection.quality.weakness()):
         warnings.append(f"samples.demo_quality: {weak}")
     if warnings:
         manifest["warnings"] = warnings
