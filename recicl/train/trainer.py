@@ -167,6 +167,10 @@ def _worker_env(cfg: ReciclConfig) -> dict[str, str]:
     they receive is absolute, see resolve_train_config.)"""
     env = {
         "TOKENIZERS_PARALLELISM": "false",
+        # Ray 2.60's Train workers replace `print` with a logger call that also prints whenever
+        # sys.stdout is not sys.__stdout__, and in a Ray worker it never is (Ray wraps it): every
+        # line (our step lines, DeepSpeed's tables) reached the console twice. Plain print: once.
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     }
     if not cfg.train.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"

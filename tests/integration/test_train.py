@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,6 +275,30 @@ def test_train_learns_checkpoints_logs_and_registers(
         assert log_loss(labels, scores, labels=[0, 1]) == pytest.approx(
             result.metrics["val_logloss"], abs=1e-3
         )
+
+
+def test_worker_lines_reach_the_console_once(
+    uninterrupted: Callable[[str, int], TrainedRun],
+) -> None:
+    """Every line a training worker prints is in its process's console output once (Ray Train's
+    print patch doubled them: one copy to stdout, one through a logger to stderr)."""
+    import ray
+
+    uninterrupted("deepspeed", 2)
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    lines_by_pid: dict[str, Counter[str]] = {}
+    for path in [*logs.glob("worker-*.out"), *logs.glob("worker-*.err")]:
+        pid = path.stem.rsplit("-", 1)[-1]
+        steps = [
+            line
+            for line in path.read_text(errors="replace").splitlines()
+            if "[recicl] step" in line
+        ]
+        lines_by_pid.setdefault(pid, Counter()).update(steps)
+    printed = {pid: lines for pid, lines in lines_by_pid.items() if lines}
+    assert printed, f"no training worker's step lines under {logs}"
+    doubled = {pid: line for pid, lines in printed.items() for line, n in lines.items() if n > 1}
+    assert not doubled, doubled
 
 
 def val_scores(cfg: ReciclConfig, adapter: Path | None) -> tuple[np.ndarray, np.ndarray]:
