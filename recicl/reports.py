@@ -58,6 +58,12 @@ def print_samples_summary(manifest: dict[str, Any]) -> None:
         head.add_row(
             "item vectors", f"{vectors['items']:,} x {vectors['dim']} ({vectors.get('encoder')})"
         )
+    stats = manifest.get("item_stats")
+    if stats:
+        head.add_row(
+            "item statistics",
+            f"{stats['items']:,} items, {stats['events']:,} events of D0-D{stats['until_period']}",
+        )
     head.add_row("seconds", f"{manifest['seconds']}")
     _out.print(head)
     periods = Table(title="periods")

@@ -27,7 +27,13 @@ from recicl.config.data import (
 )
 from recicl.config.embeddings import EmbeddingsConfig, EncoderName
 from recicl.config.loading import build_config, load_config, with_overrides
-from recicl.config.model import LoraSettings, ModelConfig, PromptConfig, TinyModelSettings
+from recicl.config.model import (
+    ITEM_STATS_META_KEY,
+    LoraSettings,
+    ModelConfig,
+    PromptConfig,
+    TinyModelSettings,
+)
 from recicl.config.reference import reference_markdown, reference_rows
 from recicl.config.root import ReciclConfig
 from recicl.config.services import (
@@ -42,6 +48,7 @@ from recicl.config.train import TrainConfig
 
 __all__ = [
     "BUNDLED_MOVIELENS",
+    "ITEM_STATS_META_KEY",
     "CatalogMapping",
     "ColumnMapping",
     "ConfigError",

@@ -129,6 +129,14 @@ class SamplesConfig(StrictModel):
         description="Shuffle partitions for the group-by-user stage; null = Ray's default.",
     )
     output: str | None = Field(None, description="Output folder; required to build.")
+    item_stats_until: int | None = Field(
+        None,
+        ge=0,
+        description="Last period whose events the item statistics count (item_stats.parquet, "
+        "shown by prompt.item_stats): every period up to and including it. Set it to the last "
+        "training period, never to an evaluated one (evaluation refuses that); null = the last "
+        "of experiment.train_periods.",
+    )
     demo_policy: DemoPolicy = Field(
         "recent",
         description="Which earlier events are demonstrations: recent (the latest), semantic "

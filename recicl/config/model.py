@@ -8,6 +8,11 @@ from pydantic import Field, field_validator
 
 from recicl.config.base import StrictModel
 
+#: Parquet metadata key of ``item_stats.parquet``: {"until_ts", "until_period"}, written by the
+#: samples build (``recicl.data.item_stats``) and read by the prompt builder (siblings: the
+#: contract lives here, below both).
+ITEM_STATS_META_KEY = b"recicl.item_stats"
+
 
 class PromptConfig(StrictModel):
     """How a sample (ids) becomes model input (text/tokens). Shared by train, eval and serve."""
@@ -43,6 +48,18 @@ class PromptConfig(StrictModel):
         default_factory=lambda: ["genres"],
         description="Catalog attributes shown in parentheses after the title of the item being "
         "asked about (demo items and the query item); history items show titles only.",
+    )
+    item_stats: bool = Field(
+        False,
+        description="Show what other users thought of each asked-about item, frozen at the end "
+        "of the knowledge periods (samples.item_stats_until): '72% of 140 viewers liked it'. "
+        "Collaborative knowledge a model cannot read from one user's events; no question shows "
+        "its own answer (an event inside those periods is left out of its own item's counts).",
+    )
+    item_stats_min_count: int = Field(
+        5,
+        ge=1,
+        description="Show a like rate from this many counted events on; fewer say how many.",
     )
 
 

@@ -192,7 +192,14 @@ class EvaluateConfig(StrictModel):
 
 
 StreamingVariant = Literal[
-    "zero-shot", "tallrec", "tallrec+demos", "recicl", "classical", "demo-rate", "retrained"
+    "zero-shot",
+    "tallrec",
+    "tallrec+demos",
+    "recicl",
+    "recicl+stats",
+    "classical",
+    "demo-rate",
+    "retrained",
 ]
 #: Typed once here so that the default list is checked against :data:`StreamingVariant`.
 DEFAULT_STREAMING_VARIANTS: tuple[StreamingVariant, ...] = (
@@ -215,7 +222,8 @@ class ExperimentConfig(StrictModel):
     variants: list[StreamingVariant] = Field(
         default_factory=lambda: list(DEFAULT_STREAMING_VARIANTS),
         description="Variants side by side: zero-shot, tallrec, tallrec+demos (the TALLRec-"
-        "tuned model given the same demonstrations at inference), recicl, classical, demo-rate "
+        "tuned model given the same demonstrations at inference), recicl, recicl+stats (recicl "
+        "with frozen item statistics in its prompts, prompt.item_stats), classical, demo-rate "
         "(no model: the share of Yes among the sample's demonstrations, i.e. the user's recent "
         "like rate), retrained (recicl re-tuned up to each period: the costly upper bound).",
     )

@@ -33,8 +33,9 @@ import ray.data
 from ray.data.dataset import MaterializedDataset
 
 from recicl import __version__
-from recicl.config import ConfigError, ReciclConfig
+from recicl.config import ConfigError, ReciclConfig, parse_periods
 from recicl.data.item_embeddings import ItemEmbeddings
+from recicl.data.item_stats import item_stats_from_events, write_item_stats
 from recicl.data.periods import (
     assign_periods,
     date_boundaries,
@@ -209,6 +210,37 @@ def _data_cpu_limit(cpus: int | None) -> Iterator[None]:
         context.execution_options = saved
 
 
+def item_stats_until(cfg: ReciclConfig) -> int | None:
+    """The last period the item statistics count: ``samples.item_stats_until``, else the last
+    of ``experiment.train_periods`` (the periods the variants are tuned on)."""
+    if cfg.samples.item_stats_until is not None:
+        return cfg.samples.item_stats_until
+    periods = parse_periods(cfg.experiment.train_periods) or []
+    return max(periods) if periods else None
+
+
+def _write_item_stats(
+    cfg: ReciclConfig, annotated: ray.data.Dataset, boundaries: np.ndarray, folder: SamplesFolder
+) -> dict[str, Any] | None:
+    """Count events and likes per item up to the configured period and write them with the
+    time they stop at; the manifest entry (None when no period is configured)."""
+    until = item_stats_until(cfg)
+    if until is None:
+        return None
+    until = min(until, len(boundaries))  # a period past the last one: every event
+    table = item_stats_from_events(annotated, boundaries, list(range(until + 1)))
+    until_ts = int(boundaries[until]) if until < len(boundaries) else None
+    meta = {"until_period": until, "until_ts": until_ts}
+    write_item_stats(table, folder.item_stats_path, meta)
+    return {
+        "file": folder.item_stats_path.name,
+        **meta,
+        "until": iso(until_ts),
+        "items": table.num_rows,
+        "events": int(pc.sum(table["events"]).as_py() or 0),
+    }
+
+
 def build_samples(
     cfg: ReciclConfig, *, dashboard: bool = True, embedder: Embedder | None = None
 ) -> dict[str, Any]:
@@ -304,6 +336,7 @@ def build_samples(
                 batch_format="pyarrow",
                 fn_kwargs={"boundaries": boundaries, "policy": policy},
             ).write_parquet(str(folder.augmented_root(policy)), partition_cols=["period"])
+    item_stats = _write_item_stats(cfg, annotated, boundaries, folder)
     if selection.embeddings is not None:  # serving reads the vectors from the samples folder
         selection.embeddings.save(folder.embeddings_path)
     if selection.quality is not None:  # and the estimator, for the quality policy
@@ -369,6 +402,7 @@ def build_samples(
                 **selection.embeddings.metadata,
             },
         },
+        "item_stats": item_stats,
         "config": cfg.model_dump(mode="json", include={"data", "samples"}),
         "seconds": round(time.perf_counter() - started, 2),
     }

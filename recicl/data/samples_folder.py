@@ -14,6 +14,7 @@ Layout::
       quarantine/                  rows and catalog entries that failed validation
       item_embeddings.parquet      item vectors, when a policy retrieves by similarity
       demo_quality.json            the quality policy's fitted estimator (when used)
+      item_stats.parquet           events and likes per item up to samples.item_stats_until
       augmented/policy=P/period=K/ the same samples with demo policy P (samples.augment)
 
 **Content identity.** Evaluations are cached in MLflow and reused by the promotion gate, so
@@ -38,6 +39,7 @@ import pyarrow.dataset as pds
 
 from recicl.config import ConfigError, ReciclConfig
 from recicl.data.item_embeddings import EMBEDDINGS_FILE
+from recicl.data.item_stats import ITEM_STATS_FILE
 from recicl.data.schema import SAMPLES
 
 if TYPE_CHECKING:
@@ -59,6 +61,7 @@ BUILD_OUTPUTS = (
     CATALOG_FILE,
     EMBEDDINGS_FILE,
     DEMO_QUALITY_FILE,
+    ITEM_STATS_FILE,
     MANIFEST_FILE,
 )
 _HASH_CHUNK = 1 << 20
@@ -145,6 +148,10 @@ class SamplesFolder:
     @property
     def demo_quality_path(self) -> Path:
         return self.root / DEMO_QUALITY_FILE
+
+    @property
+    def item_stats_path(self) -> Path:
+        return self.root / ITEM_STATS_FILE
 
     def augmented_root(self, policy: str) -> Path:
         """Where the samples of augmentation policy ``policy`` live (period partitions)."""
@@ -269,7 +276,12 @@ class SamplesFolder:
         long as no file's size or modification time changes."""
         files = sorted(p for p in self.samples_root.rglob("*") if p.is_file())
         files += sorted(p for p in (self.root / AUGMENTED_DIR).rglob("*") if p.is_file())
-        extra = (self.catalog_path, self.embeddings_path, self.demo_quality_path)
+        extra = (
+            self.catalog_path,
+            self.embeddings_path,
+            self.demo_quality_path,
+            self.item_stats_path,
+        )
         files += [p for p in extra if p.is_file()]
         signature = tuple(
             (path.relative_to(self.root).as_posix(), stat.st_size, stat.st_mtime_ns)

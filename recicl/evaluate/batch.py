@@ -27,6 +27,7 @@ import pyarrow as pa
 import ray.data
 
 from recicl.config import ModelConfig, PromptConfig, ReciclConfig
+from recicl.data.item_stats import check_no_leak, item_stats_meta, read_item_stats
 from recicl.data.samples_folder import SamplesFolder, sample_keys
 from recicl.errors import ReciclError
 from recicl.evaluate.metrics import metrics_by_period
@@ -154,7 +155,10 @@ class ScoreBatches:
             force_prompt=force_prompt,
         )
         self.builder = PromptBuilder(
-            self.packaged.prompt, pq.read_table(catalog_path), self.packaged.tokenizer
+            self.packaged.prompt,
+            pq.read_table(catalog_path),
+            self.packaged.tokenizer,
+            item_stats=self.packaged.prompt_item_stats(Path(catalog_path).parent),
         )
         self.answer_tokens = self.packaged.answer_tokens
         self.batch_size = batch_size
@@ -230,6 +234,25 @@ def run_scoring_pool(
     return pa.concat_tables(tables)
 
 
+def _item_stats_until(
+    model_dir: Path, folder: SamplesFolder, prompt: PromptConfig | None, force_prompt: bool
+) -> int | None:
+    """The last period counted by the item statistics a model's prompts show (None: none).
+    The prompt is the caller's for a plain model folder or when forced, else the version's."""
+    manifest = read_version_manifest(model_dir)
+    own = manifest is not None and not force_prompt
+    if own:
+        assert manifest is not None
+        shows = bool(manifest.prompt.get("item_stats"))
+    else:
+        shows = bool(prompt and prompt.item_stats)
+    if not shows:
+        return None
+    if own and manifest is not None and manifest.data.item_stats_until is not None:
+        return manifest.data.item_stats_until
+    return item_stats_meta(read_item_stats(folder.item_stats_path)).get("until_period")
+
+
 def score_samples(
     model_dir: Path,
     samples_dir: Path,
@@ -253,6 +276,10 @@ def score_samples(
     total = dataset.count()
     if total == 0:
         raise EvaluationError(f"no samples to score in {samples_dir} for periods {periods}")
+    until = _item_stats_until(model_dir, folder, prompt, force_prompt)
+    if until is not None:
+        scored = periods if samples is None and periods else dataset.unique("period")
+        check_no_leak(until, [int(p) for p in scored], f"scoring {Path(model_dir).name}")
     return run_scoring_pool(
         dataset,
         ScoreBatches,

@@ -77,13 +77,22 @@ def measure_demo_help(
     rows = table.take(chosen).to_pylist()
     packaged = load_packaged_model(model_dir, prompt=cfg.prompt, model_cfg=cfg.model)
     catalog = pq.read_table(folder.catalog_path)
-    builder = PromptBuilder(packaged.prompt, catalog, packaged.tokenizer)
+    builder = PromptBuilder(
+        packaged.prompt,
+        catalog,
+        packaged.tokenizer,
+        item_stats=packaged.prompt_item_stats(folder.root),
+    )
     window = float(cfg.samples.retrieval_window)
     out: dict[str, list[float]] = {name: [] for name in (*QUALITY_FEATURES, "help", "group")}
     for group, row in enumerate(tqdm(rows, desc="demo help", unit="sample")):
         demos = row["demos"]
         variants = [demos] + [demos[:j] + demos[j + 1 :] for j in range(len(demos))]
-        prompts = [builder.encode(row["history"], d, row["item_id"]).input_ids for d in variants]
+        own = (row["timestamp"], row["label"])
+        prompts = [
+            builder.encode(row["history"], d, row["item_id"], query_event=own).input_ids
+            for d in variants
+        ]
         p_yes = score_prompts(
             packaged.model,
             packaged.tokenizer,

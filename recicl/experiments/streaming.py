@@ -6,6 +6,11 @@ period with **no update**, for several variants side by side.
 * ``tallrec+demos`` the ``tallrec`` model given the same demonstrations as ``recicl`` at
   inference: RecICL's claim is that a model tuned without the ICL format cannot use them;
 * ``recicl``     tuned on prompts with demonstrations (the user's newest events);
+* ``recicl+stats`` the same, with each asked-about item's statistics frozen at the end of the
+  training periods in its question ("72% of 140 viewers liked it", ``prompt.item_stats``):
+  collaborative knowledge a reader of one user's events cannot have. The named LLM variants
+  above set ``prompt.item_stats`` themselves (off, except this one); few-shot and retrained
+  variants follow the config;
 * ``<format>@N`` (``experiment.few_shot``) tuned on only N training samples (or a fraction),
   the few-shot settings of TALLRec (16/64/256) and ReLLa (< 10 % of the data);
 * ``classical``  logistic regression on user/item/genre features (scikit-learn), same periods;
@@ -34,6 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recicl.config import ConfigError, ReciclConfig, parse_periods
+from recicl.data.item_stats import check_no_leak, item_stats_meta, read_item_stats
 from recicl.data.samples_folder import SamplesFolder
 from recicl.evaluate.batch import report_from_scores, score_samples, subsample_per_period
 from recicl.evaluate.classical import fit_classical
@@ -84,12 +90,16 @@ def _train_variant(
     periods: list[int],
     run_name: str,
     max_train_samples: int | float | None = None,
+    item_stats: bool | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Tune one variant; return its packaged model folder and training facts."""
+    """Tune one variant; return its packaged model folder and training facts.
+    ``item_stats``: show item statistics in its prompts (None: as the config says)."""
 
     raw = cfg.model_dump(mode="json")
     raw["model"]["name_or_path"] = base
     raw["prompt"]["format"] = prompt_format
+    if item_stats is not None:
+        raw["prompt"]["item_stats"] = item_stats
     raw["train"]["train_periods"] = periods
     raw["train"]["val_periods"] = []
     raw["train"]["run_name"] = run_name
@@ -174,17 +184,26 @@ def run_streaming(cfg: ReciclConfig) -> dict[str, Any]:
         report["mean_prompt_tokens"] = report["prompts"]["mean_tokens"]
         return report
 
+    if "recicl+stats" in exp.variants:  # refuse before minutes of tuning, not after
+        stats = read_item_stats(samples.item_stats_path)
+        check_no_leak(item_stats_meta(stats).get("until_period"), eval_periods, "recicl+stats")
     base = _base_model(cfg, samples_dir, workdir)
-    recicl_prompt = cfg.prompt.model_copy(update={"format": "recicl"})
+    recicl_prompt = cfg.prompt.model_copy(update={"format": "recicl", "item_stats": False})
     tuned: dict[str, tuple[Path, dict[str, Any]]] = {}
 
-    def tuned_once(prompt_format: str) -> tuple[Path, dict[str, Any]]:
+    def tuned_once(prompt_format: str, item_stats: bool = False) -> tuple[Path, dict[str, Any]]:
         """tallrec is tuned once, whether tallrec, tallrec+demos or both are asked for."""
-        if prompt_format not in tuned:
-            tuned[prompt_format] = _train_variant(
-                cfg, base, prompt_format, train_periods, f"streaming-{stamp}-{prompt_format}"
+        key = f"{prompt_format}+stats" if item_stats else prompt_format
+        if key not in tuned:
+            tuned[key] = _train_variant(
+                cfg,
+                base,
+                prompt_format,
+                train_periods,
+                f"streaming-{stamp}-{key}",
+                item_stats=item_stats,
             )
-        return tuned[prompt_format]
+        return tuned[key]
 
     variants: list[str] = list(exp.variants)
     few_shot = {few_shot_name(exp.few_shot_format, n): n for n in exp.few_shot}
@@ -197,8 +216,8 @@ def run_streaming(cfg: ReciclConfig) -> dict[str, Any]:
         if variant == "zero-shot":
             reports[variant] = llm_report(Path(base), recicl_prompt, eval_table, variant)
             facts[variant] = {}
-        elif variant in ("tallrec", "recicl"):
-            model_dir, trained = tuned_once(variant)
+        elif variant in ("tallrec", "recicl", "recicl+stats"):
+            model_dir, trained = tuned_once(variant.split("+")[0], variant.endswith("+stats"))
             facts[variant] = dict(trained)
             reports[variant] = llm_report(model_dir, None, eval_table, variant)
         elif variant == "tallrec+demos":

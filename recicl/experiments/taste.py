@@ -121,7 +121,12 @@ def taste_switch_shift(
     packaged = load_packaged_model(
         model_dir, prompt=prompt, model_cfg=model_cfg, force_prompt=force_prompt
     )
-    builder = PromptBuilder(packaged.prompt, pq.read_table(folder.catalog_path), packaged.tokenizer)
+    builder = PromptBuilder(
+        packaged.prompt,
+        pq.read_table(folder.catalog_path),
+        packaged.tokenizer,
+        item_stats=packaged.prompt_item_stats(folder.root),
+    )
     scorer = CandidateScorer(packaged.model, packaged.tokenizer, builder, packaged.answer_tokens)
     gaps = []
     for events in (probe.before, probe.before + probe.after):

@@ -8,6 +8,7 @@ A registered version is one folder of run artifacts (uploaded by :mod:`recicl.re
     base/               the base model itself, only when it is a small local folder (tiny model)
     config.yaml         the whole resolved configuration of the training run
     template.json       the prompt template's wording (instruction, question, ...)
+    item_stats.parquet  the frozen item statistics its prompts show (prompt.item_stats only)
 
 Training writes it, ``package_full_model`` wraps a plain HF folder the same way, and evaluation,
 serving and the experiments read it, all through :class:`VersionManifest` here.
@@ -31,6 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from recicl.config import ModelConfig, PromptConfig
+from recicl.data.item_stats import ITEM_STATS_FILE, prompt_item_stats, read_item_stats
 from recicl.errors import ReciclError
 from recicl.modeling.loading import load_model, load_tokenizer
 from recicl.prompts import answer_token_ids
@@ -53,6 +55,8 @@ class VersionData(BaseModel):
     samples_content_id: str | None = None
     train_periods: list[int] = Field(default_factory=list)
     val_periods: list[int] = Field(default_factory=list)
+    #: the last period the item statistics of its prompts count (prompt.item_stats only)
+    item_stats_until: int | None = None
 
 
 class VersionManifest(BaseModel):
@@ -118,6 +122,22 @@ class PackagedModel:
     prompt: PromptConfig
     manifest: VersionManifest | None  # None: a plain HF folder (zero-shot base model)
     label: str  # human-readable identity: "recicl/3", or the folder name
+    #: the frozen item statistics the version was tuned with (prompt.item_stats), else None
+    item_stats: Any = None
+
+    def prompt_item_stats(self, samples_root: str | Path | None) -> Any:
+        """The item statistics its prompts show: the version's own frozen table, else (a base
+        model given a prompt with statistics) the samples folder's; None when none are shown."""
+        if not self.prompt.item_stats:
+            return None
+        if self.item_stats is not None:
+            return self.item_stats
+        if samples_root is None:
+            raise PackagedModelError(
+                f"{self.label} shows item statistics but carries none and no samples folder "
+                "was given"
+            )
+        return prompt_item_stats(self.prompt, samples_root)
 
     @property
     def answer_tokens(self) -> Any:
@@ -172,12 +192,14 @@ def load_packaged_model(
         update={"name_or_path": str(model_dir / manifest.tokenizer_dir)}
     )
     tokenizer = load_tokenizer(tokenizer_cfg)
+    stats_path = model_dir / ITEM_STATS_FILE
     return PackagedModel(
         model=model.to(device),
         tokenizer=tokenizer,
         prompt=prompt if force_prompt and prompt else PromptConfig.model_validate(manifest.prompt),
         manifest=manifest,
         label=label or model_dir.name,
+        item_stats=read_item_stats(stats_path) if stats_path.is_file() else None,
     )
 
 

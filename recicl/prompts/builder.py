@@ -13,7 +13,8 @@ from recicl.config import PromptConfig
 from recicl.prompts.answers import AnswerTokens, answer_token_ids, leading_special_ids
 from recicl.prompts.budget import BlockCosts, blocks_cost, level_histories, prefix_ids
 from recicl.prompts.encoded import EncodedPrompt, TrimStats
-from recicl.prompts.wording import PromptError, answer_text, clean_text, template_for
+from recicl.prompts.item_stats import ItemStatsText
+from recicl.prompts.wording import PEOPLE, PromptError, answer_text, clean_text, template_for
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -76,14 +77,21 @@ class PromptBuilder:
         config: PromptConfig,
         catalog: pa.Table,
         tokenizer: PreTrainedTokenizerBase | None = None,
+        item_stats: pa.Table | None = None,
     ) -> None:
         self.config = config
         self.template = template_for(config)
         self.stats = TrimStats()
         self._tokenizer = tokenizer
         self._titles, self._attributes = self._read_catalog(catalog)
+        self.item_stats = ItemStatsText.from_table(item_stats) if config.item_stats else None
+        if config.item_stats and self.item_stats is None:
+            raise PromptError(
+                "prompt.item_stats is on but no item statistics were given: rebuild the samples "
+                "with `recicl samples build` (it writes item_stats.parquet)"
+            )
         self._quoted: dict[str, tuple[str, bool]] = {}  # item id → (quoted title, known)
-        self._questions: dict[str, str] = {}
+        self._questions: dict[tuple[str, int | None], str] = {}
         self._token_cache: dict[str, list[int]] = {}
         self.answer_tokens: AnswerTokens | None = None
         self._lead: list[int] = []
@@ -145,26 +153,46 @@ class PromptBuilder:
                 parts.append(joined)
         return clean_text("; ".join(parts), limit) if parts else ""
 
-    def _question(self, item_id: str | None) -> str:
-        """The query/demo question about ``item_id``; "" for None (a prefix without a query)."""
+    def _question(self, item_id: str | None, own_label: int | None = None) -> str:
+        """The query/demo question about ``item_id``; "" for None (a prefix without a query).
+
+        ``own_label``: the label of the event this question is about when that event is counted
+        in the item statistics (see :meth:`ItemStatsText.own_label`); it is taken out of the
+        statistics shown, so that no question shows its own answer."""
         if item_id is None:
             return ""
-        text = self._questions.get(item_id)
+        key = (item_id, own_label)
+        text = self._questions.get(key)
         if text is None:
             quoted = self._quote(item_id)[0]
-            extra = self._attribute_text(item_id)
+            parts = [self._attribute_text(item_id)]
+            if self.item_stats is not None:
+                parts.append(self.item_stats.text(item_id, own_label, self.config, self._plural))
+            extra = "; ".join(p for p in parts if p)
             item = f"{quoted} ({extra})" if extra else quoted
             text = self.template.question.format(item=item)
             if len(self._questions) >= _MAX_CACHE:
                 self._questions.clear()
-            self._questions[item_id] = text
+            self._questions[key] = text
         return text
+
+    @property
+    def _plural(self) -> str:
+        return PEOPLE[self.config.domain]
 
     # -- layout ---------------------------------------------------------------------------
 
     def _layout(
-        self, history: Any, demos: Any, item_id: Any, *, with_query: bool = True
+        self,
+        history: Any,
+        demos: Any,
+        item_id: Any,
+        *,
+        with_query: bool = True,
+        query_event: tuple[Any, Any] | None = None,
     ) -> _Layout:
+        """``query_event``: (timestamp, label) of the query's own event when known (training
+        and evaluation samples), so item statistics that counted it can leave it out."""
         if with_query:
             _check_item_id(item_id)
         layout = _Layout(blocks=[])
@@ -181,15 +209,27 @@ class PromptBuilder:
                 shown = self.config.demo_history_len
                 if shown is not None:  # its newest `shown` likes
                     demo_history = demo_history[len(demo_history) - shown :] if shown else []
-                block = self._block(layout, demo_history, str(demo["item_id"]), int(label))
+                own = self._own_label(demo.get("timestamp"), label)
+                block = self._block(layout, demo_history, str(demo["item_id"]), int(label), own)
                 block.show_history = shown != 0
                 layout.blocks.append(block)
         query = str(item_id) if with_query else None
-        layout.blocks.append(self._block(layout, history, query, None))
+        own = self._own_label(*query_event) if query_event is not None else None
+        layout.blocks.append(self._block(layout, history, query, None, own))
         return layout
 
+    def _own_label(self, timestamp: Any, label: Any) -> int | None:
+        if self.item_stats is None:
+            return None
+        return self.item_stats.own_label(timestamp, label)
+
     def _block(
-        self, layout: _Layout, history: Any, item_id: str | None, label: int | None
+        self,
+        layout: _Layout,
+        history: Any,
+        item_id: str | None,
+        label: int | None,
+        own_label: int | None = None,
     ) -> _Block:
         items = []
         for hid in _item_ids(history):
@@ -198,7 +238,7 @@ class PromptBuilder:
             items.append(text)
         if item_id is not None:
             layout.unknown += not self._quote(item_id)[1]
-        return _Block(items=items, question=self._question(item_id), label=label)
+        return _Block(items=items, question=self._question(item_id, own_label), label=label)
 
     def _history_pieces(self, items: list[str]) -> list[str]:
         if not items:
@@ -208,10 +248,14 @@ class PromptBuilder:
     # -- text -----------------------------------------------------------------------------
 
     def render(
-        self, history: Sequence[str], demos: Sequence[Mapping[str, Any]], item_id: str
+        self,
+        history: Sequence[str],
+        demos: Sequence[Mapping[str, Any]],
+        item_id: str,
+        query_event: tuple[Any, Any] | None = None,
     ) -> str:
         """The full prompt text, untrimmed (for reading, logging and tests)."""
-        layout = self._layout(history, demos, item_id)
+        layout = self._layout(history, demos, item_id, query_event=query_event)
         parts = [self.template.instruction]
         for block in layout.blocks:
             if block.show_history:
@@ -302,10 +346,15 @@ class PromptBuilder:
         )
 
     def encode(
-        self, history: Sequence[str], demos: Sequence[Mapping[str, Any]], item_id: str
+        self,
+        history: Sequence[str],
+        demos: Sequence[Mapping[str, Any]],
+        item_id: str,
+        query_event: tuple[Any, Any] | None = None,
     ) -> EncodedPrompt:
-        """Token ids of the prompt within ``max_length``, trimmed by the package's budget rules."""
-        layout = self._layout(history, demos, item_id)
+        """Token ids of the prompt within ``max_length``, trimmed by the package's budget rules.
+        ``query_event``: the query's own (timestamp, label) when known (a stored sample)."""
+        layout = self._layout(history, demos, item_id, query_event=query_event)
         encoded = self._encode_layout(layout)
         self.stats.record(encoded, layout.unknown)
         return encoded
@@ -372,7 +421,13 @@ class PromptBuilder:
         demos = _as_list(batch["demos"]) if "demos" in batch else [None] * n
         if len(histories) != n or len(demos) != n:
             raise PromptError("batch columns item_id, history and demos differ in length")
-        layouts = [self._layout(h, d, i) for h, d, i in zip(histories, demos, items, strict=True)]
+        events: list[tuple[Any, Any] | None] = [None] * n
+        if self.item_stats is not None and "timestamp" in batch and "label" in batch:
+            events = list(zip(_as_list(batch["timestamp"]), _as_list(batch["label"]), strict=True))
+        layouts = [
+            self._layout(h, d, i, query_event=e)
+            for h, d, i, e in zip(histories, demos, items, events, strict=True)
+        ]
         self._prefill(text for layout in layouts for text in self._texts(layout))
         input_ids = np.empty(n, dtype=object)
         length = np.zeros(n, dtype=np.int32)

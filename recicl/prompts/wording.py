@@ -40,6 +40,9 @@ class Template:
             raise ValueError("a question template must end with the answer cue")
 
 
+#: Who the item statistics count, per domain ("72% of 140 viewers liked it").
+PEOPLE = {"movie": "viewers", "book": "readers", "generic": "users"}
+
 _NOUNS = {
     "movie": ("a movie", "movie", "movies"),
     "book": ("a book", "book", "books"),

@@ -165,7 +165,12 @@ def load_serving_model(
     if history_len is None:
         history_len = int(trained.get("history_len", cfg.samples.history_len))
     selection = trained_selection(trained, samples_dir, f"{name}/{version}")
-    builder = PromptBuilder(packaged.prompt, catalog, packaged.tokenizer)
+    builder = PromptBuilder(
+        packaged.prompt,
+        catalog,
+        packaged.tokenizer,
+        item_stats=packaged.prompt_item_stats(samples_dir),
+    )
     scorer = CandidateScorer(
         packaged.model,
         packaged.tokenizer,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recicl.config import ConfigError, ModelConfig, PromptConfig, ReciclConfig, TrainConfig
+from recicl.data.item_stats import prompt_item_stats
 from recicl.data.samples_folder import SamplesFolder, sample_keys
 from recicl.modeling import load_tokenizer
 from recicl.prompts import PromptBuilder
@@ -73,8 +74,12 @@ def _builder(settings: str, catalog_path: str) -> Any:
     if builder is None:
         parsed = json.loads(settings)
         tokenizer = load_tokenizer(ModelConfig.model_validate(parsed["model"]))
+        prompt = PromptConfig.model_validate(parsed["prompt"])
         builder = PromptBuilder(
-            PromptConfig.model_validate(parsed["prompt"]), pq.read_table(catalog), tokenizer
+            prompt,
+            pq.read_table(catalog),
+            tokenizer,
+            item_stats=prompt_item_stats(prompt, catalog.parent),
         )
         while len(_BUILDERS) >= _MAX_BUILDERS:
             _BUILDERS.pop(next(iter(_BUILDERS)))

@@ -24,6 +24,7 @@ from typing import Any
 
 from recicl import registry
 from recicl.config import ConfigError, ReciclConfig, build_config
+from recicl.data.item_stats import check_no_leak, item_stats_meta, read_item_stats
 from recicl.data.samples_folder import SamplesFolder, configured_samples_dir
 from recicl.errors import ReciclError
 from recicl.modeling import load_tokenizer
@@ -193,6 +194,7 @@ def _build_model_dir(
     periods: dict[str, list[int]],
     manifest_hash: str,
     samples_content_id: str,
+    item_stats: Path | None = None,
 ) -> Path:
     """Assemble the folder that becomes the registered version (layout and manifest:
     :mod:`recicl.modeling.packaged`) from the final checkpoint."""
@@ -215,6 +217,10 @@ def _build_model_dir(
     if weights == "lora" and base.is_dir() and _dir_size(base) <= BASE_COPY_LIMIT_BYTES:
         shutil.copytree(base, output / version.BASE_DIR)
         base_artifact = version.BASE_DIR
+    stats_until = None
+    if item_stats is not None:  # the version carries the statistics it was tuned with
+        shutil.copyfile(item_stats, output / version.ITEM_STATS_FILE)
+        stats_until = item_stats_meta(read_item_stats(item_stats)).get("until_period")
     version.VersionManifest(
         base_model=cfg.model.name_or_path,
         base_model_artifact=base_artifact,
@@ -226,6 +232,7 @@ def _build_model_dir(
             samples_dir=cfg.train.samples_dir,
             manifest_hash=manifest_hash,
             samples_content_id=samples_content_id,
+            item_stats_until=stats_until,
             **periods,
         ),
         metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
@@ -333,6 +340,11 @@ def train(cfg: ReciclConfig) -> TrainResult:
     samples_content_id = samples.content_id()  # what the version is tuned on, by content
     train_periods, val_periods = train_data.choose_periods(tc, samples.periods())
     periods = {"train_periods": train_periods, "val_periods": val_periods}
+    item_stats = None
+    if cfg.prompt.item_stats:  # validating on counted periods would read the answers
+        stats = read_item_stats(samples.item_stats_path)
+        check_no_leak(item_stats_meta(stats).get("until_period"), val_periods, "train.val_periods")
+        item_stats = samples.item_stats_path
 
     ensure_ray(cfg.ray)
     train_rows = train_data.train_subset_size(
@@ -389,6 +401,7 @@ def train(cfg: ReciclConfig) -> TrainResult:
             periods=periods,
             manifest_hash=manifest_hash,
             samples_content_id=samples_content_id,
+            item_stats=item_stats,
         )
         if run_id and cfg.mlflow.tracking_uri:
             tags = {

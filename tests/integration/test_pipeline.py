@@ -324,3 +324,43 @@ def test_a_parquet_read_starts_as_many_footer_readers_as_sized(synth_dir, ray_lo
     finally:
         ensure_ray(RayConfig())  # back to the size the rest of the session uses
     assert os.environ[FOOTER_ACTORS_ENV] == "1"  # 4 logical CPUs: one reader
+
+
+def test_item_stats_count_the_knowledge_periods_only(synth_dir, tmp_path, ray_local):
+    """item_stats.parquet equals a plain count over the deduplicated events of periods up to
+    samples.item_stats_until, and labels of later periods cannot change it (no leak)."""
+    from recicl.data.item_stats import item_stats_meta, read_item_stats
+
+    manifest = build_samples(_config(synth_dir, tmp_path / "a", 3, item_stats_until=2))
+    folder = SamplesFolder.at(tmp_path / "a")
+    got = read_item_stats(folder.item_stats_path)
+    bounds = manifest["boundaries_ts"]
+    assert item_stats_meta(got) == {"until_period": 2, "until_ts": bounds[2]}
+    assert manifest["item_stats"]["until_period"] == 2
+
+    events = pq.read_table(synth_dir / "events.parquet").to_pylist()
+    seen, want = set(), {}
+    for e in events:
+        key = (e["user_id"], e["item_id"], e["timestamp"], e["rating"])
+        if key in seen:  # the planted exact duplicates are not counted twice
+            continue
+        seen.add(key)
+        if int(np.searchsorted(bounds, e["timestamp"], side="right")) <= 2:
+            n, likes = want.get(e["item_id"], (0, 0))
+            want[e["item_id"]] = (n + 1, likes + int(e["rating"] >= 4.0))
+    rows = {r["item_id"]: (r["events"], r["likes"]) for r in got.to_pylist()}
+    assert rows == want and sum(n for n, _ in want.values()) < len(seen)
+
+    # flip every rating after the cut: the statistics do not move
+    table = pq.read_table(synth_dir / "events.parquet")
+    later = pc.greater_equal(table["timestamp"], bounds[2])
+    flipped = pc.if_else(later, pc.subtract(6.0, table["rating"]), table["rating"])
+    source = tmp_path / "flipped"
+    source.mkdir()
+    for extra in synth_dir.iterdir():
+        if extra.name != "events.parquet":
+            (source / extra.name).write_bytes(extra.read_bytes())
+    pq.write_table(table.set_column(table.schema.get_field_index("rating"), "rating", flipped),
+                   source / "events.parquet")  # fmt: skip
+    build_samples(_config(source, tmp_path / "b", 3, item_stats_until=2))
+    assert read_item_stats(SamplesFolder.at(tmp_path / "b").item_stats_path).equals(got)

@@ -377,3 +377,41 @@ def test_served_scores_under_a_retrieval_policy_equal_the_offline_prompts(world)
     prompts = [builder.encode(history, demos, c).input_ids for c in candidates]
     want = score_prompts(world["model"], world["tokenizer"], prompts, answer_tokens=world["tokens"])
     np.testing.assert_allclose([s for _, s in reply.scores], want, atol=TOL, rtol=0)
+
+
+def test_served_scores_with_item_statistics_equal_the_offline_prompts(world):
+    """A version whose prompts show item statistics: served scores (shared prefix, candidates
+    after the cut) equal the scores of the prompts the evaluation builds for the same events,
+    demonstrations inside the counted periods leaving their own answers out in both."""
+    from recicl.data.samples import Selection
+    from recicl.serve.api.backend import ModelJob
+    from recicl.serve.serving_model import ServingModel, run_jobs
+    from recicl.serve.store import Event
+    from tests.unit.test_item_stats import stats_table
+    from tests.unit.test_serve_context import training_context
+
+    ids = tuple(str(i) for i in range(8))
+    counts = {str(i): (10 + i, 3 + i) for i in range(6)}  # items 6 and 7 are new
+    stats = stats_table(counts, until=106)  # events at 100..105 are counted
+    builder = PromptBuilder(
+        PromptConfig(item_stats=True), world["catalog"], world["tokenizer"], item_stats=stats
+    )
+    scorer = CandidateScorer(world["model"], world["tokenizer"], builder, world["tokens"])
+    served = ServingModel(
+        version="1", label="recicl/1", scorer=scorer, catalog_ids=frozenset(ids),
+        catalog_order=list(ids), catalog_path="catalog.parquet", num_demos=4, history_len=2,
+        prompt_format="recicl", rating_range=None, selection=Selection(),
+    )  # fmt: skip
+    events = tuple(Event("u", str(i % 8), int(i % 3 == 0), 100 + i) for i in range(8))
+    candidates = ("0", "3", "5", "6", "7")
+    (reply,) = run_jobs(served, [ModelJob("u", events, candidates)])
+    history, demos = training_context(list(events), 4, 2, "0")
+    assert any(d["timestamp"] < 106 for d in demos) and any(d["timestamp"] >= 106 for d in demos)
+    after = (200, 1)  # the candidates' own (future) events: after the cut, nothing removed
+    prompts = [builder.encode(history, demos, c, query_event=after).input_ids for c in candidates]
+    want = score_prompts(world["model"], world["tokenizer"], prompts, answer_tokens=world["tokens"])
+    np.testing.assert_allclose([s for _, s in reply.scores], want, atol=TOL, rtol=0)
+    text = builder.render(history, demos, "6")
+    assert "new: no ratings yet" in text and "viewers liked it" in text
+    plain = PromptBuilder(PromptConfig(), world["catalog"], world["tokenizer"])
+    assert plain.encode(history, demos, "0").input_ids != prompts[0]  # the statistics are in
