@@ -76,8 +76,8 @@ def build_deepspeed_config(
                 "stage3_param_persistence_threshold": 100_000 if on_gpu else 0,
                 "stage3_max_live_parameters": 1_000_000_000,
                 "stage3_max_reuse_distance": 1_000_000_000,
-                # adapters are saved by gathering just the trainable params (GatheredParameters),
-                # never the whole 16-bit model
+                # weights are saved by gathering just the trainable params (GatheredParameters):
+                # a LoRA adapter, never the whole 16-bit model; all of them with full fine-tuning
                 "stage3_gather_16bit_weights_on_model_save": False,
             }
         )

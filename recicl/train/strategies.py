@@ -5,7 +5,8 @@ Both wrap the (peft) causal LM itself and call
 DDP's gradient hooks and ZeRO-3's parameter gathering run, while the Yes/No read-out stays in
 :mod:`recicl.modeling`. Each strategy owns: forward, backward, optimizer step (with gradient
 accumulation and clipping), stepping the LR schedule of :mod:`recicl.train.schedule`,
-checkpoint save/load, and saving the trainable weights (LoRA adapter) as safetensors.
+checkpoint save/load, and saving the trainable weights (LoRA adapter, or the whole model with
+``model.lora.enabled: false``) as safetensors.
 """
 
 from __future__ import annotations
@@ -297,7 +298,8 @@ class DeepSpeedStrategy(Strategy):
         lm = self.model
         gather = (
             # ZeRO-3 keeps only a 1/world shard of each parameter on a rank: without gathering,
-            # the saved adapter tensors would be empty
+            # the saved tensors would be empty (shape [0]): the adapter's, or with full
+            # fine-tuning every weight (then this gathers the whole model on every rank)
             deepspeed.zero.GatheredParameters(trainable_parameters(lm), modifier_rank=None)
             if self.cfg.train.zero_stage == 3
             else contextlib.nullcontext()

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -107,14 +107,17 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return samples, model
 
 
-def make_config(workdir: Path, assets: tuple[Path, Path], **train: object) -> ReciclConfig:
+def make_config(
+    workdir: Path, assets: tuple[Path, Path], *, lora: bool = True, **train: object
+) -> ReciclConfig:
+    """``lora=False``: full fine-tuning (every weight trained, ``model.lora.enabled: false``)."""
     samples, model = assets
     return build_config(
         {
             "workdir": str(workdir),
             "model": {
                 "name_or_path": str(model),
-                "lora": {"r": LORA_R, "alpha": 2 * LORA_R, "dropout": 0.0},
+                "lora": {"enabled": lora, "r": LORA_R, "alpha": 2 * LORA_R, "dropout": 0.0},
             },
             "prompt": {"max_length": 256},
             "train": {
@@ -301,8 +304,11 @@ def test_worker_lines_reach_the_console_once(
     assert not doubled, doubled
 
 
-def val_scores(cfg: ReciclConfig, adapter: Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """P(Yes) of the base model (+ adapter) on the validation period, and the labels."""
+def val_scores(
+    cfg: ReciclConfig, adapter: Path | None, *, model: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """P(Yes) of the base model (+ adapter), or of ``model`` when given (e.g. a loaded version
+    with full weights), on the validation period, and the labels."""
     import torch
 
     from recicl.modeling import answer_token_ids, load_model, load_tokenizer, score_prompts
@@ -313,7 +319,8 @@ def val_scores(cfg: ReciclConfig, adapter: Path | None) -> tuple[np.ndarray, np.
     builder = PromptBuilder(cfg.prompt, pq.read_table(samples / "catalog.parquet"), tokenizer)
     rows = pq.read_table(samples / "samples" / "period=2").to_pylist()
     prompts = [builder.encode(r["history"], r["demos"], r["item_id"]).input_ids for r in rows]
-    model = load_model(cfg.model, for_training=False, adapter=adapter)
+    if model is None:
+        model = load_model(cfg.model, for_training=False, adapter=adapter)
     with torch.inference_mode():
         scores = score_prompts(model, tokenizer, prompts, answer_tokens=answer_token_ids(tokenizer))
     return scores, np.array([r["label"] for r in rows])
@@ -365,3 +372,80 @@ def test_fault_restarts_and_resumes_from_checkpoint(
     assert sorted(final) == sorted(reference)
     worst = max(float(np.abs(final[k] - reference[k]).max()) for k in reference)
     assert worst < 1e-4, worst
+
+
+FULL_FT_STEPS = 4
+
+
+@pytest.mark.parametrize("stage", [2, 3], ids=["zero2", "zero3"])
+def test_full_fine_tuning_under_deepspeed_registers_complete_weights(
+    ray_local, assets: tuple[Path, Path], tmp_path: Path, stage: int
+) -> None:
+    """``model.lora.enabled: false`` tunes every weight on the same Ray Train + DeepSpeed path.
+
+    The version carries full weights (manifest ``weights: full``, no copy of the base): every key
+    of the base model with its shape, none empty (under ZeRO-3 a rank holds a 1/world shard of
+    each parameter until they are gathered for the save), moved from the base. Loaded with
+    ``load_packaged_model``, it scores the validation period like the optimizer's own fp32 master
+    weights (rebuilt from the ZeRO checkpoint's partitions, independently of the save) and like
+    the in-training validation did, deterministically, and unlike the base model.
+    """
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from safetensors.numpy import load_file
+
+    from recicl.modeling import load_model
+    from recicl.modeling.packaged import load_packaged_model, read_version_manifest
+    from recicl.registry import load_version, resolve_tracking_uri
+    from recicl.train import train
+
+    cfg = make_config(
+        tmp_path,
+        assets,
+        lora=False,
+        strategy="deepspeed",
+        zero_stage=stage,
+        lr=1e-3,
+        max_steps=FULL_FT_STEPS,
+    )
+    result = train(cfg)
+    assert result.metrics["step"] == FULL_FT_STEPS
+
+    folder = load_version(
+        "recicl", result.version, tracking_uri=resolve_tracking_uri(cfg), dst=tmp_path / "version"
+    )
+    manifest = read_version_manifest(folder)
+    assert manifest is not None and manifest.weights == "full"
+    assert manifest.model["lora"]["enabled"] is False
+    assert manifest.base_model_artifact is None and not (folder / "base").exists()
+    assert not (folder / "adapter" / "adapter_config.json").exists()
+
+    base = load_file(str(assets[1] / "model.safetensors"))
+    tuned = load_file(str(folder / "adapter" / "model.safetensors"))
+    assert sorted(tuned) == sorted(base)
+    for name, value in base.items():
+        assert tuned[name].shape == value.shape and tuned[name].size > 0, name
+        assert np.isfinite(tuned[name]).all(), name
+    unchanged = [name for name in base if np.array_equal(tuned[name], base[name])]
+    assert not unchanged, f"not trained: {unchanged}"
+    checkpoint = Path(str(result.checkpoint_path))
+    final = load_file(str(checkpoint / "adapter" / "model.safetensors"))
+    assert all(np.array_equal(tuned[k], final[k]) for k in final)
+
+    loaded = load_packaged_model(folder)
+    assert loaded.manifest is not None and loaded.manifest.weights == "full"
+    scores, labels = val_scores(cfg, None, model=loaded.model)
+    again, _ = val_scores(cfg, None, model=load_packaged_model(folder).model)
+    np.testing.assert_array_equal(scores, again)
+    base_scores, _ = val_scores(cfg, None)
+    assert np.abs(scores - base_scores).max() > 1e-3
+
+    master = get_fp32_state_dict_from_zero_checkpoint(
+        str(checkpoint / "deepspeed"), tag="state", exclude_frozen_parameters=True
+    )
+    assert sorted(master) == sorted(base)
+    reference = load_model(cfg.model, for_training=False)  # float32, like the test's training
+    reference.load_state_dict(master)  # strict: every key, nothing else
+    master_scores, _ = val_scores(cfg, None, model=reference)
+    np.testing.assert_allclose(scores, master_scores, atol=1e-5)
+    clipped = np.clip(scores, 1e-7, 1 - 1e-7)
+    assert log_loss(labels, clipped) == pytest.approx(result.metrics["val_logloss"], abs=1e-5)
