@@ -200,6 +200,17 @@ StreamingVariant = Literal[
     "classical",
     "demo-rate",
     "retrained",
+    # the baselines of recicl/evaluate/baselines.py (BASELINES), and each refitted per period
+    "logistic",
+    "boosted-trees",
+    "mf",
+    "sasrec",
+    "din",
+    "logistic-retrained",
+    "boosted-trees-retrained",
+    "mf-retrained",
+    "sasrec-retrained",
+    "din-retrained",
 ]
 #: Typed once here so that the default list is checked against :data:`StreamingVariant`.
 DEFAULT_STREAMING_VARIANTS: tuple[StreamingVariant, ...] = (
@@ -225,7 +236,10 @@ class ExperimentConfig(StrictModel):
         "tuned model given the same demonstrations at inference), recicl, recicl+stats (recicl "
         "with frozen item statistics in its prompts, prompt.item_stats), classical, demo-rate "
         "(no model: the share of Yes among the sample's demonstrations, i.e. the user's recent "
-        "like rate), retrained (recicl re-tuned up to each period: the costly upper bound).",
+        "like rate), retrained (recicl re-tuned up to each period: the costly upper bound); "
+        "non-LLM baselines fitted on the training periods (docs/baselines.md): logistic and "
+        "boosted-trees (leak-free like-rate signals), mf (matrix factorization), sasrec, din; "
+        "'<baseline>-retrained' refits one per evaluated period on every period before it.",
     )
     few_shot: list[int | float] = Field(
         default_factory=list,

@@ -18,7 +18,10 @@ period with **no update**, for several variants side by side.
   recent like rate). On MovieLens this alone is a strong signal, so it shows how much of an
   LLM's AUC is "reads the user's recent like rate" and how much is more;
 * ``retrained``  ``recicl`` re-tuned on all periods before each evaluated one: the costly upper
-  bound that RecICL tries to approach without retraining.
+  bound that RecICL tries to approach without retraining;
+* ``logistic``, ``boosted-trees``, ``mf``, ``sasrec``, ``din``  non-LLM baselines fitted on the
+  training periods (recicl/evaluate/baselines.py, docs/baselines.md), and ``<name>-retrained``,
+  each refitted on all periods before each evaluated one.
 
 Output: one table (variant × period: AUC, UAUC, LogLoss, count) printed and saved as CSV + JSON,
 one plot, and an MLflow parent run with one child run per variant.
@@ -41,6 +44,12 @@ import pyarrow.parquet as pq
 from recicl.config import ConfigError, ReciclConfig, parse_periods
 from recicl.data.item_stats import check_no_leak, item_stats_meta, read_item_stats
 from recicl.data.samples_folder import SamplesFolder
+from recicl.evaluate.baselines import (
+    BASELINES,
+    RETRAINED_BASELINES,
+    fit_baseline,
+    retrained_scores,
+)
 from recicl.evaluate.batch import report_from_scores, score_samples, subsample_per_period
 from recicl.evaluate.classical import fit_classical
 from recicl.evaluate.metrics import metrics_by_period
@@ -245,6 +254,27 @@ def run_streaming(cfg: ReciclConfig) -> dict[str, Any]:
                 scores,
             )
             facts[variant] = {"train_samples": train_table.num_rows}
+        elif variant in BASELINES or variant in RETRAINED_BASELINES:
+            if variant in BASELINES:  # fitted once on the training periods, frozen
+                train_table = samples.read_table(train_periods)
+                fit_started, fit_cpu = time.perf_counter(), time.process_time()
+                baseline = fit_baseline(variant, train_table, catalog, seed=seed)
+                facts[variant] = {
+                    "train_rows": train_table.num_rows,
+                    "fit_seconds": round(time.perf_counter() - fit_started, 1),
+                    "fit_cpu_seconds": round(time.process_time() - fit_cpu, 1),
+                }
+                scores = baseline.score(eval_table, catalog)
+            else:  # refitted on every period before each evaluated one
+                scores, facts[variant] = retrained_scores(
+                    variant, samples.read_table, available, eval_table, catalog, seed=seed
+                )
+            reports[variant] = metrics_by_period(
+                eval_table["period"].to_numpy(),
+                eval_table["user_id"].to_numpy(zero_copy_only=False),
+                eval_table["label"].to_numpy(),
+                scores,
+            )
         elif variant == "demo-rate":
             scores = demo_like_rate(eval_table)
             reports[variant] = metrics_by_period(
