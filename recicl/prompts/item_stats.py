@@ -11,7 +11,9 @@ event, lies inside the knowledge periods, so its own label is part of its item's
 model could learn to read the answer off a rare item's rate. Every block whose event happened
 before ``until_ts`` is therefore rendered with its own event taken out (events − 1, likes −
 label). Evaluated and served queries come after ``until_ts`` and see the frozen counts as they
-are; demonstrations are treated alike offline and online, so the prompts stay identical.
+are; demonstrations are treated alike offline and online, so the prompts stay identical. (The
+rule goes by time alone: an event posted to serving with a timestamp before the cut, which the
+build never counted, is also shown with one event taken out: off by one, never a leak.)
 
 Rates are shown from ``prompt.item_stats_min_count`` events on, rounded to 5 points (coarse
 values generalise better and move less with one event); fewer events say how many, and an item
