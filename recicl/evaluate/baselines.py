@@ -50,6 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recicl.config import ConfigError
+from recicl.evaluate.classical import genres_by_item
 
 if TYPE_CHECKING:
     import torch
@@ -124,20 +125,6 @@ def _check_training(name: str, train: pa.Table) -> None:
             f"baseline {name!r}: every training sample has the same label; a classifier needs "
             "likes and dislikes (experiment.train_periods)"
         )
-
-
-def _item_genres(catalog: pa.Table) -> dict[str, list[str]]:
-    """The genres (or categories) of each catalog item: what a new item is known by."""
-    out: dict[str, list[str]] = {}
-    for item_id, attributes in zip(
-        catalog["item_id"].to_pylist(), catalog["attributes"].to_pylist(), strict=True
-    ):
-        found: list[str] = []
-        for key, value in attributes or []:
-            if key in ("genres", "category") and value:
-                found.extend(v for v in value.split("|") if v)
-        out[item_id] = found
-    return out
 
 
 @contextlib.contextmanager
@@ -317,7 +304,7 @@ class ItemSpace:
 
     @classmethod
     def build(cls, train: pa.Table, catalog: pa.Table) -> ItemSpace:
-        genre_lists = _item_genres(catalog)
+        genre_lists = genres_by_item(catalog)
         _, demo_items, _ = _demo_columns(train)
         _, history_items = _flat(train["history"])
         seen = np.concatenate(

@@ -19,7 +19,9 @@ from sklearn.feature_extraction import FeatureHasher
 from sklearn.linear_model import LogisticRegression
 
 
-def _genre_lookup(catalog: pa.Table) -> dict[str, list[str]]:
+def genres_by_item(catalog: pa.Table) -> dict[str, list[str]]:
+    """The genres (or categories) of each catalog item: what a new item is known by; read by
+    every non-LLM model of ``recicl.evaluate``."""
     lookup: dict[str, list[str]] = {}
     for item_id, attributes in zip(
         catalog["item_id"].to_pylist(), catalog["attributes"].to_pylist(), strict=True
@@ -34,7 +36,7 @@ def _genre_lookup(catalog: pa.Table) -> dict[str, list[str]]:
 
 def sample_features(samples: pa.Table, catalog: pa.Table) -> list[list[str]]:
     """One bag of string features per sample (hashed later)."""
-    genres = _genre_lookup(catalog)
+    genres = genres_by_item(catalog)
     bags: list[list[str]] = []
     for user, item, history in zip(
         samples["user_id"].to_pylist(),
