@@ -62,7 +62,12 @@ def print_samples_summary(manifest: dict[str, Any]) -> None:
     if stats:
         head.add_row(
             "item statistics",
-            f"{stats['items']:,} items, {stats['events']:,} events of D0-D{stats['until_period']}",
+            f"{stats['items']:,} items, {stats['events']:,} events of D0-D{stats['until_period']}"
+            + (
+                f"; taste codes of {stats['code_bits']} bits for {stats['coded_items']:,} items"
+                if stats.get("code_bits")
+                else ""
+            ),
         )
     head.add_row("seconds", f"{manifest['seconds']}")
     _out.print(head)

@@ -137,6 +137,24 @@ class SamplesConfig(StrictModel):
         "training period, never to an evaluated one (evaluation refuses that); null = the last "
         "of experiment.train_periods.",
     )
+    item_code_bits: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="Bits of each item's taste code (prompt.item_codes): the rank of the "
+        "factorization of the knowledge periods' like/dislike matrix; one bit per factor. "
+        "Each bit is about one token per asked-about item (Gemma: 8 bits add 10 tokens, 16 "
+        "add 20); on MovieLens 8 and 16 bits carried the same signal (docs/quality.md). "
+        "More bits separate more audiences on larger catalogs. 0 = build no codes (the "
+        "factorization gathers the counted events on the driver).",
+    )
+    item_code_min_events: int = Field(
+        10,
+        ge=1,
+        description="Items with fewer counted events get no taste code ('unknown'): a factor "
+        "fitted on a handful of ratings is noise, and the fewer the ratings, the more a "
+        "training question's own answer moves its item's code.",
+    )
     demo_policy: DemoPolicy = Field(
         "recent",
         description="Which earlier events are demonstrations: recent (the latest), semantic "

@@ -61,6 +61,20 @@ class PromptConfig(StrictModel):
         ge=1,
         description="Show a like rate from this many counted events on; fewer say how many.",
     )
+    item_codes: bool = Field(
+        False,
+        description="Show each asked-about item's taste code (BinLLM-style): the signs of its "
+        "collaborative-filtering embedding, fitted on the knowledge periods, as bits ('taste "
+        "code 1011 0010'). Items with similar audiences share bits, so a model can relate a "
+        "candidate to the demonstrations the user liked; rare and new items say 'taste code "
+        "unknown'. Built with the samples (samples.item_code_bits).",
+    )
+
+    @property
+    def shows_item_knowledge(self) -> bool:
+        """Whether prompts read the frozen per-item table (item_stats.parquet): statistics,
+        taste codes or both. Every leak check and copy keys on this, not on one option."""
+        return self.item_stats or self.item_codes
 
 
 class LoraSettings(StrictModel):

@@ -197,6 +197,8 @@ StreamingVariant = Literal[
     "tallrec+demos",
     "recicl",
     "recicl+stats",
+    "recicl+codes",
+    "recicl+stats+codes",
     "classical",
     "demo-rate",
     "retrained",
@@ -232,14 +234,16 @@ class ExperimentConfig(StrictModel):
     )
     variants: list[StreamingVariant] = Field(
         default_factory=lambda: list(DEFAULT_STREAMING_VARIANTS),
-        description="Variants side by side: zero-shot, tallrec, tallrec+demos (the TALLRec-"
-        "tuned model given the same demonstrations at inference), recicl, recicl+stats (recicl "
-        "with frozen item statistics in its prompts, prompt.item_stats), classical, demo-rate "
-        "(no model: the share of Yes among the sample's demonstrations, i.e. the user's recent "
-        "like rate), retrained (recicl re-tuned up to each period: the costly upper bound); "
-        "non-LLM baselines fitted on the training periods (docs/baselines.md): logistic and "
-        "boosted-trees (leak-free like-rate signals), mf (matrix factorization), sasrec, din; "
-        "'<baseline>-retrained' refits one per evaluated period on every period before it.",
+        description="Variants side by side: zero-shot, tallrec, tallrec+demos (the "
+        "TALLRec-tuned model given the same demonstrations at inference), recicl, recicl+stats "
+        "(recicl with frozen item statistics in its prompts, prompt.item_stats), recicl+codes and "
+        "recicl+stats+codes (taste codes, prompt.item_codes, alone or with them), classical, "
+        "demo-rate (no model: the share of Yes among the sample's demonstrations, i.e. the "
+        "user's recent like rate), retrained (recicl re-tuned up to each period: the costly "
+        "upper bound); non-LLM baselines fitted on the training periods (docs/baselines.md): "
+        "logistic and boosted-trees (leak-free like-rate signals), mf (matrix factorization), "
+        "sasrec, din; '<baseline>-retrained' refits one per evaluated period on every period "
+        "before it.",
     )
     few_shot: list[int | float] = Field(
         default_factory=list,

@@ -19,7 +19,6 @@ import copy
 import functools
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,7 +34,12 @@ from ray.data.dataset import MaterializedDataset
 from recicl import __version__
 from recicl.config import ConfigError, ReciclConfig, parse_periods
 from recicl.data.item_embeddings import ItemEmbeddings
-from recicl.data.item_stats import item_stats_from_events, write_item_stats
+from recicl.data.item_stats import (
+    item_codes_from_events,
+    item_stats_from_events,
+    with_item_codes,
+    write_item_stats,
+)
 from recicl.data.periods import (
     assign_periods,
     date_boundaries,
@@ -46,7 +50,7 @@ from recicl.data.periods import (
 from recicl.data.readers import check_source_folder, read_source
 from recicl.data.retrieval import DemoQuality
 from recicl.data.samples import KIND_DUPLICATE, KIND_SAMPLE, Selection, annotate_events, to_samples
-from recicl.data.samples_folder import BUILD_OUTPUTS, SamplesFolder
+from recicl.data.samples_folder import SamplesFolder
 from recicl.data.schema import QUARANTINE
 from recicl.data.validate import quarantined, valid_events, validate_batch
 from recicl.raycluster import ensure_ray, local_core_limit
@@ -228,15 +232,27 @@ def _write_item_stats(
     if until is None:
         return None
     until = min(until, len(boundaries))  # a period past the last one: every event
-    table = item_stats_from_events(annotated, boundaries, list(range(until + 1)))
+    counted = list(range(until + 1))
+    table = item_stats_from_events(annotated, boundaries, counted)
+    bits = 0
+    if cfg.samples.item_code_bits:
+        codes, bits = item_codes_from_events(
+            annotated,
+            boundaries,
+            counted,
+            cfg.samples.item_code_bits,
+            cfg.samples.item_code_min_events,
+        )
+        table = with_item_codes(table, codes)
     until_ts = int(boundaries[until]) if until < len(boundaries) else None
-    meta = {"until_period": until, "until_ts": until_ts}
+    meta = {"until_period": until, "until_ts": until_ts, "code_bits": bits}
     write_item_stats(table, folder.item_stats_path, meta)
     return {
         "file": folder.item_stats_path.name,
         **meta,
         "until": iso(until_ts),
         "items": table.num_rows,
+        "coded_items": table.num_rows - table["code"].null_count,
         "events": int(pc.sum(table["events"]).as_py() or 0),
     }
 
@@ -249,7 +265,11 @@ def build_samples(
     ``dashboard=False`` when this process will not run Ray Train afterwards and Ray is not
     running yet: a local runtime then starts without the dashboard (see ``ensure_ray``).
     ``embedder``: embeds the catalog when a policy retrieves by similarity and
-    ``samples.embeddings`` is not set."""
+    ``samples.embeddings`` is not set.
+
+    Everything is written into a staging folder first and moved into ``samples.output`` at
+    the end (:meth:`SamplesFolder.replace_outputs`): a failed or running rebuild never leaves
+    the previous samples half-deleted."""
     if not cfg.samples.output:
         raise ConfigError("samples.output is not set: pass --output DIR (or set samples.output)")
     output = Path(cfg.samples.output).expanduser().resolve()
@@ -263,7 +283,72 @@ def build_samples(
         source = read_source(cfg.data)
     log.info("reading %s from %s", source.layout, cfg.data.path)
     selection, embeddings_origin = _selection(cfg, source.catalog, embedder)
+    validated, annotated = _validate_and_annotate(cfg, source, selection, cpus)
 
+    stats = _gather(annotated, _period_columns, cpus)
+    _check_users_whole(stats)
+    timestamps = stats["timestamp"].to_numpy() if stats.num_rows else np.zeros(0, np.int64)
+    labels = stats["label"].to_numpy().astype(np.float64) if stats.num_rows else np.zeros(0)
+    is_sample = (stats["kind"].to_numpy() == KIND_SAMPLE) if stats.num_rows else np.zeros(0, bool)
+    if cfg.samples.boundaries:
+        boundaries = date_boundaries(cfg.samples.boundaries)
+    else:
+        boundaries = equal_count_boundaries(timestamps, cfg.samples.periods)
+
+    target = SamplesFolder(output)
+    folder = target.staging()
+    if is_sample.any():
+        for policy in (None, *selection.extra_policies):
+            root = folder.samples_root if policy is None else folder.augmented_root(policy)
+            annotated.map_batches(
+                functools.partial(_with_periods, boundaries=boundaries, policy=policy),
+                batch_size=None,
+                batch_format="pyarrow",
+            ).write_parquet(str(root), partition_cols=["period"])
+    item_stats = _write_item_stats(cfg, annotated, boundaries, folder)
+    if selection.embeddings is not None:  # serving reads the vectors from the samples folder
+        selection.embeddings.save(folder.embeddings_path)
+    if selection.quality is not None:  # and the estimator, for the quality policy
+        folder.demo_quality_path.write_text(json.dumps(selection.quality.to_json(), indent=2))
+    quarantine = _write_quarantine(folder, source, validated, annotated, cpus)
+    pq.write_table(source.catalog, folder.catalog_path)
+
+    manifest: dict[str, Any] = {
+        "recicl_version": __version__,
+        "created_at": iso(int(time.time())),
+        "config_hash": cfg.fingerprint("data", "samples"),
+        "content_id": folder.content_id(),
+        "source": {"name": cfg.data.source, "path": str(cfg.data.path), "layout": source.layout},
+        "rows_read": validated.count(),  # from block metadata: no new execution
+        "events": len(timestamps),
+        "users": len(pc.drop_null(stats["first_user"])) if stats.num_rows else 0,
+        "catalog_items": source.catalog.num_rows,
+        # the scale ratings were validated against (null: unchecked); serving refuses others
+        "rating_range": list(source.rating_range) if source.rating_range else None,
+        "samples": int(is_sample.sum()),
+        "like_rate": round(float(labels.mean()), 6) if len(labels) else None,
+        "quarantine": quarantine,
+        "boundaries": [iso(b) for b in boundaries.tolist()],
+        "boundaries_ts": boundaries.tolist(),
+        "periods": describe_periods(boundaries, timestamps, labels, is_sample),
+        "selection": _selection_facts(selection, embeddings_origin, folder),
+        "item_stats": item_stats,
+        "config": cfg.model_dump(mode="json", include={"data", "samples"}),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    warnings = _build_warnings(cfg, selection, boundaries)
+    if warnings:
+        manifest["warnings"] = warnings
+    folder.manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    target.replace_outputs(folder)
+    return manifest
+
+
+def _validate_and_annotate(
+    cfg: ReciclConfig, source: Any, selection: Selection, cpus: int | None
+) -> tuple[MaterializedDataset, MaterializedDataset]:
+    """Stages 2 and 3: the validated events (good rows and reasons, materialized once because
+    both the samples and the quarantine are written from them) and the annotated events."""
     validated = source.events.map_batches(
         functools.partial(
             validate_batch,
@@ -277,11 +362,9 @@ def build_samples(
         batch_size=None,
         batch_format="pyarrow",
     ).materialize()
-    rows_read = validated.count()  # from block metadata: no new execution
-
     # Hash-partition by user and apply the vectorized transform to whole partitions. This is the
     # mechanism behind Ray's own ``map_groups`` (shuffle blocks are never split, so a user never
-    # spans two blocks) without its one-Python-call-per-user cost; the guard below checks it.
+    # spans two blocks) without its one-Python-call-per-user cost; _check_users_whole checks it.
     annotated = (
         validated.map_batches(valid_events, batch_size=None, batch_format="pyarrow")
         .repartition(
@@ -300,47 +383,25 @@ def build_samples(
         )
         .materialize()
     )
+    return validated, annotated
 
-    stats = _gather(annotated, _period_columns, cpus)
-    _check_users_whole(stats)
-    timestamps = stats["timestamp"].to_numpy() if stats.num_rows else np.zeros(0, np.int64)
-    labels = stats["label"].to_numpy().astype(np.float64) if stats.num_rows else np.zeros(0)
-    is_sample = (stats["kind"].to_numpy() == KIND_SAMPLE) if stats.num_rows else np.zeros(0, bool)
-    if cfg.samples.boundaries:
-        boundaries = date_boundaries(cfg.samples.boundaries)
-    else:
-        boundaries = equal_count_boundaries(timestamps, cfg.samples.periods)
 
-    if output.exists():
-        # Re-running into the same folder replaces its outputs, never mixes old and new files.
-        for name in BUILD_OUTPUTS:
-            target = output / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    output.mkdir(parents=True, exist_ok=True)
-    folder = SamplesFolder(output)
+def _value_counts(column: pa.ChunkedArray) -> dict[str, int]:
+    if not len(column):
+        return {}
+    counts = pc.value_counts(column.combine_chunks())
+    return {c["values"].as_py(): c["counts"].as_py() for c in counts}
 
-    if is_sample.any():
-        annotated.map_batches(
-            _with_periods,
-            batch_size=None,
-            batch_format="pyarrow",
-            fn_kwargs={"boundaries": boundaries},
-        ).write_parquet(str(folder.samples_root), partition_cols=["period"])
-        for policy in selection.extra_policies:
-            annotated.map_batches(
-                _with_periods,
-                batch_size=None,
-                batch_format="pyarrow",
-                fn_kwargs={"boundaries": boundaries, "policy": policy},
-            ).write_parquet(str(folder.augmented_root(policy)), partition_cols=["period"])
-    item_stats = _write_item_stats(cfg, annotated, boundaries, folder)
-    if selection.embeddings is not None:  # serving reads the vectors from the samples folder
-        selection.embeddings.save(folder.embeddings_path)
-    if selection.quality is not None:  # and the estimator, for the quality policy
-        folder.demo_quality_path.write_text(json.dumps(selection.quality.to_json(), indent=2))
+
+def _write_quarantine(
+    folder: SamplesFolder,
+    source: Any,
+    validated: MaterializedDataset,
+    annotated: MaterializedDataset,
+    cpus: int | None,
+) -> dict[str, Any]:
+    """Rejected events (invalid rows and duplicates) and catalog rows, with the counts by
+    reason that the manifest reports."""
     parts = [
         part
         for part in (
@@ -349,63 +410,42 @@ def build_samples(
         )
         if part.num_rows
     ]
-    quarantine_table = pa.concat_tables(parts) if parts else QUARANTINE.empty_table()
+    table = pa.concat_tables(parts) if parts else QUARANTINE.empty_table()
     folder.quarantine_dir.mkdir()
-    pq.write_table(quarantine_table, folder.quarantine_dir / "events.parquet")
+    pq.write_table(table, folder.quarantine_dir / "events.parquet")
     pq.write_table(source.catalog_rejects, folder.quarantine_dir / "catalog.parquet")
-    pq.write_table(source.catalog, folder.catalog_path)
-
-    reasons: dict[str, int] = {}
-    if quarantine_table.num_rows:
-        counts = pc.value_counts(quarantine_table["reason"].combine_chunks())
-        reasons = {c["values"].as_py(): c["counts"].as_py() for c in counts}
-    catalog_reasons: dict[str, int] = {}
-    if source.catalog_rejects.num_rows:
-        counts = pc.value_counts(source.catalog_rejects["reason"].combine_chunks())
-        catalog_reasons = {c["values"].as_py(): c["counts"].as_py() for c in counts}
-    period_rows = describe_periods(boundaries, timestamps, labels, is_sample)
-    manifest: dict[str, Any] = {
-        "recicl_version": __version__,
-        "created_at": iso(int(time.time())),
-        "config_hash": cfg.fingerprint("data", "samples"),
-        "content_id": folder.content_id(),
-        "source": {"name": cfg.data.source, "path": str(cfg.data.path), "layout": source.layout},
-        "rows_read": rows_read,
-        "events": len(timestamps),
-        "users": len(pc.drop_null(stats["first_user"])) if stats.num_rows else 0,
-        "catalog_items": source.catalog.num_rows,
-        # the scale ratings were validated against (null: unchecked); serving refuses others
-        "rating_range": list(source.rating_range) if source.rating_range else None,
-        "samples": int(is_sample.sum()),
-        "like_rate": round(float(labels.mean()), 6) if len(labels) else None,
-        "quarantine": {
-            "total": int(sum(reasons.values())),
-            "by_reason": dict(sorted(reasons.items())),
-            "catalog": dict(sorted(catalog_reasons.items())),
-        },
-        "boundaries": [iso(b) for b in boundaries.tolist()],
-        "boundaries_ts": boundaries.tolist(),
-        "periods": period_rows,
-        "selection": {
-            "demo_policy": selection.demo_policy,
-            "history_policy": selection.history_policy,
-            "recent_share": selection.recent_share,
-            "retrieval_window": selection.window,
-            "augmented": list(selection.extra_policies),
-            "demo_quality": None if selection.quality is None else selection.quality.to_json(),
-            "embeddings": None
-            if selection.embeddings is None
-            else {
-                "file": folder.embeddings_path.name,
-                "from": embeddings_origin,
-                "items": len(selection.embeddings),
-                **selection.embeddings.metadata,
-            },
-        },
-        "item_stats": item_stats,
-        "config": cfg.model_dump(mode="json", include={"data", "samples"}),
-        "seconds": round(time.perf_counter() - started, 2),
+    reasons = _value_counts(table["reason"])
+    return {
+        "total": int(sum(reasons.values())),
+        "by_reason": dict(sorted(reasons.items())),
+        "catalog": dict(sorted(_value_counts(source.catalog_rejects["reason"]).items())),
     }
+
+
+def _selection_facts(
+    selection: Selection, embeddings_origin: Any, folder: SamplesFolder
+) -> dict[str, Any]:
+    """How demonstrations and histories were chosen, for the manifest."""
+    vectors = selection.embeddings
+    return {
+        "demo_policy": selection.demo_policy,
+        "history_policy": selection.history_policy,
+        "recent_share": selection.recent_share,
+        "retrieval_window": selection.window,
+        "augmented": list(selection.extra_policies),
+        "demo_quality": None if selection.quality is None else selection.quality.to_json(),
+        "embeddings": None
+        if vectors is None
+        else {
+            "file": folder.embeddings_path.name,
+            "from": embeddings_origin,
+            "items": len(vectors),
+            **vectors.metadata,
+        },
+    }
+
+
+def _build_warnings(cfg: ReciclConfig, selection: Selection, boundaries: np.ndarray) -> list[str]:
     warnings = []
     if not cfg.samples.boundaries and len(boundaries) + 1 < cfg.samples.periods:
         warnings.append(
@@ -415,7 +455,4 @@ def build_samples(
     uses_quality = "quality" in (selection.demo_policy, *selection.extra_policies)
     if uses_quality and selection.quality is not None and (weak := selection.quality.weakness()):
         warnings.append(f"samples.demo_quality: {weak}")
-    if warnings:
-        manifest["warnings"] = warnings
-    folder.manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    return warnings

@@ -143,18 +143,7 @@ def annotate_events(
     label = table["label"].to_numpy()
     rating = table["rating"].chunk(0)
 
-    # Exact duplicates are adjacent after the total sort. Ratings are finite, so -inf can
-    # stand in for "no rating" and two missing ratings compare equal.
-    rating_values = rating.fill_null(-np.inf).to_numpy()
-    same = np.zeros(n, dtype=bool)
-    if n > 1:
-        same[1:] = (
-            pc.equal(user[1:], user[:-1]).to_numpy(zero_copy_only=False)
-            & pc.equal(item[1:], item[:-1]).to_numpy(zero_copy_only=False)
-            & (timestamp[1:] == timestamp[:-1])
-            & (label[1:] == label[:-1])
-            & (rating_values[1:] == rating_values[:-1])
-        )
+    same = _exact_duplicates(user, item, timestamp, label, rating)
     keep = np.flatnonzero(~same)
     m = len(keep)
     k_user = user.take(pa.array(keep))
@@ -244,23 +233,48 @@ def annotate_events(
         )
     if m == n:
         return kept
-    dropped = np.flatnonzero(same)
-    nd = len(dropped)
-    duplicates = pa.table(
+    duplicates = _duplicate_rows(table.take(pa.array(np.flatnonzero(same))))
+    return pa.concat_tables([kept, _with_augmented_columns(duplicates, selection)])
+
+
+def _exact_duplicates(
+    user: pa.Array, item: pa.Array, timestamp: np.ndarray, label: np.ndarray, rating: pa.Array
+) -> np.ndarray:
+    """True for every event equal to the one before it (exact duplicates are adjacent after
+    the total sort). Ratings are finite, so -inf can stand in for "no rating" and two missing
+    ratings compare equal."""
+    n = len(timestamp)
+    rating_values = rating.fill_null(-np.inf).to_numpy()
+    same = np.zeros(n, dtype=bool)
+    if n > 1:
+        same[1:] = (
+            pc.equal(user[1:], user[:-1]).to_numpy(zero_copy_only=False)
+            & pc.equal(item[1:], item[:-1]).to_numpy(zero_copy_only=False)
+            & (timestamp[1:] == timestamp[:-1])
+            & (label[1:] == label[:-1])
+            & (rating_values[1:] == rating_values[:-1])
+        )
+    return same
+
+
+def _duplicate_rows(dropped: pa.Table) -> pa.Table:
+    """ANNOTATED rows of kind duplicate for the dropped events (no sample id, history or
+    demos: they are quarantined, never read as samples)."""
+    nd = dropped.num_rows
+    return pa.table(
         [
             pa.nulls(nd, pa.string()),
-            user.take(pa.array(dropped)),
-            item.take(pa.array(dropped)),
-            pa.array(timestamp[dropped]),
-            pa.array(label[dropped].astype(np.int8)),
-            rating.take(pa.array(dropped)),
+            dropped["user_id"],
+            dropped["item_id"],
+            dropped["timestamp"],
+            dropped["label"].cast(pa.int8()),
+            dropped["rating"],
             pa.array(np.full(nd, KIND_DUPLICATE, dtype=np.int8)),
             pa.nulls(nd, ANNOTATED.field("history").type),
             pa.nulls(nd, ANNOTATED.field("demos").type),
         ],
         schema=ANNOTATED,
     )
-    return pa.concat_tables([kept, _with_augmented_columns(duplicates, selection)])
 
 
 def _with_augmented_columns(table: pa.Table, selection: Selection) -> pa.Table:

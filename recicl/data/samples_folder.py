@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,7 +54,8 @@ SAMPLES_DIR, CATALOG_FILE, MANIFEST_FILE, QUARANTINE_DIR, AUGMENTED_DIR = (
     "quarantine",
     "augmented",
 )
-#: Everything a build writes, in the order a rebuild removes it (never mixing old and new files).
+#: Everything a build writes, in the order a rebuild replaces it (never mixing old and new files;
+#: the manifest last).
 BUILD_OUTPUTS = (
     SAMPLES_DIR,
     AUGMENTED_DIR,
@@ -152,6 +154,39 @@ class SamplesFolder:
     @property
     def item_stats_path(self) -> Path:
         return self.root / ITEM_STATS_FILE
+
+    def staging(self) -> SamplesFolder:
+        """An empty sibling folder a build writes into before :meth:`replace_outputs` moves its
+        files here: while a rebuild runs (minutes on a large log), readers such as a serving
+        replica loading its catalog still find the previous build whole."""
+        staging = self.root.with_name(f".{self.root.name}.building")
+        if staging.exists():  # left by a build that crashed
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        return SamplesFolder(staging)
+
+    def replace_outputs(self, built: SamplesFolder) -> None:
+        """Move every build output of ``built`` (a :meth:`staging` folder) here, replacing the
+        previous build's one by one with renames (old outputs absent from the new build, e.g.
+        augmented samples no longer asked for, are removed); other files in the folder are
+        left alone. The manifest goes last, so a folder with a new manifest has all of its
+        new files; the staging folder is removed."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        trash = self.root.with_name(f".{self.root.name}.replaced")
+        if trash.exists():
+            shutil.rmtree(trash)
+        trash.mkdir()
+        for name in BUILD_OUTPUTS:  # the manifest is last in BUILD_OUTPUTS
+            old, new = self.root / name, built.root / name
+            if new.is_file() and not old.is_dir():
+                new.replace(old)  # atomic: a reader sees the old file or the new one
+                continue
+            if old.exists():  # a folder cannot be swapped in one rename: two, microseconds apart
+                old.rename(trash / name)
+            if new.exists():
+                new.rename(old)
+        shutil.rmtree(trash)
+        shutil.rmtree(built.root)
 
     def augmented_root(self, policy: str) -> Path:
         """Where the samples of augmentation policy ``policy`` live (period partitions)."""

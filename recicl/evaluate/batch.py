@@ -243,9 +243,9 @@ def _item_stats_until(
     own = manifest is not None and not force_prompt
     if own:
         assert manifest is not None
-        shows = bool(manifest.prompt.get("item_stats"))
+        shows = bool(manifest.prompt.get("item_stats") or manifest.prompt.get("item_codes"))
     else:
-        shows = bool(prompt and prompt.item_stats)
+        shows = bool(prompt and prompt.shows_item_knowledge)
     if not shows:
         return None
     if own and manifest is not None and manifest.data.item_stats_until is not None:

@@ -8,9 +8,12 @@ period with **no update**, for several variants side by side.
 * ``recicl``     tuned on prompts with demonstrations (the user's newest events);
 * ``recicl+stats`` the same, with each asked-about item's statistics frozen at the end of the
   training periods in its question ("72% of 140 viewers liked it", ``prompt.item_stats``):
-  collaborative knowledge a reader of one user's events cannot have. The named LLM variants
-  above set ``prompt.item_stats`` themselves (off, except this one); few-shot and retrained
-  variants follow the config;
+  collaborative knowledge a reader of one user's events cannot have;
+* ``recicl+codes`` / ``recicl+stats+codes`` the same with each asked-about item's taste code
+  (BinLLM-style bits of its collaborative-filtering factors, ``prompt.item_codes``), alone or
+  with the statistics. The named LLM variants set ``prompt.item_stats`` and
+  ``prompt.item_codes`` themselves (off, except in these); few-shot and retrained variants
+  follow the config;
 * ``<format>@N`` (``experiment.few_shot``) tuned on only N training samples (or a fraction),
   the few-shot settings of TALLRec (16/64/256) and ReLLa (< 10 % of the data);
 * ``classical``  logistic regression on user/item/genre features (scikit-learn), same periods;
@@ -92,6 +95,15 @@ def few_shot_name(prompt_format: str, size: int | float) -> str:
     return f"{prompt_format}@{int(size)}"
 
 
+#: The RecICL variants with frozen item knowledge in their prompts: (item_stats, item_codes).
+KNOWLEDGE_VARIANTS: dict[str, tuple[bool, bool]] = {
+    "recicl": (False, False),
+    "recicl+stats": (True, False),
+    "recicl+codes": (False, True),
+    "recicl+stats+codes": (True, True),
+}
+
+
 def _train_variant(
     cfg: ReciclConfig,
     base: str,
@@ -99,16 +111,16 @@ def _train_variant(
     periods: list[int],
     run_name: str,
     max_train_samples: int | float | None = None,
-    item_stats: bool | None = None,
+    knowledge: tuple[bool, bool] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Tune one variant; return its packaged model folder and training facts.
-    ``item_stats``: show item statistics in its prompts (None: as the config says)."""
+    ``knowledge``: (item statistics, taste codes) in its prompts (None: as the config says)."""
 
     raw = cfg.model_dump(mode="json")
     raw["model"]["name_or_path"] = base
     raw["prompt"]["format"] = prompt_format
-    if item_stats is not None:
-        raw["prompt"]["item_stats"] = item_stats
+    if knowledge is not None:
+        raw["prompt"]["item_stats"], raw["prompt"]["item_codes"] = knowledge
     raw["train"]["train_periods"] = periods
     raw["train"]["val_periods"] = []
     raw["train"]["run_name"] = run_name
@@ -129,223 +141,307 @@ def _train_variant(
     return Path(result.model_dir), facts
 
 
-def run_streaming(cfg: ReciclConfig) -> dict[str, Any]:
-    """Run every configured variant and return {"rows": [...], "variants": {...}, paths}."""
-    import ray.data
+#: A variant runner's result: its per-period report and the facts its child run is tagged with.
+_Outcome = tuple[dict[str, Any], dict[str, Any]]
 
-    from recicl.raycluster import ensure_ray
 
-    exp = cfg.experiment
-    samples = SamplesFolder.from_config(cfg)
-    samples.require_manifest()
-    samples_dir = samples.root
-    available = sorted(p for p, n in samples.sample_counts().items() if n)
-    train_periods = parse_periods(exp.train_periods) or []
-    eval_periods = parse_periods(exp.eval_periods) or [
-        p for p in available if p > max(train_periods, default=-1)
-    ]
-    missing = sorted(set(train_periods + eval_periods) - set(available))
-    if missing or not train_periods or not eval_periods:
-        raise ConfigError(
-            f"experiment periods: train {train_periods}, eval {eval_periods}; available "
-            f"{available}{f', missing {missing}' if missing else ''}"
+class StreamingExperiment:
+    """One run of the streaming protocol: set up once (periods, the evaluated draw, the MLflow
+    parent run), then one runner per variant from :attr:`runners` (a table, so that a new
+    variant is one method and one entry, not a branch in a long loop). Every runner returns
+    (report, facts): a ``metrics_by_period``-style report and what to tag the child run with.
+    The parent run is marked FAILED when a variant raises, so MLflow never shows a crashed
+    experiment as running."""
+
+    def __init__(self, cfg: ReciclConfig) -> None:
+        from recicl.raycluster import ensure_ray
+
+        self.cfg = cfg
+        exp = cfg.experiment
+        self.samples = SamplesFolder.from_config(cfg)
+        self.samples.require_manifest()
+        self.available = sorted(p for p, n in self.samples.sample_counts().items() if n)
+        self.train_periods = parse_periods(exp.train_periods) or []
+        self.eval_periods = parse_periods(exp.eval_periods) or [
+            p for p in self.available if p > max(self.train_periods, default=-1)
+        ]
+        self._check_periods()
+        self.workdir = Path(cfg.workdir).expanduser().resolve()
+        self.output = (
+            Path(exp.output).expanduser()
+            if exp.output
+            else self.workdir / "experiments" / "streaming"
         )
-    if min(eval_periods) <= max(train_periods):
-        raise ConfigError("experiment.eval_periods must all come after experiment.train_periods")
+        self.output.mkdir(parents=True, exist_ok=True)
+        for variant in exp.variants:  # refuse before minutes of tuning, not after
+            if any(KNOWLEDGE_VARIANTS.get(variant, ())):
+                stats = read_item_stats(self.samples.item_stats_path)
+                until = item_stats_meta(stats).get("until_period")
+                check_no_leak(until, self.eval_periods, variant)
+        ensure_ray(cfg.ray)
+        self.seed = cfg.train.seed
+        self.eval_table = subsample_per_period(
+            self.samples.read_table(self.eval_periods), exp.max_eval_samples, self.seed
+        )
+        self.catalog = pq.read_table(self.samples.catalog_path)
+        self.recicl_prompt = cfg.prompt.model_copy(
+            update={"format": "recicl", "item_stats": False, "item_codes": False}
+        )
+        self.few_shot = {few_shot_name(exp.few_shot_format, n): n for n in exp.few_shot}
+        self.stamp = time.strftime("%Y%m%d-%H%M%S")
+        self._base: str | None = None
+        self._tuned: dict[str, tuple[Path, dict[str, Any]]] = {}
+        self.runners: dict[str, Any] = {
+            "zero-shot": self._zero_shot,
+            "tallrec": self._tuned_variant,
+            **{name: self._tuned_variant for name in KNOWLEDGE_VARIANTS},
+            "tallrec+demos": self._tallrec_with_demos,
+            **{name: self._few_shot_variant for name in self.few_shot},
+            "classical": self._classical,
+            **{name: self._baseline for name in (*BASELINES, *RETRAINED_BASELINES)},
+            "demo-rate": self._demo_rate,
+            "retrained": self._retrained,
+        }
 
-    workdir = Path(cfg.workdir).expanduser().resolve()
-    output = Path(exp.output).expanduser() if exp.output else workdir / "experiments" / "streaming"
-    output.mkdir(parents=True, exist_ok=True)
-    ensure_ray(cfg.ray)
-    seed = cfg.train.seed
-    eval_table = subsample_per_period(samples.read_table(eval_periods), exp.max_eval_samples, seed)
-    catalog = pq.read_table(samples.catalog_path)
+    def _check_periods(self) -> None:
+        train, evaluated = self.train_periods, self.eval_periods
+        missing = sorted(set(train + evaluated) - set(self.available))
+        if missing or not train or not evaluated:
+            raise ConfigError(
+                f"experiment periods: train {train}, eval {evaluated}; available "
+                f"{self.available}{f', missing {missing}' if missing else ''}"
+            )
+        if min(evaluated) <= max(train):
+            raise ConfigError(
+                "experiment.eval_periods must all come after experiment.train_periods"
+            )
 
-    tracking_uri = resolve_tracking_uri(cfg)
-    mlc = client(tracking_uri)
-    experiment_id = ensure_experiment(cfg, tracking_uri)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    parent = mlc.create_run(
-        experiment_id,
-        tags={"mlflow.runName": f"streaming-{stamp}", "recicl.kind": "streaming"},
-    ).info.run_id
-    mlc.log_param(parent, "train_periods", ",".join(map(str, train_periods)))
-    mlc.log_param(parent, "eval_periods", ",".join(map(str, eval_periods)))
-    mlc.log_param(parent, "samples_hash", samples.content_id())  # content, as SAMPLES_TAG
+    # -- the run ----------------------------------------------------------------------------
 
-    def llm_report(
-        model_dir: Path, prompt_override: Any, table: pa.Table, label: str, force: bool = False
+    def run(self) -> dict[str, Any]:
+        """Run every configured variant and return {"rows", "variants", paths}."""
+        from mlflow.entities import RunStatus
+
+        tracking_uri = resolve_tracking_uri(self.cfg)
+        self.mlc = client(tracking_uri)
+        self.experiment_id = ensure_experiment(self.cfg, tracking_uri)
+        self.parent = self.mlc.create_run(
+            self.experiment_id,
+            tags={"mlflow.runName": f"streaming-{self.stamp}", "recicl.kind": "streaming"},
+        ).info.run_id
+        try:
+            result = self._run_variants()
+        except BaseException:
+            self.mlc.set_terminated(self.parent, RunStatus.to_string(RunStatus.FAILED))
+            raise
+        self.mlc.set_terminated(self.parent)
+        return result
+
+    def _run_variants(self) -> dict[str, Any]:
+        mlc, parent = self.mlc, self.parent
+        mlc.log_param(parent, "train_periods", ",".join(map(str, self.train_periods)))
+        mlc.log_param(parent, "eval_periods", ",".join(map(str, self.eval_periods)))
+        mlc.log_param(parent, "samples_hash", self.samples.content_id())  # content, as SAMPLES_TAG
+        variants: list[str] = list(self.cfg.experiment.variants)
+        variants += [name for name in self.few_shot if name not in variants]
+        reports: dict[str, dict[str, Any]] = {}
+        facts: dict[str, dict[str, Any]] = {}
+        for variant in variants:
+            started = time.perf_counter()
+            log.info("streaming: variant %s", variant)
+            reports[variant], facts[variant] = self.runners[variant](variant)
+            if "mean_prompt_tokens" in reports[variant]:
+                tokens = round(reports[variant]["mean_prompt_tokens"], 1)
+                facts[variant]["mean_prompt_tokens"] = tokens
+            facts[variant]["seconds"] = round(time.perf_counter() - started, 1)
+            self._log_child(variant, reports[variant], facts[variant])
+        return self._write(reports, facts)
+
+    def _log_child(self, variant: str, report: dict[str, Any], facts: dict[str, Any]) -> None:
+        child = self.mlc.create_run(
+            self.experiment_id,
+            tags={
+                "mlflow.runName": f"{variant}",
+                "mlflow.parentRunId": self.parent,
+                "recicl.kind": "streaming-variant",
+                "recicl.variant": variant,
+            },
+        ).info.run_id
+        for period, values in report["periods"].items():
+            for key in ("auc", "uauc", "logloss"):
+                if values.get(key) is not None:
+                    self.mlc.log_metric(child, f"p{period}_{key}", float(values[key]))
+        for key, value in facts.items():
+            self.mlc.set_tag(child, f"recicl.{key}", str(value))
+        self.mlc.set_terminated(child)
+
+    def _write(
+        self, reports: dict[str, dict[str, Any]], facts: dict[str, dict[str, Any]]
     ) -> dict[str, Any]:
+        """streaming.csv / .json / .png in the output folder, logged to the parent run."""
+        rows = [
+            {
+                "variant": variant,
+                "period": int(period),
+                **{k: values.get(k) for k in ("auc", "uauc", "logloss", "count", "like_rate")},
+            }
+            for variant, report in reports.items()
+            for period, values in sorted(report["periods"].items(), key=lambda kv: int(kv[0]))
+        ]
+        output = self.output
+        with (output / "streaming.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        result = {
+            "train_periods": self.train_periods,
+            "eval_periods": self.eval_periods,
+            "rows": rows,
+            "variants": facts,
+            "mlflow_parent_run_id": self.parent,
+        }
+        (output / "streaming.json").write_text(json.dumps(result, indent=2) + "\n")
+        first, last = self.train_periods[0], self.train_periods[-1]
+        plot = plot_by_period(
+            reports, output / "streaming.png", title=f"streaming: tuned on periods {first}-{last}"
+        )
+        for path in (output / "streaming.csv", output / "streaming.json", plot):
+            self.mlc.log_artifact(self.parent, str(path))
+        result["paths"] = {"csv": str(output / "streaming.csv"), "plot": str(plot)}
+        return result
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    @property
+    def base(self) -> str:
+        """The base LLM, resolved (imported or built) only when an LLM variant needs it."""
+        if self._base is None:
+            self._base = _base_model(self.cfg, self.samples.root, self.workdir)
+        return self._base
+
+    def _tuned_once(self, key: str) -> tuple[Path, dict[str, Any]]:
+        """One tuning per key: tallrec is tuned once, whether tallrec, tallrec+demos or both
+        are asked for."""
+        if key not in self._tuned:
+            self._tuned[key] = _train_variant(
+                self.cfg,
+                self.base,
+                key.split("+")[0],
+                self.train_periods,
+                f"streaming-{self.stamp}-{key}",
+                knowledge=KNOWLEDGE_VARIANTS.get(key, (False, False)),
+            )
+        return self._tuned[key]
+
+    def _llm_report(
+        self,
+        model_dir: Path,
+        prompt_override: Any,
+        table: pa.Table,
+        label: str,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        import ray.data
+
+        evaluate = self.cfg.evaluate
         scores = score_samples(
             model_dir,
-            samples_dir,
+            self.samples.root,
             None,
             prompt=prompt_override,
-            replicas=cfg.evaluate.replicas,
-            batch_size=cfg.evaluate.batch_size,
-            use_gpu=cfg.evaluate.use_gpu,
+            replicas=evaluate.replicas,
+            batch_size=evaluate.batch_size,
+            use_gpu=evaluate.use_gpu,
             samples=ray.data.from_arrow(table),
             force_prompt=force,
             label=label,
-            model=cfg.model,  # the zero-shot base loads with the tuned variants' dtype
+            model=self.cfg.model,  # the zero-shot base loads with the tuned variants' dtype
         )
         report = report_from_scores(scores)
         report["mean_prompt_tokens"] = report["prompts"]["mean_tokens"]
         return report
 
-    if "recicl+stats" in exp.variants:  # refuse before minutes of tuning, not after
-        stats = read_item_stats(samples.item_stats_path)
-        check_no_leak(item_stats_meta(stats).get("until_period"), eval_periods, "recicl+stats")
-    base = _base_model(cfg, samples_dir, workdir)
-    recicl_prompt = cfg.prompt.model_copy(update={"format": "recicl", "item_stats": False})
-    tuned: dict[str, tuple[Path, dict[str, Any]]] = {}
+    def _scored(self, scores: np.ndarray) -> dict[str, Any]:
+        """The per-period report of scores for the evaluated draw (non-LLM variants)."""
+        table = self.eval_table
+        return metrics_by_period(
+            table["period"].to_numpy(),
+            table["user_id"].to_numpy(zero_copy_only=False),
+            table["label"].to_numpy(),
+            scores,
+        )
 
-    def tuned_once(prompt_format: str, item_stats: bool = False) -> tuple[Path, dict[str, Any]]:
-        """tallrec is tuned once, whether tallrec, tallrec+demos or both are asked for."""
-        key = f"{prompt_format}+stats" if item_stats else prompt_format
-        if key not in tuned:
-            tuned[key] = _train_variant(
-                cfg,
-                base,
-                prompt_format,
-                train_periods,
-                f"streaming-{stamp}-{key}",
-                item_stats=item_stats,
-            )
-        return tuned[key]
+    # -- the variants -----------------------------------------------------------------------
 
-    variants: list[str] = list(exp.variants)
-    few_shot = {few_shot_name(exp.few_shot_format, n): n for n in exp.few_shot}
-    variants += [name for name in few_shot if name not in variants]
-    reports: dict[str, dict[str, Any]] = {}
-    facts: dict[str, dict[str, Any]] = {}
-    for variant in variants:
-        started = time.perf_counter()
-        log.info("streaming: variant %s", variant)
-        if variant == "zero-shot":
-            reports[variant] = llm_report(Path(base), recicl_prompt, eval_table, variant)
-            facts[variant] = {}
-        elif variant in ("tallrec", "recicl", "recicl+stats"):
-            model_dir, trained = tuned_once(variant.split("+")[0], variant.endswith("+stats"))
-            facts[variant] = dict(trained)
-            reports[variant] = llm_report(model_dir, None, eval_table, variant)
-        elif variant == "tallrec+demos":
-            model_dir, trained = tuned_once("tallrec")
-            facts[variant] = {"model": "the tallrec variant", "version": trained.get("version")}
-            reports[variant] = llm_report(model_dir, recicl_prompt, eval_table, variant, True)
-        elif variant in few_shot:
-            model_dir, facts[variant] = _train_variant(
-                cfg,
-                base,
-                exp.few_shot_format,
-                train_periods,
-                f"streaming-{stamp}-{variant.replace('@', '-').replace('%', 'pct')}",
-                max_train_samples=few_shot[variant],
-            )
-            reports[variant] = llm_report(model_dir, None, eval_table, variant)
-        elif variant == "classical":
-            train_table = samples.read_table(train_periods)
-            model = fit_classical(train_table, catalog)
-            scores = model.score(eval_table, catalog)
-            reports[variant] = metrics_by_period(
-                eval_table["period"].to_numpy(),
-                eval_table["user_id"].to_numpy(zero_copy_only=False),
-                eval_table["label"].to_numpy(),
-                scores,
-            )
-            facts[variant] = {"train_samples": train_table.num_rows}
-        elif variant in BASELINES or variant in RETRAINED_BASELINES:
-            if variant in BASELINES:  # fitted once on the training periods, frozen
-                train_table = samples.read_table(train_periods)
-                fit_started, fit_cpu = time.perf_counter(), time.process_time()
-                baseline = fit_baseline(variant, train_table, catalog, seed=seed)
-                facts[variant] = {
-                    "train_rows": train_table.num_rows,
-                    "fit_seconds": round(time.perf_counter() - fit_started, 1),
-                    "fit_cpu_seconds": round(time.process_time() - fit_cpu, 1),
-                }
-                scores = baseline.score(eval_table, catalog)
-            else:  # refitted on every period before each evaluated one
-                scores, facts[variant] = retrained_scores(
-                    variant, samples.read_table, available, eval_table, catalog, seed=seed
-                )
-            reports[variant] = metrics_by_period(
-                eval_table["period"].to_numpy(),
-                eval_table["user_id"].to_numpy(zero_copy_only=False),
-                eval_table["label"].to_numpy(),
-                scores,
-            )
-        elif variant == "demo-rate":
-            scores = demo_like_rate(eval_table)
-            reports[variant] = metrics_by_period(
-                eval_table["period"].to_numpy(),
-                eval_table["user_id"].to_numpy(zero_copy_only=False),
-                eval_table["label"].to_numpy(),
-                scores,
-            )
-            facts[variant] = {}
-        elif variant == "retrained":
-            per_period: dict[str, Any] = {"periods": {}}
-            versions: dict[str, Any] = {}
-            for period in eval_periods:
-                history = [p for p in available if p < period]
-                model_dir, trained = _train_variant(
-                    cfg, base, "recicl", history, f"streaming-{stamp}-retrained-{period}"
-                )
-                versions[str(period)] = trained.get("version")
-                table = eval_table.filter(pc.equal(eval_table["period"], period))
-                report = llm_report(model_dir, None, table, f"retrained-D{period}")
-                per_period["periods"].update(report["periods"])
-            reports[variant] = per_period
-            facts[variant] = {"versions": versions}
-        if "mean_prompt_tokens" in reports[variant]:
-            facts[variant]["mean_prompt_tokens"] = round(reports[variant]["mean_prompt_tokens"], 1)
-        facts[variant]["seconds"] = round(time.perf_counter() - started, 1)
-        child = mlc.create_run(
-            experiment_id,
-            tags={
-                "mlflow.runName": f"{variant}",
-                "mlflow.parentRunId": parent,
-                "recicl.kind": "streaming-variant",
-                "recicl.variant": variant,
-            },
-        ).info.run_id
-        for period, values in reports[variant]["periods"].items():
-            for key in ("auc", "uauc", "logloss"):
-                if values.get(key) is not None:
-                    mlc.log_metric(child, f"p{period}_{key}", float(values[key]))
-        for key, value in facts[variant].items():
-            mlc.set_tag(child, f"recicl.{key}", str(value))
-        mlc.set_terminated(child)
+    def _zero_shot(self, variant: str) -> _Outcome:
+        return self._llm_report(Path(self.base), self.recicl_prompt, self.eval_table, variant), {}
 
-    rows = [
-        {
-            "variant": variant,
-            "period": int(period),
-            **{k: values.get(k) for k in ("auc", "uauc", "logloss", "count", "like_rate")},
+    def _tuned_variant(self, variant: str) -> _Outcome:
+        model_dir, trained = self._tuned_once(variant)
+        return self._llm_report(model_dir, None, self.eval_table, variant), dict(trained)
+
+    def _tallrec_with_demos(self, variant: str) -> _Outcome:
+        model_dir, trained = self._tuned_once("tallrec")
+        facts = {"model": "the tallrec variant", "version": trained.get("version")}
+        report = self._llm_report(model_dir, self.recicl_prompt, self.eval_table, variant, True)
+        return report, facts
+
+    def _few_shot_variant(self, variant: str) -> _Outcome:
+        model_dir, facts = _train_variant(
+            self.cfg,
+            self.base,
+            self.cfg.experiment.few_shot_format,
+            self.train_periods,
+            f"streaming-{self.stamp}-{variant.replace('@', '-').replace('%', 'pct')}",
+            max_train_samples=self.few_shot[variant],
+        )
+        return self._llm_report(model_dir, None, self.eval_table, variant), facts
+
+    def _classical(self, variant: str) -> _Outcome:
+        train_table = self.samples.read_table(self.train_periods)
+        model = fit_classical(train_table, self.catalog)
+        scores = model.score(self.eval_table, self.catalog)
+        return self._scored(scores), {"train_samples": train_table.num_rows}
+
+    def _baseline(self, variant: str) -> _Outcome:
+        if variant in RETRAINED_BASELINES:  # refitted on every period before each evaluated one
+            scores, facts = retrained_scores(
+                variant,
+                self.samples.read_table,
+                self.available,
+                self.eval_table,
+                self.catalog,
+                seed=self.seed,
+            )
+            return self._scored(scores), facts
+        train_table = self.samples.read_table(self.train_periods)  # fitted once, frozen
+        fit_started, fit_cpu = time.perf_counter(), time.process_time()
+        baseline = fit_baseline(variant, train_table, self.catalog, seed=self.seed)
+        facts = {
+            "train_rows": train_table.num_rows,
+            "fit_seconds": round(time.perf_counter() - fit_started, 1),
+            "fit_cpu_seconds": round(time.process_time() - fit_cpu, 1),
         }
-        for variant, report in reports.items()
-        for period, values in sorted(report["periods"].items(), key=lambda kv: int(kv[0]))
-    ]
-    with (output / "streaming.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    result = {
-        "train_periods": train_periods,
-        "eval_periods": eval_periods,
-        "rows": rows,
-        "variants": facts,
-        "mlflow_parent_run_id": parent,
-    }
-    (output / "streaming.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot = plot_by_period(
-        reports,
-        output / "streaming.png",
-        title=f"streaming: tuned on periods {train_periods[0]}-{train_periods[-1]}",
-    )
-    for path in (output / "streaming.csv", output / "streaming.json", plot):
-        mlc.log_artifact(parent, str(path))
-    mlc.set_terminated(parent)
-    result["paths"] = {"csv": str(output / "streaming.csv"), "plot": str(plot)}
-    return result
+        return self._scored(baseline.score(self.eval_table, self.catalog)), facts
+
+    def _demo_rate(self, variant: str) -> _Outcome:
+        return self._scored(demo_like_rate(self.eval_table)), {}
+
+    def _retrained(self, variant: str) -> _Outcome:
+        per_period: dict[str, Any] = {"periods": {}}
+        versions: dict[str, Any] = {}
+        for period in self.eval_periods:
+            history = [p for p in self.available if p < period]
+            model_dir, trained = _train_variant(
+                self.cfg, self.base, "recicl", history, f"streaming-{self.stamp}-retrained-{period}"
+            )
+            versions[str(period)] = trained.get("version")
+            table = self.eval_table.filter(pc.equal(self.eval_table["period"], period))
+            report = self._llm_report(model_dir, None, table, f"retrained-D{period}")
+            per_period["periods"].update(report["periods"])
+        return per_period, {"versions": versions}
+
+
+def run_streaming(cfg: ReciclConfig) -> dict[str, Any]:
+    """Run every configured variant and return {"rows": [...], "variants": {...}, paths}."""
+    return StreamingExperiment(cfg).run()

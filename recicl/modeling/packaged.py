@@ -128,7 +128,7 @@ class PackagedModel:
     def prompt_item_stats(self, samples_root: str | Path | None) -> Any:
         """The item statistics its prompts show: the version's own frozen table, else (a base
         model given a prompt with statistics) the samples folder's; None when none are shown."""
-        if not self.prompt.item_stats:
+        if not self.prompt.shows_item_knowledge:
             return None
         if self.item_stats is not None:
             return self.item_stats

@@ -84,11 +84,17 @@ class PromptBuilder:
         self.stats = TrimStats()
         self._tokenizer = tokenizer
         self._titles, self._attributes = self._read_catalog(catalog)
-        self.item_stats = ItemStatsText.from_table(item_stats) if config.item_stats else None
-        if config.item_stats and self.item_stats is None:
+        knows = config.shows_item_knowledge
+        self.item_stats = ItemStatsText.from_table(item_stats) if knows else None
+        if knows and self.item_stats is None:
             raise PromptError(
-                "prompt.item_stats is on but no item statistics were given: rebuild the samples "
-                "with `recicl samples build` (it writes item_stats.parquet)"
+                "prompt.item_stats or item_codes is on but no item statistics were given: "
+                "rebuild the samples with `recicl samples build` (it writes item_stats.parquet)"
+            )
+        if config.item_codes and self.item_stats is not None and not self.item_stats.codes:
+            raise PromptError(
+                "prompt.item_codes is on but the item statistics hold no taste codes: rebuild "
+                "the samples with `recicl samples build` and samples.item_code_bits > 0"
             )
         self._quoted: dict[str, tuple[str, bool]] = {}  # item id → (quoted title, known)
         self._questions: dict[tuple[str, int | None], str] = {}
@@ -166,8 +172,10 @@ class PromptBuilder:
         if text is None:
             quoted = self._quote(item_id)[0]
             parts = [self._attribute_text(item_id)]
-            if self.item_stats is not None:
+            if self.item_stats is not None and self.config.item_stats:
                 parts.append(self.item_stats.text(item_id, own_label, self.config, self._plural))
+            if self.item_stats is not None and self.config.item_codes:
+                parts.append(self.item_stats.code_text(item_id))
             extra = "; ".join(p for p in parts if p)
             item = f"{quoted} ({extra})" if extra else quoted
             text = self.template.question.format(item=item)

@@ -18,6 +18,12 @@ build never counted, is also shown with one event taken out: off by one, never a
 Rates are shown from ``prompt.item_stats_min_count`` events on, rounded to 5 points (coarse
 values generalise better and move less with one event); fewer events say how many, and an item
 no one rated in the knowledge periods (a new item) says so.
+
+Taste codes (``prompt.item_codes``) come from the same table: an item's bits in groups of four
+("taste code 1011 0010 0010 0001": a group is a few digit tokens a model can compare with the
+demonstrations' codes), or "taste code unknown" for an item with too few events (or none).
+A code cannot take one event out as the counts do; the build gives codes only to items with
+``samples.item_code_min_events`` events or more instead (the data module's docstring says why).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class ItemStatsText:
 
     counts: dict[str, tuple[int, int]]
     until_ts: int | None  # events strictly before it are counted; None: nothing counted
+    codes: dict[str, str]  # item id → taste code bits, for the items that have one
 
     @classmethod
     def from_table(cls, table: pa.Table | None) -> ItemStatsText | None:
@@ -54,7 +61,16 @@ class ItemStatsText:
             )
             if item is not None
         }
-        return cls(counts=counts, until_ts=None if until is None else int(until))
+        codes = {}
+        if "code" in table.column_names:
+            codes = {
+                str(item): str(code)
+                for item, code in zip(
+                    table["item_id"].to_pylist(), table["code"].to_pylist(), strict=True
+                )
+                if item is not None and code
+            }
+        return cls(counts=counts, until_ts=None if until is None else int(until), codes=codes)
 
     def own_label(self, timestamp: Any, label: Any) -> int | None:
         """``label`` when the event at ``timestamp`` is counted in the statistics, else None."""
@@ -75,3 +91,10 @@ class ItemStatsText:
             return f"rated by {events} {people if events > 1 else people[:-1]} so far"
         percent = int(5 * round(20 * likes / events))
         return f"{percent}% of {events} {people} liked it"
+
+    def code_text(self, item_id: str) -> str:
+        """'taste code 1011 0010 0010 0001', or 'taste code unknown' (a rare or new item)."""
+        code = self.codes.get(item_id)
+        if not code:
+            return "taste code unknown"
+        return "taste code " + " ".join(code[i : i + 4] for i in range(0, len(code), 4))

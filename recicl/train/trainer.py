@@ -341,7 +341,7 @@ def train(cfg: ReciclConfig) -> TrainResult:
     train_periods, val_periods = train_data.choose_periods(tc, samples.periods())
     periods = {"train_periods": train_periods, "val_periods": val_periods}
     item_stats = None
-    if cfg.prompt.item_stats:  # validating on counted periods would read the answers
+    if cfg.prompt.shows_item_knowledge:  # validating on counted periods reads the answers
         stats = read_item_stats(samples.item_stats_path)
         check_no_leak(item_stats_meta(stats).get("until_period"), val_periods, "train.val_periods")
         item_stats = samples.item_stats_path
@@ -389,43 +389,16 @@ def train(cfg: ReciclConfig) -> TrainResult:
     version = None
     model_dir = None
     if checkpoint is not None:
-        # (not <workdir>/models/: evaluation caches downloaded versions there)
-        output = Path(cfg.workdir) / "trained" / tc.run_name
-        if output.exists():
-            shutil.rmtree(output)
-        model_dir = _build_model_dir(
+        model_dir, version = _package_and_register(
             cfg,
             checkpoint,
-            output,
+            run_id,
             metrics=metrics,
             periods=periods,
             manifest_hash=manifest_hash,
             samples_content_id=samples_content_id,
             item_stats=item_stats,
         )
-        if run_id and cfg.mlflow.tracking_uri:
-            tags = {
-                "base_model": str(cfg.model.name_or_path),
-                "prompt_format": cfg.prompt.format,
-                "prompt_domain": cfg.prompt.domain,
-                "data_manifest_hash": manifest_hash,
-                "data_samples_content_id": samples_content_id,
-                "run_name": tc.run_name,
-                "strategy": tc.strategy
-                + (f"-zero{tc.zero_stage}" if tc.strategy == "deepspeed" else ""),
-                "step": str(metrics.get("step", "")),
-            }
-            if "val_auc" in metrics:
-                tags["val_auc"] = f"{metrics['val_auc']:.6f}"
-            version = registry.log_model_version(
-                tracking_uri=cfg.mlflow.tracking_uri,
-                run_id=run_id,
-                model_dir=model_dir,
-                registered_model=cfg.mlflow.registered_model,
-                tags=tags,
-                description=f"{cfg.model.name_or_path} tuned by run {tc.run_name}",
-                register=cfg.mlflow.register_version,
-            )
     if run_id and cfg.mlflow.tracking_uri:
         mlc = registry.client(cfg.mlflow.tracking_uri)
         mlc.log_metric(run_id, "fit_seconds", fit_seconds)
@@ -450,3 +423,58 @@ def train(cfg: ReciclConfig) -> TrainResult:
         plan=asdict(plan),
         seconds=seconds,
     )
+
+
+def _package_and_register(
+    cfg: ReciclConfig,
+    checkpoint: Any,
+    run_id: str | None,
+    *,
+    metrics: dict[str, Any],
+    periods: dict[str, list[int]],
+    manifest_hash: str,
+    samples_content_id: str,
+    item_stats: Path | None,
+) -> tuple[Path, str | None]:
+    """The model folder built from the final checkpoint, and the registry version it became
+    (None without an MLflow run)."""
+    tc = cfg.train
+    assert tc.run_name
+    # (not <workdir>/models/: evaluation caches downloaded versions there)
+    output = Path(cfg.workdir) / "trained" / tc.run_name
+    if output.exists():
+        shutil.rmtree(output)
+    model_dir = _build_model_dir(
+        cfg,
+        checkpoint,
+        output,
+        metrics=metrics,
+        periods=periods,
+        manifest_hash=manifest_hash,
+        samples_content_id=samples_content_id,
+        item_stats=item_stats,
+    )
+    if not (run_id and cfg.mlflow.tracking_uri):
+        return model_dir, None
+    tags = {
+        "base_model": str(cfg.model.name_or_path),
+        "prompt_format": cfg.prompt.format,
+        "prompt_domain": cfg.prompt.domain,
+        "data_manifest_hash": manifest_hash,
+        "data_samples_content_id": samples_content_id,
+        "run_name": tc.run_name,
+        "strategy": tc.strategy + (f"-zero{tc.zero_stage}" if tc.strategy == "deepspeed" else ""),
+        "step": str(metrics.get("step", "")),
+    }
+    if "val_auc" in metrics:
+        tags["val_auc"] = f"{metrics['val_auc']:.6f}"
+    version = registry.log_model_version(
+        tracking_uri=cfg.mlflow.tracking_uri,
+        run_id=run_id,
+        model_dir=model_dir,
+        registered_model=cfg.mlflow.registered_model,
+        tags=tags,
+        description=f"{cfg.model.name_or_path} tuned by run {tc.run_name}",
+        register=cfg.mlflow.register_version,
+    )
+    return model_dir, version

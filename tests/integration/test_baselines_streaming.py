@@ -95,3 +95,30 @@ def test_a_baseline_row_is_the_baselines_own_scores(streaming):
         ]
         assert row["auc"] == pytest.approx(report["periods"][str(period)]["auc"])
         assert row["logloss"] == pytest.approx(report["periods"][str(period)]["logloss"])
+
+
+def test_no_llm_is_resolved_when_no_variant_needs_one(streaming):
+    """Only non-LLM variants ran: the base model (here the tiny one built from the catalog,
+    with Gemma an import of 250 MB) was never made."""
+    from pathlib import Path
+
+    assert not (Path(streaming.cfg.workdir) / "tiny-model").exists()
+
+
+def test_a_failing_variant_marks_the_parent_run_failed(streaming, monkeypatch):
+    """A crash in any variant leaves the MLflow parent run FAILED, never RUNNING."""
+    from recicl.config import with_overrides
+    from recicl.experiments.streaming import StreamingExperiment
+    from recicl.registry import client, resolve_tracking_uri
+
+    def broken(self, variant):
+        raise RuntimeError("planted failure")
+
+    monkeypatch.setattr(StreamingExperiment, "_demo_rate", broken)
+    cfg = with_overrides(streaming.cfg, {"experiment.variants": ["demo-rate"]})
+    experiment = StreamingExperiment(cfg)
+    with pytest.raises(RuntimeError, match="planted failure"):
+        experiment.run()
+    run = client(resolve_tracking_uri(cfg)).get_run(experiment.parent)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["recicl.kind"] == "streaming"

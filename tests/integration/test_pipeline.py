@@ -240,6 +240,36 @@ def test_explicit_boundaries_and_rerun_replaces_outputs(synth_dir, tmp_path, ray
     assert saved["config_hash"] == manifest["config_hash"]
     # the build records the identity of exactly what it wrote (what evaluations are cached by)
     assert saved["content_id"] == SamplesFolder.at(tmp_path / "out").content_id()
+    assert not list(tmp_path.glob(".out.*"))  # no staging folder left behind
+
+
+def test_a_failed_rebuild_leaves_the_previous_samples_whole(
+    synth_dir, tmp_path, ray_local, monkeypatch
+):
+    """A rebuild writes into a staging folder: when it fails, the previous build (what serving
+    reads its catalog from) is still all there, and the next build cleans the staging up."""
+    from recicl.data import pipeline
+
+    cfg = _config(synth_dir, tmp_path / "out", 2, periods=2)
+    build_samples(cfg)
+    folder = SamplesFolder.at(tmp_path / "out")
+    before = {p.relative_to(folder.root): p.stat().st_mtime_ns for p in folder.root.rglob("*")}
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(pipeline, "_write_quarantine", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_samples(_config(synth_dir, tmp_path / "out", 3, periods=3))
+    after = {p.relative_to(folder.root): p.stat().st_mtime_ns for p in folder.root.rglob("*")}
+    assert (
+        after == before
+        and folder.content_id() == json.loads(folder.manifest_path.read_text())["content_id"]
+    )
+    monkeypatch.undo()
+    build_samples(_config(synth_dir, tmp_path / "out", 3, periods=3))
+    assert sorted(p.name for p in folder.samples_root.iterdir())[-1] == "period=2"
+    assert not list(tmp_path.glob(".out.*"))
 
 
 def test_cli_build_prints_summary_and_rejects_bad_config(synth_dir, tmp_path):
@@ -327,15 +357,16 @@ def test_a_parquet_read_starts_as_many_footer_readers_as_sized(synth_dir, ray_lo
 
 
 def test_item_stats_count_the_knowledge_periods_only(synth_dir, tmp_path, ray_local):
-    """item_stats.parquet equals a plain count over the deduplicated events of periods up to
-    samples.item_stats_until, and labels of later periods cannot change it (no leak)."""
-    from recicl.data.item_stats import item_stats_meta, read_item_stats
+    """item_stats.parquet equals a plain count (and the codes a factorisation) over the
+    deduplicated events of periods up to samples.item_stats_until, and labels of later periods
+    cannot change either (no leak)."""
+    from recicl.data.item_stats import item_codes, item_stats_meta, read_item_stats
 
     manifest = build_samples(_config(synth_dir, tmp_path / "a", 3, item_stats_until=2))
     folder = SamplesFolder.at(tmp_path / "a")
     got = read_item_stats(folder.item_stats_path)
     bounds = manifest["boundaries_ts"]
-    assert item_stats_meta(got) == {"until_period": 2, "until_ts": bounds[2]}
+    assert item_stats_meta(got) == {"until_period": 2, "until_ts": bounds[2], "code_bits": 8}
     assert manifest["item_stats"]["until_period"] == 2
 
     events = pq.read_table(synth_dir / "events.parquet").to_pylist()
@@ -350,6 +381,19 @@ def test_item_stats_count_the_knowledge_periods_only(synth_dir, tmp_path, ray_lo
             want[e["item_id"]] = (n + 1, likes + int(e["rating"] >= 4.0))
     rows = {r["item_id"]: (r["events"], r["likes"]) for r in got.to_pylist()}
     assert rows == want and sum(n for n, _ in want.values()) < len(seen)
+    # taste codes: the factorisation of exactly those events (8 bits, >= 10 events)
+    counted = [
+        (e["user_id"], e["item_id"], int(e["rating"] >= 4.0))
+        for e in {
+            (e["user_id"], e["item_id"], e["timestamp"], e["rating"]): e for e in events
+        }.values()
+        if int(np.searchsorted(bounds, e["timestamp"], side="right")) <= 2
+    ]
+    users, items, labels = (np.array(column) for column in zip(*counted, strict=True))
+    want_codes, _ = item_codes(users, items, labels, bits=8, min_events=10)
+    got_codes = {r["item_id"]: r["code"] for r in got.to_pylist() if r["code"]}
+    assert got_codes == want_codes and len(got_codes) > 1
+    assert manifest["item_stats"]["coded_items"] == len(got_codes)
 
     # flip every rating after the cut: the statistics do not move
     table = pq.read_table(synth_dir / "events.parquet")

@@ -6,8 +6,8 @@
   (one fraction here: a count goes through the same code, and tests/unit/test_train_subset.py
   checks both sizes);
 * ``retrained`` tunes one version per evaluated period on every period before it;
-* ``recicl+stats`` carries the item statistics frozen at the end of its training periods, and
-  scoring a counted period with it is refused.
+* ``recicl+stats+codes`` carries the item statistics and taste codes frozen at the end of its
+  training periods, and scoring a counted period with it is refused.
 
 Quality is not asserted here (a few steps of a random tiny model); test_streaming.py and the
 README's Gemma table are where quality is measured.
@@ -41,7 +41,7 @@ def protocols(ray_local, tmp_path_factory):
             "workdir": str(root / "work"),
             "data": {"source": "parquet", "path": str(root / "synth"), "max_date": "2030-01-01"},
             "samples": {"num_demos": 3, "history_len": 3, "periods": 5, "min_demos": 1,
-                        "output": str(root / "samples")},
+                        "item_code_min_events": 2, "output": str(root / "samples")},
             "ray": {"num_cpus": 4},
             "model": {"lora": {"enabled": False}},
             "prompt": {"max_length": 256},
@@ -53,7 +53,7 @@ def protocols(ray_local, tmp_path_factory):
                 "eval_periods": "3-4",
                 "max_eval_samples": 30,
                 "variants": ["tallrec", "tallrec+demos", "retrained", "demo-rate",
-                             "recicl+stats"],
+                             "recicl+stats+codes"],
                 "few_shot": [0.5],
             },
         }
@@ -65,7 +65,9 @@ def protocols(ray_local, tmp_path_factory):
 
 def test_every_protocol_has_a_row_per_period(protocols):
     rows = protocols.result["rows"]
-    variants = ["tallrec", "tallrec+demos", "retrained", "demo-rate", "recicl@50%", "recicl+stats"]
+    variants = [
+        "tallrec", "tallrec+demos", "retrained", "demo-rate", "recicl@50%", "recicl+stats+codes"
+    ]  # fmt: skip
     assert sorted({r["variant"] for r in rows}) == sorted(variants)
     for variant in variants:
         periods = sorted(r["period"] for r in rows if r["variant"] == variant)
@@ -127,19 +129,21 @@ def test_demo_rate_is_the_recent_like_rate(protocols):
         assert got == pytest.approx(want)
 
 
-def test_recicl_with_stats_carries_its_frozen_statistics(protocols):
+def test_recicl_with_knowledge_carries_its_frozen_statistics_and_codes(protocols):
     from recicl.data.item_stats import item_stats_meta, read_item_stats
     from recicl.data.samples_folder import SamplesFolder
     from recicl.modeling.packaged import read_version_manifest
 
-    facts = protocols.result["variants"]["recicl+stats"]
+    facts = protocols.result["variants"]["recicl+stats+codes"]
     model_dir = Path(facts["model_dir"])
     manifest = read_version_manifest(model_dir)
     assert manifest is not None and manifest.prompt["item_stats"] is True
+    assert manifest.prompt["item_codes"] is True
     assert manifest.data.item_stats_until == 2  # the last training period (0-2)
     carried = read_item_stats(model_dir / "item_stats.parquet")
     folder = SamplesFolder.at(protocols.cfg.samples.output)
     assert carried.equals(read_item_stats(folder.item_stats_path))
+    assert carried["code"].null_count < carried.num_rows  # some items have taste codes
     assert item_stats_meta(carried)["until_ts"] == protocols.manifest["boundaries_ts"][2]
     # the statistics are in its prompts: longer than the same format without them
     assert (
@@ -152,6 +156,6 @@ def test_scoring_counted_periods_with_statistics_is_refused(protocols):
     from recicl.config import ConfigError
     from recicl.evaluate.batch import score_samples
 
-    model_dir = Path(protocols.result["variants"]["recicl+stats"]["model_dir"])
+    model_dir = Path(protocols.result["variants"]["recicl+stats+codes"]["model_dir"])
     with pytest.raises(ConfigError, match="own answers"):
         score_samples(model_dir, Path(protocols.cfg.samples.output), [2, 3], replicas=1)

@@ -1,4 +1,5 @@
-"""Item statistics in prompts: the text, the own-answer rule, leaks refused, clear errors."""
+"""Item statistics and taste codes in prompts: the text, the own-answer rule, the codes'
+factorisation, leaks refused, clear errors."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from recicl.config import ITEM_STATS_META_KEY, ConfigError, PromptConfig
 from recicl.data.item_stats import (
     ITEM_STATS,
     check_no_leak,
+    item_codes,
     prompt_item_stats,
     read_item_stats,
     write_item_stats,
@@ -25,14 +27,16 @@ from tests.unit.test_prompts import (
 
 UNTIL = 1_000  # events strictly before it are counted
 COUNTS = {"1": (20, 15), "2": (4, 1), "3": (1, 1), "4": (6, 0), "8": (5, 5)}
+CODES = {"1": "10110010", "4": "01001101"}  # the other items have too few events for one
 
 
-def stats_table(counts=COUNTS, until=UNTIL) -> pa.Table:
+def stats_table(counts=COUNTS, until=UNTIL, codes=CODES) -> pa.Table:
     table = pa.table(
         {
             "item_id": list(counts),
             "events": [e for e, _ in counts.values()],
             "likes": [like for _, like in counts.values()],
+            "code": [codes.get(item) for item in counts],
         },
         schema=ITEM_STATS,
     )
@@ -129,3 +133,65 @@ def test_scoring_counted_periods_is_refused():
     for evaluated in ([5, 6], [0], [3, 9]):
         with pytest.raises(ConfigError, match="own answers"):
             check_no_leak(5, evaluated, "recicl+stats")
+
+
+def test_taste_codes_in_the_question():
+    codes = PromptBuilder(PromptConfig(item_codes=True), make_catalog(), item_stats=stats_table())
+    assert '"Toy Story (1995)" (Adventure, Animation, Children; taste code 1011 0010)' in (
+        codes.render([], [], "1")
+    )
+    assert "(Action, Crime, Thriller; taste code unknown)" in codes.render([], [], "2")
+    assert '"GoldenEye (1995)" (taste code unknown)' in codes.render([], [], "6")  # new item
+    both = builder(item_codes=True).render([], [], "4")
+    assert "(Crime, Drama; 0% of 6 viewers liked it; taste code 0100 1101)" in both
+    # a table built without codes (or with samples.item_code_bits 0) cannot serve them
+    with pytest.raises(PromptError, match="item_code_bits"):
+        PromptBuilder(
+            PromptConfig(item_codes=True), make_catalog(), item_stats=stats_table(codes={})
+        )
+    with pytest.raises(ConfigError, match="recicl samples build"):
+        prompt_item_stats(PromptConfig(item_codes=True), "/nonexistent")
+
+
+def _two_audiences(seed: int = 0):
+    """Users 0-19 like items a0-a9 and dislike b0-b9; users 20-39 the reverse; every user rated
+    a random 70 % of the items; item "rare" has 3 events."""
+    rng = np.random.default_rng(seed)
+    users, items, labels = [], [], []
+    for user in range(40):
+        for group in "ab":
+            for n in range(10):
+                if rng.random() < 0.7:
+                    users.append(f"u{user}")
+                    items.append(f"{group}{n}")
+                    labels.append(int((group == "a") == (user < 20)))
+    users += ["u0", "u1", "u2"]
+    items += ["rare"] * 3
+    labels += [1, 0, 1]
+    return np.array(users), np.array(items), np.array(labels)
+
+
+def test_codes_put_items_of_one_audience_together():
+    users, items, labels = _two_audiences()
+    codes, bits = item_codes(users, items, labels, bits=8, min_events=5)
+    assert bits == 8 and "rare" not in codes and len(codes) == 20
+    assert all(len(code) == 8 and set(code) <= {"0", "1"} for code in codes.values())
+
+    def hamming(x: str, y: str) -> int:
+        return sum(a != b for a, b in zip(codes[x], codes[y], strict=True))
+
+    within = [hamming(f"a{i}", f"a{j}") for i in range(10) for j in range(i)]
+    across = [hamming(f"a{i}", f"b{j}") for i in range(10) for j in range(10)]
+    assert np.mean(within) < np.mean(across)
+    # the first factor is the split between the audiences: one bit tells them apart
+    assert {codes[f"a{i}"][0] for i in range(10)} != {codes[f"b{i}"][0] for i in range(10)}
+    assert all(len({codes[f"{g}{i}"][0] for i in range(10)}) == 1 for g in "ab")
+    # each bit splits the coded items in half (median cut)
+    ones = np.array([[c == "1" for c in code] for code in codes.values()]).sum(axis=0)
+    assert (ones == 10).all()
+    # deterministic, whatever the row order
+    order = np.random.default_rng(1).permutation(len(users))
+    assert item_codes(users[order], items[order], labels[order], 8, 5) == (codes, bits)
+    # a matrix smaller than the bits asked for: fewer bits, not an error
+    few = item_codes(users[:200], items[:200], labels[:200], bits=64, min_events=1)
+    assert 0 < few[1] < 64 and all(len(c) == few[1] for c in few[0].values())

@@ -380,7 +380,7 @@ def test_served_scores_under_a_retrieval_policy_equal_the_offline_prompts(world)
 
 
 def test_served_scores_with_item_statistics_equal_the_offline_prompts(world):
-    """A version whose prompts show item statistics: served scores (shared prefix, candidates
+    """A version whose prompts show item statistics and taste codes: served scores (shared prefix, candidates
     after the cut) equal the scores of the prompts the evaluation builds for the same events,
     demonstrations inside the counted periods leaving their own answers out in both."""
     from recicl.data.samples import Selection
@@ -392,10 +392,10 @@ def test_served_scores_with_item_statistics_equal_the_offline_prompts(world):
 
     ids = tuple(str(i) for i in range(8))
     counts = {str(i): (10 + i, 3 + i) for i in range(6)}  # items 6 and 7 are new
-    stats = stats_table(counts, until=106)  # events at 100..105 are counted
-    builder = PromptBuilder(
-        PromptConfig(item_stats=True), world["catalog"], world["tokenizer"], item_stats=stats
-    )
+    codes = {"0": "10110010", "3": "01100101", "5": "11110000"}  # 1, 2, 4: too few events
+    stats = stats_table(counts, until=106, codes=codes)  # events at 100..105 are counted
+    config = PromptConfig(item_stats=True, item_codes=True)
+    builder = PromptBuilder(config, world["catalog"], world["tokenizer"], item_stats=stats)
     scorer = CandidateScorer(world["model"], world["tokenizer"], builder, world["tokens"])
     served = ServingModel(
         version="1", label="recicl/1", scorer=scorer, catalog_ids=frozenset(ids),
@@ -413,5 +413,7 @@ def test_served_scores_with_item_statistics_equal_the_offline_prompts(world):
     np.testing.assert_allclose([s for _, s in reply.scores], want, atol=TOL, rtol=0)
     text = builder.render(history, demos, "6")
     assert "new: no ratings yet" in text and "viewers liked it" in text
+    assert "taste code unknown" in text  # a new item has no code either
+    assert "taste code 1111 0000" in builder.render(history, demos, "5")
     plain = PromptBuilder(PromptConfig(), world["catalog"], world["tokenizer"])
     assert plain.encode(history, demos, "0").input_ids != prompts[0]  # the statistics are in

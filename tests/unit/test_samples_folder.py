@@ -106,3 +106,33 @@ def test_from_config_prefers_the_flag_then_train_then_samples(tmp_path: Path):
     assert SamplesFolder.from_config(only_output).root == b.resolve()
     with pytest.raises(ConfigError, match=r"no samples folder: set train\.samples_dir"):
         SamplesFolder.from_config(build_config({"samples": {"output": None}}))
+
+
+def test_replace_outputs_swaps_every_build_output_and_keeps_other_files(tmp_path: Path):
+    target = SamplesFolder(tmp_path / "s")
+    (target.samples_root / "period=0").mkdir(parents=True)
+    (target.samples_root / "period=0" / "old.parquet").write_text("old")
+    (target.root / "augmented").mkdir()  # the old build had augmented samples, the new one not
+    target.catalog_path.write_text("old catalog")
+    target.manifest_path.write_text("{}")
+    (target.root / "notes.txt").write_text("mine")  # not a build output: kept
+
+    staging = target.staging()
+    assert staging.root.parent == target.root.parent and not any(staging.root.iterdir())
+    (staging.samples_root / "period=1").mkdir(parents=True)
+    (staging.samples_root / "period=1" / "new.parquet").write_text("new")
+    staging.catalog_path.write_text("new catalog")
+    staging.manifest_path.write_text('{"new": true}')
+    target.replace_outputs(staging)
+
+    files = sorted(p.relative_to(target.root).as_posix() for p in target.root.rglob("*"))
+    assert files == [
+        "catalog.parquet", "manifest.json", "notes.txt", "samples", "samples/period=1",
+        "samples/period=1/new.parquet",
+    ]  # fmt: skip
+    assert target.catalog_path.read_text() == "new catalog"
+    assert json.loads(target.manifest_path.read_text()) == {"new": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # staging and trash removed
+    # a staging folder left by a crashed build is emptied by the next one
+    (target.staging().root / "junk").write_text("x")
+    assert not any(target.staging().root.iterdir())
