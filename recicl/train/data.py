@@ -110,9 +110,10 @@ def train_subset_size(max_train_samples: int | float | None, rows: int) -> int:
 def choose_train_subset(
     samples_dir: Path, periods: list[int], max_train_samples: int | float | None, seed: int
 ) -> np.ndarray | None:
-    """Sample ids of the few-shot training subset (``train.max_train_samples``), or None for
-    all. The ids with the smallest seeded hash keys are kept: the same ids in every run, on any
-    number of workers, and nested across sizes (16 ⊂ 64 ⊂ 256 for the same seed)."""
+    """Sample ids of the few-shot training subset (``train.max_train_samples``; also the capped
+    validation draw, ``train.max_val_samples``), or None for all. The ids with the smallest
+    seeded hash keys are kept: the same ids in every run, on any number of workers, and nested
+    across sizes (16 ⊂ 64 ⊂ 256 for the same seed)."""
     import pyarrow.parquet as pq
 
     if max_train_samples is None:
@@ -133,7 +134,8 @@ def choose_train_subset(
 def _keep_subset(
     batch: dict[str, np.ndarray], train_ids: np.ndarray, train_periods: list[int]
 ) -> dict[str, np.ndarray]:
-    """Ray Data UDF: rows of training periods only when chosen for the few-shot subset."""
+    """Ray Data UDF: rows of ``train_periods`` only when chosen (``train_ids``: the few-shot
+    subset, or the capped validation draw with the validation-only periods)."""
     in_train = np.isin(np.asarray(batch["period"]), train_periods)
     chosen = np.isin(np.asarray(batch["sample_id"]).astype(str), train_ids)
     mask = ~in_train | chosen
@@ -185,6 +187,15 @@ def encoded_datasets(
     if train_ids is not None:
         keep_subset = functools.partial(_keep_subset, train_ids=train_ids, train_periods=rest)
         samples = samples.map_batches(keep_subset, batch_format="numpy", num_cpus=0.25)
+    val_only = [p for p in val_periods if p not in train_periods]
+    val_ids = None
+    if val_only:
+        val_ids = choose_train_subset(
+            samples_dir, val_only, cfg.train.max_val_samples, cfg.train.seed
+        )
+    if val_ids is not None:  # the capped validation draw (train.max_val_samples)
+        keep_val = functools.partial(_keep_subset, train_ids=val_ids, train_periods=val_only)
+        samples = samples.map_batches(keep_val, batch_format="numpy", num_cpus=0.25)
     catalog_path = str(folder.catalog_path)
     encoded = _encoded(samples, settings, catalog_path, cfg.train.seed)
     policies = folder.augmented_policies() if cfg.train.use_augmented and rest else []

@@ -55,6 +55,8 @@ from recicl.train.strategies import ADAPTER_DIR, Strategy, describe, dump_json, 
 from recicl.train.tracking import MetricsLogger, MLflowSink
 
 log = logging.getLogger(__name__)
+#: Validation batches between two progress lines in the job's log.
+_VAL_LOG_EVERY = 20
 
 Batch = dict[str, np.ndarray]
 _REDUCE_OPS = {"min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX, "sum": dist.ReduceOp.SUM}
@@ -236,8 +238,9 @@ class TrainRecipe:
             self.save_checkpoint(metrics)
 
     def validate(self) -> dict[str, float]:
-        """AUC and log-loss over the whole validation split (all ranks' rows gathered); records
-        the last and best AUC in the trainer state."""
+        """AUC and log-loss over the validation split (train.max_val_samples of it; all ranks'
+        rows gathered), with a progress line every few batches; records the last and best AUC
+        in the trainer state."""
         from sklearn.metrics import log_loss, roc_auc_score
 
         scores: list[np.ndarray] = []
@@ -264,6 +267,10 @@ class TrainRecipe:
             logits = self.strategy.eval_forward(ids, mask)
             scores.append(torch.softmax(logits.float(), -1)[:, 1].cpu().numpy())
             labels.append(label.cpu().numpy())
+            if self.rank == 0 and len(labels) % _VAL_LOG_EVERY == 0:  # minutes with a real LLM
+                share = -(-self.plan.val_rows // self.world)
+                done = sum(len(part) for part in labels)
+                print(f"[recicl] validation: {done} of ~{share} samples on rank 0", flush=True)
         parts = all_gather(
             (
                 np.concatenate(scores) if scores else np.zeros(0),

@@ -350,7 +350,10 @@ def train(cfg: ReciclConfig) -> TrainResult:
     train_rows = train_data.train_subset_size(
         tc.max_train_samples, samples.count_rows(train_periods)
     )
-    val_rows = samples.count_rows(val_periods)
+    val_only = [p for p in val_periods if p not in train_periods]  # the capped ones
+    val_rows = train_data.train_subset_size(
+        tc.max_val_samples, samples.count_rows(val_only)
+    ) + samples.count_rows([p for p in val_periods if p in train_periods])
     steps = plan_steps(cfg, train_rows, val_rows)
 
     run_id = None

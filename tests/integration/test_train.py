@@ -36,6 +36,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 N_ITEMS = 40
 ROWS_PER_PERIOD = 64
+VAL_CAP = 40  # train.max_val_samples in the full fine-tuning test: fewer than a period
 LORA_R = 8
 HIDDEN = 64
 
@@ -305,10 +306,11 @@ def test_worker_lines_reach_the_console_once(
 
 
 def val_scores(
-    cfg: ReciclConfig, adapter: Path | None, *, model: Any = None
+    cfg: ReciclConfig, adapter: Path | None, *, model: Any = None, ids: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """P(Yes) of the base model (+ adapter), or of ``model`` when given (e.g. a loaded version
-    with full weights), on the validation period, and the labels."""
+    with full weights), on the validation period (its samples ``ids`` only, when given), and
+    the labels."""
     import torch
 
     from recicl.modeling import answer_token_ids, load_model, load_tokenizer, score_prompts
@@ -318,6 +320,8 @@ def val_scores(
     tokenizer = load_tokenizer(cfg.model)
     builder = PromptBuilder(cfg.prompt, pq.read_table(samples / "catalog.parquet"), tokenizer)
     rows = pq.read_table(samples / "samples" / "period=2").to_pylist()
+    if ids is not None:
+        rows = [r for r in rows if r["sample_id"] in set(ids)]
     prompts = [builder.encode(r["history"], r["demos"], r["item_id"]).input_ids for r in rows]
     if model is None:
         model = load_model(cfg.model, for_training=False, adapter=adapter)
@@ -397,6 +401,7 @@ def test_full_fine_tuning_under_deepspeed_registers_complete_weights(
     from recicl.modeling.packaged import load_packaged_model, read_version_manifest
     from recicl.registry import load_version, resolve_tracking_uri
     from recicl.train import train
+    from recicl.train.data import choose_train_subset
 
     cfg = make_config(
         tmp_path,
@@ -406,9 +411,13 @@ def test_full_fine_tuning_under_deepspeed_registers_complete_weights(
         zero_stage=stage,
         lr=1e-3,
         max_steps=FULL_FT_STEPS,
+        max_val_samples=VAL_CAP,
     )
     result = train(cfg)
     assert result.metrics["step"] == FULL_FT_STEPS
+    # validation scored the capped draw (train.max_val_samples), chosen by sample id
+    assert result.metrics["val_samples"] == VAL_CAP < ROWS_PER_PERIOD
+    drawn = choose_train_subset(Path(str(cfg.train.samples_dir)), [2], VAL_CAP, seed=0)
 
     folder = load_version(
         "recicl", result.version, tracking_uri=resolve_tracking_uri(cfg), dst=tmp_path / "version"
@@ -433,10 +442,10 @@ def test_full_fine_tuning_under_deepspeed_registers_complete_weights(
 
     loaded = load_packaged_model(folder)
     assert loaded.manifest is not None and loaded.manifest.weights == "full"
-    scores, labels = val_scores(cfg, None, model=loaded.model)
-    again, _ = val_scores(cfg, None, model=load_packaged_model(folder).model)
+    scores, labels = val_scores(cfg, None, model=loaded.model, ids=drawn)
+    again, _ = val_scores(cfg, None, model=load_packaged_model(folder).model, ids=drawn)
     np.testing.assert_array_equal(scores, again)
-    base_scores, _ = val_scores(cfg, None)
+    base_scores, _ = val_scores(cfg, None, ids=drawn)
     assert np.abs(scores - base_scores).max() > 1e-3
 
     master = get_fp32_state_dict_from_zero_checkpoint(
@@ -445,7 +454,7 @@ def test_full_fine_tuning_under_deepspeed_registers_complete_weights(
     assert sorted(master) == sorted(base)
     reference = load_model(cfg.model, for_training=False)  # float32, like the test's training
     reference.load_state_dict(master)  # strict: every key, nothing else
-    master_scores, _ = val_scores(cfg, None, model=reference)
+    master_scores, _ = val_scores(cfg, None, model=reference, ids=drawn)
     np.testing.assert_allclose(scores, master_scores, atol=1e-5)
     clipped = np.clip(scores, 1e-7, 1 - 1e-7)
     assert log_loss(labels, clipped) == pytest.approx(result.metrics["val_logloss"], abs=1e-5)

@@ -380,9 +380,10 @@ def test_served_scores_under_a_retrieval_policy_equal_the_offline_prompts(world)
 
 
 def test_served_scores_with_item_statistics_equal_the_offline_prompts(world):
-    """A version whose prompts show item statistics and taste codes: served scores (shared prefix, candidates
-    after the cut) equal the scores of the prompts the evaluation builds for the same events,
-    demonstrations inside the counted periods leaving their own answers out in both."""
+    """A version whose prompts show item statistics and taste codes: served scores (shared
+    prefix, candidates after the cut) equal the scores of the prompts the evaluation builds for
+    the same events, demonstrations inside the counted periods leaving their own answers out in
+    both."""
     from recicl.data.samples import Selection
     from recicl.serve.api.backend import ModelJob
     from recicl.serve.serving_model import ServingModel, run_jobs
