@@ -14,7 +14,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 # Gemma 3 270M, imported once from its PyPI package (the demo and the tests share this folder).
 GEMMA_DIR := .cache/models/gemma-3-270m
 
-.PHONY: venv model test demo demo-tiny bench lint typecheck clean
+.PHONY: venv model test test-fast docs demo demo-tiny bench lint typecheck clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,22 @@ model: $(GEMMA_DIR)/recicl_import.json
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
+# The inner loop while editing: unit tests only (no Ray runtime, no model training).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 tests/unit -m "not slow and not integration"
+
+# The documentation site (mkdocs.yml), strict: a broken link or anchor fails (never add --quiet:
+# it hides the warnings that --strict counts). MkDocs comes from the `docs` extra, installed into
+# the venv the first time (and again when the pins change). NO_MKDOCS_2_WARNING silences the
+# banner Material prints on every build (the theme's end of life, May 2027).
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP) constraints.txt
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 demo: $(STAMP)
 	$(BIN)/recicl demo --config ray_jobs/configs/gemma3-270m-demo.yaml
 
@@ -55,8 +71,8 @@ bench: $(STAMP) model
 	  --sizes 1,5,20 --threads 2 --repeats 3
 
 lint: $(STAMP)
-	$(BIN)/ruff check recicl ray_jobs benchmarks tests
-	$(BIN)/ruff format --check recicl ray_jobs benchmarks tests
+	$(BIN)/ruff check recicl ray_jobs benchmarks tests docs/hooks.py
+	$(BIN)/ruff format --check recicl ray_jobs benchmarks tests docs/hooks.py
 
 # Which files and how strictly: [tool.mypy] in pyproject.toml (the whole recicl package).
 typecheck: $(STAMP)

@@ -18,7 +18,7 @@ Two tables, each with ratios to the ``recent`` policy measured in the same run:
     like rate (share of Yes among them) and a similarity vote (sum over demonstrations of
     similarity to the target x (+1 liked, -1 not)), the verdict a reader that copies similar
     demonstrations would reach. It shows what each policy puts *in* the prompt, not what a
-    model makes of it (the Gemma table in the README does that).
+    model makes of it (the Gemma table in docs/results/demo-policies.md does that).
 
     python benchmarks/bench_policies.py [--repeats 3] [--sizes 5,20] [--model DIR] [--skip-build]
     python benchmarks/bench_policies.py --readers

@@ -217,7 +217,7 @@ def print_summary(summary: dict[str, Any], results: dict[int, dict], command: st
 
 
 def markdown_table(summary: dict[str, Any], results: dict[int, dict]) -> str:
-    """The printed table as Markdown (``<output>/table.md``), for the README."""
+    """The printed table as Markdown (``<output>/table.md``), for docs/results/."""
     periods = summary["periods"]
     seeds = sorted(results)
     lines = [

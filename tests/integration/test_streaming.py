@@ -22,7 +22,7 @@ What makes the RecICL assertions hold on 2 CPU cores: a global batch of 128 prom
 With 32 a step, the same settings stayed at the base rate for thousands of steps in half the
 runs (the gradient noise of Yes/No labels drowns the small signal that starts the skill). With
 128, 600 steps (about 3 minutes of training) gave AUC 0.64-0.79 on D6-D9 in each of 4 runs,
-TALLRec 0.46-0.57 (README, "What is and is not shown here").
+TALLRec 0.46-0.57 (docs/results/tiny-model.md).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Read from the source (``ast``), so imports inside functions and under ``TYPE_CHECKING`` count
 too: a function-level import hides a dependency from the file header, it does not remove it.
-README "Layout" describes the same order. A new top-level module or package must be placed in
-``LAYERS`` (the test fails until it is), which is the moment to decide where it belongs.
+CONTRIBUTING.md ("The layer rule") and README ("Where things live") describe the same order.
+A new top-level module or package must be placed in ``LAYERS`` (the test fails until it is),
+which is the moment to decide where it belongs.
 """
 
 from __future__ import annotations

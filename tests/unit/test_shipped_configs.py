@@ -27,6 +27,8 @@ KUBERAY_MANIFESTS = sorted((ROOT / "infra" / "kuberay").glob("rayjob-*.yaml"))
 PRE_COMMIT = ROOT / ".pre-commit-config.yaml"
 #: Checked by tests/unit/test_runtime_env.py.
 RUNTIME_ENV = ROOT / "ray_jobs" / "runtime_env.yaml"
+#: The documentation site's config, checked by tests/unit/test_docs.py (and `make docs`).
+MKDOCS = ROOT / "mkdocs.yml"
 #: Folders that hold no shipped configuration (besides hidden ones: environments, caches).
 NOT_SHIPPED = {"tests", "recicl-work", "build", "dist", "mlruns", "mlartifacts", "ray_results"}
 
@@ -60,7 +62,7 @@ GPU_CONFIGS = [
 
 def test_every_shipped_yaml_is_covered() -> None:
     shipped = shipped_yaml_files()
-    covered = {*RECICL_CONFIGS, *SERVE_CONFIGS, *INFRA_FILES, PRE_COMMIT, RUNTIME_ENV}
+    covered = {*RECICL_CONFIGS, *SERVE_CONFIGS, *INFRA_FILES, PRE_COMMIT, RUNTIME_ENV, MKDOCS}
     assert not shipped - covered, "YAML files without a check in this test"
     assert RECICL_CONFIGS and SERVE_CONFIGS and KUBERAY_MANIFESTS and GPU_CONFIGS
 
