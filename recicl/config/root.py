@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from typing import Any
 
 from pydantic import Field
 
@@ -43,8 +45,38 @@ class ReciclConfig(StrictModel):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
 
+    def redacted_dump(self) -> dict[str, Any]:
+        """The configuration as JSON with its secrets masked: what may be logged to MLflow or
+        written into a model version, which anyone who can read the registry can read.
+        Secrets are the fields named like one (``admin_token``, ``*_password``, ``*_secret``...)
+        and the password of any URL (``redis://:pw@host``, ``https://user:pw@mlflow``)."""
+        return _redact(self.model_dump(mode="json"))
+
     def fingerprint(self, *sections: str) -> str:
         """Stable hash of the named sections (all if none), recorded in manifests."""
         dump = self.model_dump(mode="json")
         chosen = {k: dump[k] for k in sections} if sections else dump
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+
+
+REDACTED = "***"
+#: Field names of secrets: ``admin_token``, ``*_password``... (not ``max_text_tokens``).
+_SECRET_KEY = re.compile(
+    r"(^|_)(token|password|passwd|secret|credentials?|api_key)$", re.IGNORECASE
+)
+_URL_PASSWORD = re.compile(r"^(?P<head>[a-z][a-z0-9+.-]*://[^/@:]*):[^/@]*@", re.IGNORECASE)
+
+
+def _redact(value: Any, key: str = "") -> Any:
+    """``value`` with secrets masked (see :meth:`ReciclConfig.redacted_dump`)."""
+    if isinstance(value, dict):
+        return {k: _redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, key) for v in value]
+    if value is None or value == "":
+        return value
+    if _SECRET_KEY.search(key):
+        return REDACTED
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(lambda m: f"{m['head']}:{REDACTED}@", value)
+    return value

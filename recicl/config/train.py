@@ -5,6 +5,7 @@ Its own module because it is the largest section (every knob of a training run).
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -177,8 +178,23 @@ class TrainConfig(StrictModel):
     run_name: str | None = Field(
         None,
         description="Ray Train run name; rerunning with the same name resumes from its "
-        "latest checkpoint. null = train-<date>-<time>.",
+        "latest checkpoint. null = train-<date>-<time>. Letters, digits and . _ - + @ = "
+        "only: it names folders under the work folder that a rerun replaces.",
     )
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name_is_a_folder_name(cls, value: str | None) -> str | None:
+        if value is not None and (
+            not re.fullmatch(r"[A-Za-z0-9_.+@=-]{1,128}", value) or value.strip(".") == ""
+        ):
+            raise ValueError(
+                f"run_name {value!r}: use 1-128 letters, digits or . _ - + @ = (no path "
+                "separators, not '.' or '..'): it names <workdir>/trained/<run_name>, which a "
+                "rerun deletes and rewrites"
+            )
+        return value
+
     seed: int = Field(0, description="Seed for the LoRA init and the data order.")
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in backward (less memory, ~30% slower)."

@@ -261,12 +261,10 @@ class LLMEncoder:
     """
 
     def __init__(self, model_cfg: ModelConfig, max_tokens: int, threads: int | None) -> None:
-        import torch
-
         from recicl.modeling.loading import load_model, load_tokenizer
+        from recicl.modeling.threads import apply_torch_threads
 
-        if threads:
-            torch.set_num_threads(max(1, threads))
+        apply_torch_threads("embedding actor", model_cfg.num_threads, allotment=threads)
         self.tokenizer = load_tokenizer(model_cfg)
         self.model = load_model(model_cfg, for_training=False)
         self.decoder = self.model.get_decoder()
@@ -310,11 +308,10 @@ class SentenceTransformerEncoder:
     """A local sentence-transformers model (``local_files_only``: never a Hub download)."""
 
     def __init__(self, folder: str, dim: int | None, threads: int | None) -> None:
-        module = _import_sentence_transformers()
-        if threads:
-            import torch
+        from recicl.modeling.threads import apply_torch_threads
 
-            torch.set_num_threads(max(1, threads))
+        module = _import_sentence_transformers()
+        apply_torch_threads("embedding actor", allotment=threads)
         self.model = module.SentenceTransformer(
             str(Path(folder).expanduser()), device="cpu", truncate_dim=dim, local_files_only=True
         )

@@ -33,6 +33,7 @@ from recicl.errors import ReciclError
 from recicl.evaluate.metrics import metrics_by_period
 from recicl.evaluate.plots import plot_by_period
 from recicl.modeling.packaged import load_packaged_model, read_version_manifest
+from recicl.modeling.threads import apply_torch_threads
 from recicl.prompts import PromptBuilder
 from recicl.registry import (
     EVAL_KIND_TAG,
@@ -144,13 +145,16 @@ class ScoreBatches:
         import pyarrow.parquet as pq
         import torch
 
-        torch.set_num_threads(max(1, threads))
+        model_cfg = ModelConfig.model_validate(model) if model else None
+        self.threads = apply_torch_threads(
+            "scoring actor", model_cfg.num_threads if model_cfg else None, allotment=threads
+        )
         prompt_cfg = PromptConfig.model_validate(prompt) if prompt else None
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.packaged = load_packaged_model(
             model_dir,
             prompt=prompt_cfg,
-            model_cfg=ModelConfig.model_validate(model) if model else None,
+            model_cfg=model_cfg,
             device=device,
             force_prompt=force_prompt,
         )
@@ -183,6 +187,7 @@ class ScoreBatches:
             "score": scores,
             "trimmed": encoded["trimmed"],
             "tokens": encoded["length"],
+            "threads": np.full(len(scores), self.threads, dtype=np.int16),
         }
 
 
@@ -196,7 +201,8 @@ def run_scoring_pool(
     use_gpu: bool = False,
     label: str = "model",
 ) -> pa.Table:
-    """Run ``scorer`` (a Ray Data callable class taking ``threads`` besides ``scorer_kwargs``)
+    """Run ``scorer`` (a Ray Data callable class taking ``threads``, its share of this machine's
+    cores and so its torch threads unless ``model.num_threads`` is set, besides ``scorer_kwargs``)
     over ``dataset`` on a pool of ``replicas`` model replicas; the scored rows, in no order.
 
     A progress bar on stderr counts the scored rows as batches come back: a real LLM on CPUs
@@ -311,6 +317,8 @@ def report_from_scores(scores: pa.Table) -> dict[str, Any]:
         "trimmed_fraction": float(trimmed.mean()) if len(trimmed) else 0.0,
         "mean_tokens": float(scores["tokens"].to_numpy().mean()) if len(trimmed) else 0.0,
     }
+    if "threads" in scores.column_names:  # what each scoring actor ran the model with
+        report["torch_threads"] = sorted(set(scores["threads"].to_pylist()))
     return report
 
 

@@ -41,6 +41,7 @@ from recicl.config import ModelConfig, ReciclConfig
 from recicl.errors import ReciclError
 from recicl.evaluate.metrics import metrics_by_period
 from recicl.modeling.packaged import load_packaged_model
+from recicl.modeling.threads import apply_torch_threads
 from recicl.prompts import ANSWER_CUE, answer_text, answer_token_ids
 from recicl.registry import (
     EVAL_KIND_TAG,
@@ -188,9 +189,11 @@ class ScoreInstructions:
     ) -> None:
         import torch
 
-        torch.set_num_threads(max(1, threads))
-        device = "cuda" if torch.cuda.is_available() else "cpu"
         model_cfg = ModelConfig.model_validate(model) if model else None
+        apply_torch_threads(
+            "scoring actor", model_cfg.num_threads if model_cfg else None, allotment=threads
+        )
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         self.packaged = load_packaged_model(model_dir, model_cfg=model_cfg, device=device)
         self.template = template
         cue, words = answer_cue(template)

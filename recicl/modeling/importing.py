@@ -288,10 +288,12 @@ def import_gguf(
     if output.exists() and not output.is_dir():
         raise ModelImportError(f"--output {output} exists and is not a folder")
     existing = read_provenance(output)
-    if output.is_dir() and any(output.iterdir()) and existing is None and not force:
+    if output.is_dir() and any(output.iterdir()) and existing is None:
+        # not even with --force: an import replaces its folder, and a folder recicl did not
+        # write (a typo away from $HOME) is never deleted
         raise ModelImportError(
             f"--output {output} is a non-empty folder without {IMPORT_MANIFEST}: choose an empty "
-            "or new folder (nothing there is overwritten)"
+            "or new folder (nothing there is overwritten, --force or not)"
         )
     if package is not None and existing and not force and _imported_from(existing, package):
         log.info("%s already holds an import of package %s", output, package)

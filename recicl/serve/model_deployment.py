@@ -18,6 +18,7 @@ from typing import Any
 from ray import serve
 from ray.serve.metrics import Counter
 
+from recicl.modeling.threads import apply_torch_threads
 from recicl.registry import resolve_version
 from recicl.serve.api.backend import ModelError, ModelJob, ModelReply
 from recicl.serve.serving_model import ServingModel, load_serving_model, run_jobs
@@ -44,6 +45,9 @@ class ModelServer:
         self.alias = sc.alias
         self.poll_seconds = sc.alias_poll_seconds
         self.device = "cuda" if sc.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        # torch threads from the CPUs Ray gave this replica (its ray_actor_options), not Ray's
+        # OMP_NUM_THREADS (1 for 1.5 CPUs); model.num_threads overrides
+        self.threads = apply_torch_threads("model replica", self.cfg.model.num_threads)
         self.current: ServingModel | None = None
         self.last_error: str | None = None
         self.last_check = 0.0
@@ -164,6 +168,7 @@ class ModelServer:
             "registered_model": self.name,
             "replica": str(getattr(context, "replica_id", "")),
             "device": self.device,
+            "torch_threads": self.threads,
             "last_error": self.last_error,
             "last_alias_check": self.last_check,
             "swaps": self.swaps,

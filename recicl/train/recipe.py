@@ -41,6 +41,7 @@ import torch.distributed as dist
 
 from recicl.config import ReciclConfig
 from recicl.modeling import answer_token_ids, load_tokenizer
+from recicl.modeling.threads import apply_torch_threads
 from recicl.train.batching import PaddingStats, group_by_length, pad_batch
 from recicl.train.loop import (
     TRAIN_DATASET,
@@ -136,7 +137,12 @@ class TrainRecipe:
         state if no report carried it yet."""
         setup_seconds = self.setup()
         resumed = self.resume()
-        tags = system_info(self.world, describe(self.strategy)) if self.tracker.enabled else None
+        tags = None
+        if self.tracker.enabled:
+            tags = {
+                **system_info(self.world, describe(self.strategy)),
+                "sys.torch_threads": str(self.threads),
+            }
         self.tracker.start_attempt(
             self.state.step, setup_seconds=setup_seconds, resumed=resumed, tags=tags
         )
@@ -151,6 +157,7 @@ class TrainRecipe:
         """Seeds, tokenizer, strategy (model, optimizer, LR schedule), loss, data shards, metric
         logger. Returns the seconds the strategy's setup took (model load + wrapping)."""
         tc = self.tc
+        self.threads = apply_torch_threads(f"train worker {self.rank}", self.cfg.model.num_threads)
         torch.manual_seed(tc.seed)  # same LoRA init on every rank (DDP/DeepSpeed also broadcast)
         np.random.seed(tc.seed + self.rank)
         tokenizer = load_tokenizer(self.cfg.model)

@@ -395,7 +395,9 @@ class DDPStrategy(Strategy):
             )
 
     def load_state(self, directory: Path) -> None:
-        state = torch.load(directory / DDP_STATE_FILE, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain containers only, so a tampered checkpoint cannot run
+        # code when a run resumes from it (the state holds nothing else)
+        state = torch.load(directory / DDP_STATE_FILE, map_location="cpu", weights_only=True)
         missing = set(self._trainable_state()) - set(state["trainable"])
         if missing:
             raise RuntimeError(f"checkpoint lacks trainable weights: {sorted(missing)[:5]}")

@@ -157,7 +157,7 @@ def _start_mlflow_run(
             "recicl.data_manifest_hash": manifest_hash,
         },
     )
-    params = registry.flatten(cfg.model_dump(mode="json"))
+    params = registry.flatten(cfg.redacted_dump())  # the registry's readers see params
     params.update(registry.flatten({"plan": plan, "periods": periods}))
     registry.log_params(uri, run.info.run_id, params)
     return run.info.run_id
@@ -224,6 +224,11 @@ def _build_model_dir(
     version.VersionManifest(
         base_model=cfg.model.name_or_path,
         base_model_artifact=base_artifact,
+        # a local base the version does not carry, by name and checksum: another node has
+        # its own copy at another path
+        base_ref=version.BaseModelRef.of(cfg.model)
+        if weights == "lora" and not base_artifact
+        else None,
         weights=weights,
         prompt=cfg.prompt.model_dump(mode="json"),
         model=cfg.model.model_dump(mode="json"),
@@ -239,7 +244,7 @@ def _build_model_dir(
         ray_checkpoint=checkpoint.path,
     ).write(
         output,
-        config=cfg.model_dump(mode="json"),
+        config=cfg.redacted_dump(),  # a version is read by whoever can read the registry
         # the exact wording the adapter was tuned on (derived from prompt.domain/format)
         template=dataclasses.asdict(template_for(cfg.prompt)),
     )

@@ -7,6 +7,7 @@ which is all the gate needs — it is tested against the AUCs that evaluation ac
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,13 @@ def test_batch_scores_equal_direct_scorer(world):
     assert scored["sample_id"].to_pylist() == table["sample_id"].to_pylist()
     np.testing.assert_allclose(scored["score"].to_numpy(), direct, atol=1e-6)
     assert len(set(np.round(direct, 6))) > 10  # real, varied scores, not a constant
+    # each scoring actor ran torch on its share of the cores (Ray alone would give it 1 thread),
+    # unless model.num_threads says otherwise; the scores do not depend on it
+    assert set(scored["threads"].to_pylist()) == {max(1, (os.cpu_count() or 1) // 2)}
+    model = world["cfg"].model.model_copy(update={"num_threads": 3})
+    again = score_samples(source.local_dir, world["samples"], [2], replicas=1, model=model)
+    assert set(again["threads"].to_pylist()) == {3}
+    np.testing.assert_allclose(again.sort_by("sample_id")["score"].to_numpy(), direct, atol=1e-5)
 
 
 def test_evaluate_writes_report_plot_and_mlflow_run(world):

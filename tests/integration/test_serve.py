@@ -90,6 +90,7 @@ def world(ray_local, tmp_path_factory: pytest.TempPathFactory):
             "max_body_bytes": 65_536,
             "max_string_length": 64,
             "candidate_pool_size": 30,
+            "num_cpus": 1.5,  # Ray alone would run the replica's torch on 1 thread
         },
     }
     cfg = build_config(raw)
@@ -153,6 +154,9 @@ def test_health_models_and_docs(world, http):
     assert [v["version"] for v in models["versions"]] == [world.v1]
     assert "champion" in models["versions"][0]["aliases"]
     assert models["served"]["rating_range"] is None  # generic parquet source: unchecked
+    # the replica holds serve.num_cpus (1.5) and runs torch on that rounded up, not on Ray's
+    # OMP_NUM_THREADS (1); the replica reports it
+    assert models["served"]["torch_threads"] == 2
 
 
 def test_score_uses_stored_events(world, http):

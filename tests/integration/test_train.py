@@ -109,9 +109,15 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def make_config(
-    workdir: Path, assets: tuple[Path, Path], *, lora: bool = True, **train: object
+    workdir: Path,
+    assets: tuple[Path, Path],
+    *,
+    lora: bool = True,
+    threads: int | None = None,
+    **train: object,
 ) -> ReciclConfig:
-    """``lora=False``: full fine-tuning (every weight trained, ``model.lora.enabled: false``)."""
+    """``lora=False``: full fine-tuning (every weight trained, ``model.lora.enabled: false``);
+    ``threads``: model.num_threads."""
     samples, model = assets
     return build_config(
         {
@@ -119,6 +125,7 @@ def make_config(
             "model": {
                 "name_or_path": str(model),
                 "lora": {"enabled": lora, "r": LORA_R, "alpha": 2 * LORA_R, "dropout": 0.0},
+                "num_threads": threads,
             },
             "prompt": {"max_length": 256},
             "train": {
@@ -248,6 +255,8 @@ def test_train_learns_checkpoints_logs_and_registers(
     assert run.data.params["train.strategy"] == strategy
     assert run.data.params["model.lora.r"] == str(LORA_R)
     assert run.data.tags["sys.world_size"] == "2"
+    # each worker ran torch on the CPUs it holds (train.cpus_per_worker: 1), logged with the run
+    assert run.data.tags["sys.torch_threads"] == "1"
     assert result.version == "1"
     version = mlc.get_model_version("recicl", result.version)
     assert version.run_id == result.run_id
@@ -399,7 +408,7 @@ def test_full_fine_tuning_under_deepspeed_registers_complete_weights(
 
     from recicl.modeling import load_model
     from recicl.modeling.packaged import load_packaged_model, read_version_manifest
-    from recicl.registry import load_version, resolve_tracking_uri
+    from recicl.registry import client, load_version, resolve_tracking_uri
     from recicl.train import train
     from recicl.train.data import choose_train_subset
 
@@ -412,8 +421,11 @@ def test_full_fine_tuning_under_deepspeed_registers_complete_weights(
         lr=1e-3,
         max_steps=FULL_FT_STEPS,
         max_val_samples=VAL_CAP,
+        threads=2,  # model.num_threads overrides the workers' CPU allotment (1)
     )
     result = train(cfg)
+    tags = client(resolve_tracking_uri(cfg)).get_run(str(result.run_id)).data.tags
+    assert tags["sys.torch_threads"] == "2"
     assert result.metrics["step"] == FULL_FT_STEPS
     # validation scored the capped draw (train.max_val_samples), chosen by sample id
     assert result.metrics["val_samples"] == VAL_CAP < ROWS_PER_PERIOD

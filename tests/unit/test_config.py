@@ -95,3 +95,35 @@ def test_override_of_a_mistyped_key_in_a_valid_section_names_it() -> None:
 def test_override_below_a_plain_value_says_it_is_not_a_section() -> None:
     with pytest.raises(ConfigError, match=r"serve\.port is not a section"):
         with_overrides(ReciclConfig(), {"serve.port.number": 1})
+
+
+def test_redacted_dump_masks_secrets_only():
+    from recicl.config import build_config
+
+    cfg = build_config(
+        {
+            "serve": {"admin_token": "tok", "store_url": "redis://:pw@redis:6379/0"},
+            "mlflow": {"tracking_uri": "https://bob:pw2@mlflow.example/api"},
+        }
+    )
+    dump = cfg.redacted_dump()
+    assert dump["serve"]["admin_token"] == "***"
+    assert dump["serve"]["store_url"] == "redis://:***@redis:6379/0"
+    assert dump["mlflow"]["tracking_uri"] == "https://bob:***@mlflow.example/api"
+    # not secrets: token budgets, URLs without a password, empty values
+    assert dump["embeddings"]["max_text_tokens"] == cfg.embeddings.max_text_tokens
+    assert dump["prompt"] == cfg.model_dump(mode="json")["prompt"]
+    plain = build_config({"serve": {"store_url": "redis://redis:6379/0"}}).redacted_dump()
+    assert plain["serve"]["store_url"] == "redis://redis:6379/0"
+    assert plain["serve"]["admin_token"] is None
+
+
+@pytest.mark.parametrize("name", ["../../home", "a/b", "..", ".", "", "x" * 129, "a b"])
+def test_a_run_name_cannot_leave_the_work_folder(name):
+    """train.run_name names <workdir>/trained/<run_name>, which a rerun deletes."""
+    from recicl.config import build_config
+
+    with pytest.raises(ConfigError, match="run_name"):
+        build_config({"train": {"run_name": name}})
+    ok = "streaming-20261206-180314-recicl+stats+codes"
+    assert build_config({"train": {"run_name": ok}}).train.run_name == ok

@@ -58,6 +58,9 @@ def test_never_overwrites_a_foreign_folder(tmp_path: Path) -> None:
     other.write_bytes(b"x")
     with pytest.raises(ModelImportError, match=r"non-empty folder without recicl_import\.json"):
         import_gguf(out, gguf_file=other)
+    # --force re-imports over an earlier import only: a folder recicl did not write stays
+    with pytest.raises(ModelImportError, match="--force or not"):
+        import_gguf(out, gguf_file=other, force=True)
     assert (out / "weights.bin").read_text() == "someone's model"
 
 

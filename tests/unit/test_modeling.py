@@ -354,3 +354,51 @@ def test_training_logits_match_truncated_prompts(tiny: Path, tokenizer) -> None:
         training_logits(model, ids, mask, tokens, [[2], [], []])
     with pytest.raises(ValueError, match="rows"):
         training_logits(model, ids, mask, tokens, [[]])
+
+
+def test_a_version_finds_its_base_on_another_node(tiny: Path, tmp_path: Path, prompts, tokenizer):
+    """A LoRA version names a local base by folder name and import checksum: moved to another
+    node, where the base sits elsewhere, it loads from there (under model.models_root) and
+    scores as on the training node; a base with another checksum, or none, is a clear error."""
+    import shutil
+
+    from recicl.modeling.packaged import (
+        BaseModelRef,
+        PackagedModelError,
+        VersionManifest,
+        load_packaged_model,
+    )
+
+    node_a = tmp_path / "node-a" / "models" / "base-lm"
+    shutil.copytree(tiny, node_a)
+    (node_a / "recicl_import.json").write_text(json.dumps({"sha256": "abc123"}))
+    cfg = ModelConfig(name_or_path=str(node_a))
+    trained = load_model(cfg, for_training=True)
+    with torch.no_grad():
+        for name, param in trained.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    version = tmp_path / "version"
+    trained.save_pretrained(version / "adapter")
+    tokenizer.save_pretrained(version / "tokenizer")
+    ref = BaseModelRef.of(cfg)
+    assert ref == BaseModelRef(folder_name="base-lm", sha256="abc123")
+    VersionManifest(
+        base_model=str(node_a), base_ref=ref, weights="lora", prompt={}, model=cfg.model_dump()
+    ).write(version)
+    want = score_prompts(load_packaged_model(version).model, tokenizer, prompts)
+
+    node_b = tmp_path / "node-b" / "models"
+    node_b.mkdir(parents=True)
+    shutil.move(str(node_a), str(node_b / "base-lm"))  # the training node's path is gone
+    elsewhere = ModelConfig(models_root=str(node_b))
+    got = score_prompts(load_packaged_model(version, model_cfg=elsewhere).model, tokenizer, prompts)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+    (node_b / "base-lm" / "recicl_import.json").write_text(json.dumps({"sha256": "other"}))
+    with pytest.raises(
+        PackagedModelError, match=r"base model 'base-lm' sha256 abc123.*models_root"
+    ):
+        load_packaged_model(version, model_cfg=elsewhere)
+    with pytest.raises(PackagedModelError, match="copy it to"):
+        load_packaged_model(version, model_cfg=ModelConfig(models_root=str(tmp_path / "none")))

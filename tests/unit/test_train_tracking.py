@@ -131,3 +131,29 @@ def test_mlflow_sink_round_trip(tmp_path: Path) -> None:
     assert sink.last_steps() == {"loss": 3, "lr": 2}
     assert mlc.get_run(run_id).data.tags["sys.gpu"] == "none"
     assert pytest.approx(mlc.get_run(run_id).data.metrics["loss"]) == 0.5
+
+
+def test_a_training_run_logs_no_secret(tmp_path: Path) -> None:
+    """The run's params (readable by anyone with registry access) carry the whole config, with
+    the admin token, the store's password and the tracking server's password masked."""
+    from recicl.config import build_config
+    from recicl.registry import client
+    from recicl.train.trainer import _start_mlflow_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = build_config(
+        {
+            "workdir": str(tmp_path),
+            "model": {"name_or_path": "some/model"},
+            "mlflow": {"tracking_uri": uri},
+            "serve": {"admin_token": "s3cret-token", "store_url": "redis://:hunter2@redis:6379/0"},
+            "train": {"run_name": "r", "storage_path": str(tmp_path / "ray")},
+        }
+    )
+    run_id = _start_mlflow_run(cfg, {"total_steps": 1}, {"train_periods": [0]}, "hash")
+    params = client(uri).get_run(run_id).data.params
+    logged = " ".join(params.values())
+    assert "s3cret-token" not in logged and "hunter2" not in logged
+    assert params["serve.admin_token"] == "***"
+    assert params["serve.store_url"] == "redis://:***@redis:6379/0"
+    assert params["model.name_or_path"] == "some/model"  # everything else as it was
