@@ -32,6 +32,7 @@ from recicl.reports import (
     print_instruction_report,
     print_samples_summary,
     print_streaming,
+    print_versions,
 )
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
@@ -406,30 +407,37 @@ def models_list(
     config: Path | None = typer.Option(None, "--config", help="YAML config file."),
 ) -> None:
     """Versions of a registered model with aliases, training and evaluation metrics."""
-    from datetime import datetime, timezone
-
-    from rich.table import Table
-
     cfg = resolve_config(config, {})
     name = name or cfg.mlflow.registered_model
-    rows = list_versions(resolve_tracking_uri(cfg), name)
-    table = Table(title=f"registered model {name}")
-    for column in ("version", "aliases", "created", "base model", "format", "val AUC", "eval AUC"):
-        table.add_column(column)
-    for row in rows:
-        tags, evaluation = row["tags"], row["evaluation"]
-        created = datetime.fromtimestamp(row["created"] / 1000, tz=timezone.utc)
-        eval_auc = evaluation.get("auc")
-        table.add_row(
-            row["version"],
-            ", ".join(row["aliases"]) or "-",
-            created.strftime("%Y-%m-%d %H:%M"),
-            tags.get("base_model", "-")[-40:],
-            tags.get("prompt_format", "-"),
-            tags.get("val_auc", "-")[:6],
-            "-" if eval_auc is None else f"{eval_auc:.4f}",
-        )
-    Console().print(table)
+    print_versions(name, list_versions(resolve_tracking_uri(cfg), name))
+
+
+@models_app.command("live")
+@friendly_errors
+def models_live(
+    version: str = typer.Option(..., "--version", help="Version whose MLflow run gets them."),
+    url: str | None = typer.Option(
+        None, "--url", help="The running API (default http://<serve.host>:<serve.port>)."
+    ),
+    window: int | None = typer.Option(
+        None,
+        "--window",
+        min=1,
+        help="Seconds back (default serve.feedback.metrics_window_seconds).",
+    ),
+    name: str | None = typer.Option(None, "--name", help="Registered model (default: config)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML config file."),
+) -> None:
+    """Log a version's live AUC, LogLoss, joins and like rate (GET /v1/metrics/live) to its run."""
+    from recicl.serve.live_metrics import log_live_metrics
+
+    cfg = resolve_config(config, {})
+    url = url or f"http://{cfg.serve.host}:{cfg.serve.port}"
+    name = name or cfg.mlflow.registered_model
+    run_id, _, rows = log_live_metrics(resolve_tracking_uri(cfg), name, version, url, window)
+    for key, value, _ in rows:
+        console.print(f"{key} = {value:.6g}", highlight=False)
+    console.print(f"logged {len(rows)} live metrics of {name}/{version} to run {run_id}")
 
 
 @app.command("promote")
@@ -444,11 +452,20 @@ def promote_command(
     period: int | None = typer.Option(None, "--period", help="Period compared (default newest)."),
     force: bool = typer.Option(False, "--force", help="Move the alias even if worse."),
     reason: str | None = typer.Option(None, "--reason", help="Why (required with --force)."),
+    live: bool = typer.Option(
+        False, "--live", help="Compare on joined live feedback (candidate in shadow), not samples."
+    ),
+    window: int | None = typer.Option(
+        None, "--window", min=1, help="--live: seconds back (default evaluate.live.window_seconds)."
+    ),
     config: Path | None = typer.Option(None, "--config", help="YAML config file."),
 ) -> None:
     """Move an alias to a version only if it is not worse than the current one (AUC)."""
     from recicl.promotion import promote
+    from recicl.serve.live_metrics import read_live_evidence
 
+    if window is not None and not live:
+        raise ConfigError("--window is the window of --live; add --live or drop --window")
     cfg = resolve_config(config, {})
     decision = promote(
         cfg,
@@ -459,12 +476,29 @@ def promote_command(
         period=period,
         force=force,
         reason=reason,
+        live=read_live_evidence(cfg, window) if live else None,
     )
     if decision.promoted:
         console.print(f"[green]{decision.message()}[/]", highlight=False)
         return
     console.print(f"[yellow]{decision.message()}[/]", highlight=False)
     sys.exit(1)
+
+
+@app.command("rollback")
+@friendly_errors
+def rollback_command(
+    name: str | None = typer.Option(None, "--name", help="Registered model (default: config)."),
+    alias: str = typer.Option("champion", "--alias", help="Alias to move back."),
+    reason: str | None = typer.Option(None, "--reason", help="Why (recorded in MLflow)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML config file."),
+) -> None:
+    """Return an alias to its previous holder in the promotion history (recorded in MLflow)."""
+    from recicl.promotion import rollback
+
+    cfg = resolve_config(config, {})
+    done = rollback(cfg, name or cfg.mlflow.registered_model, alias, reason=reason)
+    console.print(f"[green]{done.message()}[/]", highlight=False)
 
 
 @experiment_app.command("streaming")

@@ -131,3 +131,26 @@ def print_streaming(result: dict[str, Any]) -> None:
             f"{row['count']:,}",
         )
     _out.print(table)
+
+
+def print_versions(name: str, rows: list[dict[str, Any]]) -> None:
+    """`recicl models list`: versions with aliases, training and evaluation metrics."""
+    from datetime import datetime, timezone
+
+    table = Table(title=f"registered model {name}")
+    for column in ("version", "aliases", "created", "base model", "format", "val AUC", "eval AUC"):
+        table.add_column(column)
+    for row in rows:
+        tags, evaluation = row["tags"], row["evaluation"]
+        created = datetime.fromtimestamp(row["created"] / 1000, tz=timezone.utc)
+        eval_auc = evaluation.get("auc")
+        table.add_row(
+            row["version"],
+            ", ".join(row["aliases"]) or "-",
+            created.strftime("%Y-%m-%d %H:%M"),
+            tags.get("base_model", "-")[-40:],
+            tags.get("prompt_format", "-"),
+            tags.get("val_auc", "-")[:6],
+            "-" if eval_auc is None else f"{eval_auc:.4f}",
+        )
+    _out.print(table)

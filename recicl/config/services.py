@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from recicl.config.base import StrictModel
 
@@ -43,6 +43,144 @@ class MLflowConfig(StrictModel):
     )
 
 
+class FeedbackConfig(StrictModel):
+    """The feedback log: every served score, joined with the user's next event for that item.
+
+    Live metrics (AUC, LogLoss, like rate per version and arm) are computed from it, so how long
+    scores wait for their outcome and how long they are kept decide what the metrics can see.
+    """
+
+    attribution_window_seconds: int = Field(
+        86_400,
+        ge=1,
+        le=30 * 86_400,
+        description="A served score takes the outcome of the user's event for that item when the "
+        "event is stamped at most this long after the score was served (and arrives before the "
+        "window closes); later events are counted as late, never joined, so a score's label "
+        "cannot change once its window has closed.",
+    )
+    retention_seconds: int = Field(
+        7 * 86_400,
+        ge=1,
+        description="Served scores are deleted this long after serving (at least the attribution "
+        "window, so no score is dropped while it can still be joined); bounds the store, and "
+        "is the longest window /v1/metrics/live can report.",
+    )
+    max_rows: int = Field(
+        1_000_000,
+        ge=1,
+        description="Most served scores kept (oldest deleted first, counted as evicted when their "
+        "window was still open): a hard bound on the store's memory under any traffic.",
+    )
+    metrics_window_seconds: int = Field(
+        3600,
+        ge=1,
+        description="Default window of GET /v1/metrics/live and of the exported Prometheus "
+        "gauges: recent enough to show a regression within the hour, long enough to hold "
+        "joined scores of both labels.",
+    )
+    metrics_refresh_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Each ingress recomputes the Prometheus gauges at most this often, after "
+        "events arrive (each computation reads the window's scores from the store); 0 = only "
+        "when /v1/metrics/live is called.",
+    )
+
+    @model_validator(mode="after")
+    def _retention_covers_the_window(self) -> FeedbackConfig:
+        if self.retention_seconds < self.attribution_window_seconds:
+            raise ValueError(
+                f"retention_seconds ({self.retention_seconds}) must be at least "
+                f"attribution_window_seconds ({self.attribution_window_seconds}): a score deleted "
+                "before its window closes could never be joined"
+            )
+        if self.metrics_window_seconds > self.retention_seconds:
+            raise ValueError(
+                f"metrics_window_seconds ({self.metrics_window_seconds}) is longer than "
+                f"retention_seconds ({self.retention_seconds}): scores that old are deleted"
+            )
+        return self
+
+
+class ShadowConfig(StrictModel):
+    """A candidate scored beside the champion, never answering: live evidence at no risk."""
+
+    version: int | None = Field(
+        None,
+        ge=1,
+        description="Registry version scored in shadow on champion-answered requests, after the "
+        "answer is computed and off its latency path; its scores go to the feedback log under "
+        "arm 'shadow', paired with the champion's on the same request (what `recicl promote "
+        "--live` compares). null = no shadow.",
+    )
+    share: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of champion-answered requests also scored in shadow (chosen by a hash "
+        "of the request id): shadow scoring uses model replicas, so below 1 it costs less.",
+    )
+    max_in_flight: int = Field(
+        16,
+        ge=1,
+        description="Shadow scorings running at once per ingress; past it a request's shadow is "
+        "skipped and counted as dropped, so a slow candidate cannot pile up work behind the "
+        "champion.",
+    )
+
+
+class SplitConfig(StrictModel):
+    """A candidate answering a fixed share of users: the A/B read-out of /v1/metrics/live."""
+
+    version: int | None = Field(
+        None,
+        ge=1,
+        description="Registry version that answers the users the hash assigns to it (arm "
+        "'candidate'; the rest get the served alias, arm 'champion'). null = no split.",
+    )
+    share: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of users sent to the candidate: a user goes there when "
+        "sha256(salt, user id) falls below it, so a user always sees the same arm and raising "
+        "the share only adds users.",
+    )
+
+
+class TrafficConfig(StrictModel):
+    """How requests for the served alias are shared between the champion and candidates.
+
+    PUT /admin/traffic sets the same fields at run time (the admin setting wins until DELETE).
+    """
+
+    shadow: ShadowConfig = Field(
+        default_factory=ShadowConfig, description="A candidate scored in shadow (never answers)."
+    )
+    split: SplitConfig = Field(
+        default_factory=SplitConfig, description="A candidate answering a share of users."
+    )
+    salt: str = Field(
+        "recicl",
+        min_length=1,
+        max_length=64,
+        description="Mixed into the split's user hash and the shadow's request hash: change it "
+        "to draw another set of users (the same salt keeps every user in its arm across "
+        "restarts and replicas).",
+    )
+
+    @model_validator(mode="after")
+    def _one_role_per_version(self) -> TrafficConfig:
+        if self.shadow.version is not None and self.shadow.version == self.split.version:
+            raise ValueError(
+                f"shadow.version and split.version are both {self.shadow.version}: a version "
+                "either answers a share of users (split) or is scored beside the champion "
+                "(shadow), not both; clear one of them"
+            )
+        return self
+
+
 class ServeConfig(StrictModel):
     """The Ray Serve HTTP API: which model version, where events live, request limits, scaling."""
 
@@ -65,6 +203,14 @@ class ServeConfig(StrictModel):
     )
     max_events_per_user: int | None = Field(
         1000, ge=1, description="Events kept per user in the store (oldest dropped); null = all."
+    )
+    feedback: FeedbackConfig = Field(
+        default_factory=FeedbackConfig,
+        description="The feedback log of served scores and their outcomes (live metrics).",
+    )
+    traffic: TrafficConfig = Field(
+        default_factory=TrafficConfig,
+        description="Shadow and split roll-out of candidate versions beside the served alias.",
     )
     host: str = Field(
         "127.0.0.1", description="HTTP bind address (0.0.0.0 exposes the API on every interface)."
@@ -171,6 +317,43 @@ class ServeConfig(StrictModel):
     ingress_num_cpus: float = Field(0.5, ge=0, description="Logical CPUs per ingress replica.")
 
 
+class LivePromotionConfig(StrictModel):
+    """`recicl promote --live`: champion and candidate compared on the same live requests.
+
+    The pairs are the scores both gave on the same request and item (the candidate in shadow),
+    joined with the user's event; the gate is a paired bootstrap of candidate AUC - champion AUC
+    that resamples users, and the alias moves when its lower bound is at least
+    -evaluate.promotion_tolerance.
+    """
+
+    confidence: float = Field(
+        0.95,
+        gt=0.5,
+        lt=1.0,
+        description="One-sided confidence that the candidate is not worse: the lower bound is "
+        "the (1 - confidence) quantile of the bootstrap differences.",
+    )
+    min_pairs: int = Field(
+        200,
+        ge=2,
+        description="Fewest joined pairs to decide on: with fewer the interval says little, so "
+        "the gate refuses and says how many there are.",
+    )
+    resamples: int = Field(
+        2000,
+        ge=100,
+        le=100_000,
+        description="Bootstrap resamples (more: a steadier bound, linear in time).",
+    )
+    seed: int = Field(0, description="Seed of the resampling: the same data, the same decision.")
+    window_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="Pairs served in this many seconds before now; null = every pair the store "
+        "keeps (serve.feedback.retention_seconds).",
+    )
+
+
 class EvaluateConfig(StrictModel):
     """Batch evaluation and the registry's promotion gate."""
 
@@ -188,6 +371,10 @@ class EvaluateConfig(StrictModel):
         ge=0.0,
         description="Promote when candidate AUC >= champion AUC - tolerance on the newest "
         "evaluated period.",
+    )
+    live: LivePromotionConfig = Field(
+        default_factory=LivePromotionConfig,
+        description="`recicl promote --live`: the gate on joined live feedback.",
     )
 
 

@@ -17,7 +17,10 @@ without retraining.
 **Which model.** The model replicas follow ``serve.alias`` (default ``champion``) and hot-swap
 when it moves (:mod:`recicl.serve.model_deployment`). A request's optional ``model``
 (``"recicl@challenger"``, ``"recicl/3"``) is resolved to a version by the ingress and routed as
-the multiplexed model id. Every score/recommend response carries ``model_version``.
+the multiplexed model id. Every score/recommend response carries ``model_version`` and the
+``arm`` that answered: ``serve.traffic`` (and ``PUT /admin/traffic``) can send a share of users to
+a candidate version (split) or score a candidate beside the champion without answering (shadow),
+see :mod:`recicl.serve.traffic`.
 
 **Errors.** JSON ``{"error": code, "detail": text naming the field}``, 4xx for bad input, see
 :mod:`recicl.serve.api.errors`. Item ids not in the served version's catalog are 422
@@ -42,12 +45,14 @@ from recicl.config import ConfigError, ReciclConfig, load_config, with_overrides
 from recicl.serve.ingress import IngressDeployment
 from recicl.serve.model_deployment import ModelDeployment
 from recicl.serve.settings import APP_NAME, ServeError, model_user_config, resolve_settings
+from recicl.serve.traffic import check_configured_traffic
 
 
 def build_app(cfg: ReciclConfig) -> Application:
     """The Serve application for ``cfg`` (ingress bound to the model deployment)."""
     settings = resolve_settings(cfg)
     sc = cfg.serve
+    check_configured_traffic(sc.traffic, settings.tracking_uri, settings.model_name)
     env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
     model_options: dict[str, Any] = {
         "max_ongoing_requests": max(2 * sc.max_batch_size, 8),

@@ -5,11 +5,16 @@ model deployment by handle (explicit versions as multiplexed model ids), reads a
 interaction store, and looks model references up in the registry. Small caches keep the hot path
 cheap: the served catalog (keyed by its path, refreshed when a reply names another one), model
 references (one alias-poll interval) and the recent-popular pool (``serve.recent_cache_seconds``).
+It also keeps the feedback log (served scores, joined with the events that answer them) and
+exports live metrics as Prometheus metrics (:mod:`recicl.serve.metrics_export`). The admin traffic
+setting (shadow/split, :mod:`recicl.serve.traffic`) is a tag of the registered model, read again
+every alias-poll interval, so all ingress replicas follow one ``PUT /admin/traffic``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +22,7 @@ from typing import Any
 from fastapi import FastAPI
 from ray import serve
 
+from recicl.config import TrafficConfig
 from recicl.registry import client
 from recicl.serve.api.backend import (
     ModelError,
@@ -27,8 +33,19 @@ from recicl.serve.api.backend import (
     ServedVersion,
 )
 from recicl.serve.api.routes import create_api
+from recicl.serve.live_metrics import live_report
+from recicl.serve.metrics_export import LiveMetricsExporter
 from recicl.serve.settings import API_DEPLOYMENT, ServeSettings
 from recicl.serve.store import Event, open_store
+from recicl.serve.store.feedback import (
+    FeedbackCounts,
+    FeedbackSettings,
+    ServedScore,
+    served_counts,
+)
+from recicl.serve.traffic import TRAFFIC_TAG, decode_override, encode_override
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,7 +95,14 @@ class IngressBackend:
         self.cfg = settings.recicl_config()
         self.sc = self.cfg.serve
         self.settings = settings
-        self.store = open_store(settings.store_url, max_events_per_user=self.sc.max_events_per_user)
+        self.store = open_store(
+            settings.store_url,
+            max_events_per_user=self.sc.max_events_per_user,
+            feedback=FeedbackSettings.from_config(self.sc.feedback),
+        )
+        self._exporter = LiveMetricsExporter()
+        self._gauges_due = 0.0  # monotonic time the Prometheus gauges are next recomputed
+        self._background: set[asyncio.Task[None]] = set()
         self._last_version: str | None = None  # of the newest reply, whichever version
         self._served_version: str | None = None  # behind the served alias (see _note_served)
         self._served: tuple[str, frozenset[str]] | None = None  # (catalog path, item ids)
@@ -86,6 +110,8 @@ class IngressBackend:
         self._catalog_lock = asyncio.Lock()
         self._refs: dict[str, _Cached] = {}
         self._recent: _Cached | None = None
+        self._traffic: _Cached | None = None  # the admin setting (None inside: the config's)
+        self._traffic_refresh: asyncio.Task[None] | None = None
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self, self.cfg, admin_token=self.settings.admin_token)
@@ -188,6 +214,85 @@ class IngressBackend:
 
     async def store_healthy(self) -> bool:
         return await asyncio.to_thread(self.store.health)
+
+    async def record_served(self, scores: list[ServedScore], now: int) -> None:
+        await asyncio.to_thread(self.store.record_served, scores, now)
+        self._exporter.count(served_counts(scores))
+
+    async def record_outcomes(self, events: list[Event], now: int) -> FeedbackCounts:
+        counts = await asyncio.to_thread(self.store.record_outcomes, events, now)
+        self._exporter.count(counts)
+        self._refresh_gauges_soon(now)
+        return counts
+
+    async def live_metrics(self, window_s: int, now: int) -> dict[str, Any]:
+        report = await asyncio.to_thread(live_report, self.store, window_s, now)
+        self._exporter.publish(report)
+        return report
+
+    def _refresh_gauges_soon(self, now: int) -> None:
+        """Recompute the default window's gauges in the background, at most once per
+        ``serve.feedback.metrics_refresh_seconds``: events are what change them, and the
+        events response must not wait for a read of the whole window."""
+        fb = self.sc.feedback
+        if fb.metrics_refresh_seconds <= 0 or time.monotonic() < self._gauges_due:
+            return
+        self._gauges_due = time.monotonic() + fb.metrics_refresh_seconds
+
+        async def refresh() -> None:
+            try:
+                await self.live_metrics(fb.metrics_window_seconds, now)
+            except Exception as error:  # the gauges wait for the next refresh; events are safe
+                log.warning("live metrics not refreshed: %s: %s", type(error).__name__, error)
+
+        task = asyncio.get_running_loop().create_task(refresh())
+        self._background.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._background.discard)
+
+    @property
+    def _traffic_tag(self) -> str:
+        return f"{TRAFFIC_TAG}.{self.sc.alias}"
+
+    async def traffic_override(self) -> TrafficConfig | None:
+        """Every request asks, so the registry is read off the request's path: the first time
+        (nothing to route by yet), then in the background once the value is older than an
+        alias poll, answering with the value held until the new one is in."""
+        if self._traffic is None:
+            await self._reread_traffic()
+        elif self._traffic.expires <= time.monotonic() and self._traffic_refresh is None:
+            task = asyncio.get_running_loop().create_task(self._reread_traffic())
+            self._traffic_refresh = task
+            task.add_done_callback(lambda _: setattr(self, "_traffic_refresh", None))
+        assert self._traffic is not None
+        return decode_override(self._traffic.value)
+
+    async def _reread_traffic(self) -> None:
+        try:
+            text = await asyncio.to_thread(self._read_traffic_tag)
+        except Exception as error:  # keep routing as before rather than fail requests
+            log.warning("traffic setting not re-read: %s: %s", type(error).__name__, error)
+            text = None if self._traffic is None else self._traffic.value
+        self._traffic = _Cached(text, time.monotonic() + self.sc.alias_poll_seconds)
+
+    def _read_traffic_tag(self) -> str | None:
+        model = client(self.settings.tracking_uri).get_registered_model(self.model_name)
+        value = (model.tags or {}).get(self._traffic_tag)
+        return None if value is None else str(value)
+
+    async def set_traffic_override(self, traffic: TrafficConfig | None) -> None:
+        mlc = client(self.settings.tracking_uri)
+        if traffic is None:
+            text = None
+            if await asyncio.to_thread(self._read_traffic_tag) is not None:
+                await asyncio.to_thread(
+                    mlc.delete_registered_model_tag, self.model_name, self._traffic_tag
+                )
+        else:
+            text = encode_override(traffic, int(time.time()))
+            await asyncio.to_thread(
+                mlc.set_registered_model_tag, self.model_name, self._traffic_tag, text
+            )
+        self._traffic = _Cached(text, time.monotonic() + self.sc.alias_poll_seconds)
 
     async def reload(self, force: bool) -> dict[str, Any] | ModelError:
         reply: dict[str, Any] | ModelError = await self.model.reload.remote(force)

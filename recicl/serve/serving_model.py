@@ -262,6 +262,7 @@ def _reply(
         scores=tuple((str(i), float(s)) for i, s in zip(items, scores, strict=True)),
         context_events=n,
         rating_range=model.rating_range,
+        policy=f"{model.selection.demo_policy}/{model.selection.history_policy}",
     )
 
 

@@ -50,17 +50,23 @@ def resolve_settings(cfg: ReciclConfig) -> ServeSettings:
     if catalog and "://" not in catalog:
         raw["serve"]["catalog_path"] = str(Path(catalog).expanduser().resolve())
     resolved = build_config(raw, "serve settings")
-    store_url = (
-        cfg.serve.store_url
-        or os.environ.get("RECICL_STORE_URL")
-        or "sqlite:///" + str(workdir / "events.db")
-    )
     return ServeSettings(
         config=resolved.model_dump(mode="json"),
         tracking_uri=resolve_tracking_uri(resolved),
         model_name=cfg.serve.model_name or cfg.mlflow.registered_model,
-        store_url=store_url,
+        store_url=resolve_store_url(cfg),
         admin_token=cfg.serve.admin_token or os.environ.get("RECICL_ADMIN_TOKEN") or None,
+    )
+
+
+def resolve_store_url(cfg: ReciclConfig) -> str:
+    """``serve.store_url`` → ``$RECICL_STORE_URL`` → SQLite in the workdir (absolute): the
+    store the server writes, and the one ``recicl promote --live`` reads."""
+    workdir = Path(cfg.workdir).expanduser().resolve()
+    return (
+        cfg.serve.store_url
+        or os.environ.get("RECICL_STORE_URL")
+        or "sqlite:///" + str(workdir / "events.db")
     )
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from recicl.config import build_config
+from recicl.config import TrafficConfig, build_config
 from recicl.serve.api.backend import (
     ModelError,
     ModelJob,
@@ -29,7 +30,9 @@ from recicl.serve.api.backend import (
 )
 from recicl.serve.api.parsing import duplicates
 from recicl.serve.api.routes import create_api
-from recicl.serve.store import Event
+from recicl.serve.live_metrics import live_report
+from recicl.serve.store import Event, InteractionStore, SQLiteStore
+from recicl.serve.store.feedback import FeedbackCounts, ServedScore
 
 ADMIN_TOKEN = "test-admin-token"
 NAME = "recicl"
@@ -38,13 +41,27 @@ SCALE = (0.5, 5.0)
 
 
 class FakeBackend:
-    """In-memory :class:`~recicl.serve.api.backend.ApiBackend`: scores = 1 / (1 + position)."""
+    """In-memory :class:`~recicl.serve.api.backend.ApiBackend`: scores = 1 / (1 + position).
 
-    def __init__(self, *, loaded: bool = True, scale: tuple[float, float] | None = SCALE) -> None:
+    The feedback log is a real SQLite store (``store``, default: one in a temporary folder), so
+    the HTTP feedback tests check the joins the store really makes."""
+
+    def __init__(
+        self,
+        *,
+        loaded: bool = True,
+        scale: tuple[float, float] | None = SCALE,
+        store: InteractionStore | None = None,
+    ) -> None:
         self.loaded = loaded
         self.scale = scale
         self.events: list[Event] = []
         self.jobs: list[tuple[ModelJob, str | None]] = []
+        self.traffic: TrafficConfig | None = None  # PUT /admin/traffic
+        if store is None:
+            self._folder = tempfile.TemporaryDirectory()
+            store = SQLiteStore(f"{self._folder.name}/events.db")
+        self.store = store
 
     @property
     def model_name(self) -> str:
@@ -99,6 +116,21 @@ class FakeBackend:
 
     async def reload(self, force: bool) -> dict[str, Any] | ModelError:
         return {"model_version": "1", "previous_version": "1", "changed": False}
+
+    async def record_served(self, scores: list[ServedScore], now: int) -> None:
+        self.store.record_served(scores, now)
+
+    async def record_outcomes(self, events: list[Event], now: int) -> FeedbackCounts:
+        return self.store.record_outcomes(events, now)
+
+    async def live_metrics(self, window_s: int, now: int) -> dict[str, Any]:
+        return live_report(self.store, window_s, now)
+
+    async def traffic_override(self) -> TrafficConfig | None:
+        return self.traffic
+
+    async def set_traffic_override(self, traffic: TrafficConfig | None) -> None:
+        self.traffic = traffic
 
 
 def _config(**serve: Any) -> Any:
@@ -437,7 +469,9 @@ def test_http_layer_does_not_import_ray() -> None:
         "import sys\n"
         "import recicl.serve.api.routes, recicl.serve.api.backend, recicl.serve.api.schemas\n"
         "import recicl.serve.api.errors, recicl.serve.api.middleware, recicl.serve.api.parsing\n"
-        "import recicl.serve.store\n"
+        "import recicl.serve.api.feedback, recicl.serve.api.route_context\n"
+        "import recicl.serve.api.traffic, recicl.serve.traffic\n"
+        "import recicl.serve.store, recicl.serve.store.feedback, recicl.serve.live_metrics\n"
         "import recicl.serve.settings, recicl.serve.serving_model\n"
         "print('ray' in sys.modules)\n"
     )

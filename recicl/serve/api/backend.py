@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from recicl.config import TrafficConfig
 from recicl.serve.store import Event
+from recicl.serve.store.feedback import FeedbackCounts, ServedScore
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class ModelReply:
     scores: tuple[tuple[str, float], ...]
     context_events: int
     rating_range: tuple[float, float] | None = None  # the version's scale (None: unchecked)
+    #: How the version chose the prompt context ("<demo_policy>/<history_policy>"), logged with
+    #: every served score so live metrics can be split by it.
+    policy: str = "unknown"
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,27 @@ class ApiBackend(Protocol):
         """True when the interaction store answers."""
         ...
 
+    async def record_served(self, scores: list[ServedScore], now: int) -> None:
+        """Log the scores a response showed in the feedback log (server time ``now``)."""
+        ...
+
+    async def record_outcomes(self, events: list[Event], now: int) -> FeedbackCounts:
+        """Join stored events with the scores they answer; counts by kind, version and arm."""
+        ...
+
+    async def live_metrics(self, window_s: int, now: int) -> dict[str, Any]:
+        """:func:`recicl.serve.live_metrics.live_report` of the last ``window_s`` seconds."""
+        ...
+
     async def reload(self, force: bool) -> dict[str, Any] | ModelError:
         """Re-check the served alias now (``force``: reload even if it did not move)."""
+        ...
+
+    async def traffic_override(self) -> TrafficConfig | None:
+        """The traffic setting made through ``PUT /admin/traffic`` (None: ``serve.traffic``
+        applies); shared by every ingress replica (:mod:`recicl.serve.traffic`)."""
+        ...
+
+    async def set_traffic_override(self, traffic: TrafficConfig | None) -> None:
+        """Keep ``traffic`` as the admin setting (None: back to ``serve.traffic``)."""
         ...

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
 
-from recicl.config import ReciclConfig
+from recicl.config import ReciclConfig, TrafficConfig
 
 #: No control characters in ids (they would break the one-line layout of prompts and logs).
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
@@ -89,11 +89,24 @@ class ItemScore(BaseModel):
     score: float = Field(description="P(Yes): probability that the user likes the item.")
 
 
+REQUEST_ID_DOC = (
+    "Id of this request: the X-Request-ID header when the client or Ray Serve's proxy sent one, "
+    "else a new one (and returned in X-Request-ID). The scores are logged under it."
+)
+ARM_DOC = (
+    "How the request was routed to the version that answered: 'champion' (the served alias), "
+    "'candidate' (a split sent this user to a candidate version) or 'explicit' (the request "
+    "named a model)."
+)
+
+
 class ScoreResponse(BaseModel):
     model_version: str
     model: str
     scores: list[ItemScore]
     context_events: int = Field(description="Events the prompt context was built from.")
+    request_id: str = Field(description=REQUEST_ID_DOC)
+    arm: str = Field(description=ARM_DOC)
 
 
 class RecommendResponse(BaseModel):
@@ -102,6 +115,51 @@ class RecommendResponse(BaseModel):
     items: list[ItemScore]
     context_events: int
     candidates_scored: int
+    request_id: str = Field(description=REQUEST_ID_DOC)
+    arm: str = Field(description=ARM_DOC)
+
+
+class LiveArm(BaseModel):
+    """One version and arm over the window (scores served in it)."""
+
+    version: str
+    arm: str
+    served: int
+    joined: int = Field(description="Scores joined with the user's event for that item.")
+    pending: int = Field(description="Scores whose attribution window is still open.")
+    unjoined: int = Field(description="Scores whose window closed without an event.")
+    late: int = Field(description="Events matched to these scores after their window.")
+    duplicate: int = Field(description="Events matched to these scores after their join.")
+    like_rate: float | None = Field(description="Share of joined scores liked (null: none).")
+    auc: float | None = Field(description="ROC AUC of the joined scores (null: one class).")
+    logloss: float | None = Field(description="LogLoss of the joined scores (null: none).")
+
+
+class LiveTotalsArm(BaseModel):
+    """Counters of one version and arm since the store was created."""
+
+    version: str
+    arm: str
+    served: int
+    joined: int
+    late: int
+    duplicate: int
+    expired: int = Field(description="Scores whose window closed without an event.")
+    evicted: int = Field(description="Scores deleted by the row cap while still open.")
+
+
+class LiveTotals(BaseModel):
+    unscored: int = Field(description="Events for items no arm had scored for that user.")
+    arms: list[LiveTotalsArm]
+
+
+class LiveMetricsResponse(BaseModel):
+    window_seconds: int
+    since: int = Field(description="Unix seconds: scores served from here on are counted.")
+    now: int
+    attribution_window_seconds: int
+    arms: list[LiveArm]
+    totals: LiveTotals
 
 
 class EventsResponse(BaseModel):
@@ -123,9 +181,11 @@ class RequestSchemas:
     history_event: type[HistoryEvent]
     score: type[ScoreRequest]
     recommend: type[RecommendRequest]
+    #: PUT /admin/traffic: the fields of serve.traffic, validated by the config's own class
+    traffic: type[TrafficConfig] = TrafficConfig
 
     def all(self) -> list[type[BaseModel]]:
-        return [self.event, self.history_event, self.score, self.recommend]
+        return [self.event, self.history_event, self.score, self.recommend, self.traffic]
 
 
 def request_schemas(cfg: ReciclConfig) -> RequestSchemas:

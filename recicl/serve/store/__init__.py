@@ -1,7 +1,8 @@
 """The durable interaction store (see :mod:`recicl.serve.store.base` for the guarantees).
 
 Split by concern: :mod:`~recicl.serve.store.base` holds the event record, its validation and
-order, the :class:`InteractionStore` contract and :func:`open_store`; the two backends live in
+order, the :class:`InteractionStore` contract and :func:`open_store`; the feedback log's records
+and join rule are :mod:`~recicl.serve.store.feedback`; the two backends live in
 :mod:`~recicl.serve.store.sqlite_store` and :mod:`~recicl.serve.store.redis_store`. Everything
 a caller needs is importable from here.
 """
@@ -18,6 +19,13 @@ from recicl.serve.store.base import (
     event_order_key,
     open_store,
 )
+from recicl.serve.store.feedback import (
+    FeedbackCounts,
+    FeedbackRow,
+    FeedbackSettings,
+    InvalidScoreError,
+    ServedScore,
+)
 from recicl.serve.store.redis_store import RedisStore
 from recicl.serve.store.sqlite_store import SQLiteStore
 
@@ -25,10 +33,15 @@ __all__ = [
     "DEFAULT_MAX_EVENTS_PER_USER",
     "MAX_ABS_TIMESTAMP",
     "Event",
+    "FeedbackCounts",
+    "FeedbackRow",
+    "FeedbackSettings",
     "InteractionStore",
     "InvalidEventError",
+    "InvalidScoreError",
     "RedisStore",
     "SQLiteStore",
+    "ServedScore",
     "StoreError",
     "StoreURLError",
     "StoreUnavailableError",

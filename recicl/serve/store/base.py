@@ -31,6 +31,8 @@ Decisions every caller may rely on:
   (never on a process crash, never corruption) for fewer fsyncs. Redis durability is the server's
   configuration: run it with ``appendonly yes`` (``appendfsync everysec`` loses at most ~1 s on a
   machine crash, ``always`` nothing).
+* **The feedback log** (served scores joined with the events that follow them) lives in the same
+  store, with its own rules and bounds: see :mod:`recicl.serve.store.feedback`.
 * **Invalid records are refused, not stored**: empty/non-string ids, ids with NUL characters, a
   label other than 0/1, a non-integer timestamp, a non-finite rating → :class:`InvalidEventError`
   (a ``ValueError``) and nothing of the batch is written. Field-level validation with friendly
@@ -44,10 +46,18 @@ import operator
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from recicl.errors import ReciclError
+
+if TYPE_CHECKING:  # feedback.py builds on this module's Event and errors
+    from recicl.serve.store.feedback import (
+        FeedbackCounts,
+        FeedbackRow,
+        FeedbackSettings,
+        ServedScore,
+    )
 
 #: Events kept per user unless configured otherwise: far more than any prompt uses (a prompt holds
 #: tens of demonstrations), small enough that one user's reads and trims stay sub-millisecond.
@@ -190,6 +200,8 @@ class InteractionStore(ABC):
     url: str
     #: Events kept per user (oldest dropped first); None = unbounded.
     max_events_per_user: int | None
+    #: Attribution window and retention of the feedback log.
+    feedback: FeedbackSettings
 
     @abstractmethod
     def append(self, events: Event | Iterable[Event]) -> int:
@@ -224,6 +236,29 @@ class InteractionStore(ABC):
     def seen_items(self, user_id: str) -> set[str]:
         """Items among the user's kept events (to exclude from recommendations)."""
 
+    # -- the feedback log (rules: recicl.serve.store.feedback) --------------------------------
+
+    @abstractmethod
+    def record_served(self, scores: Iterable[ServedScore], now: int | None = None) -> int:
+        """Log served scores (pending their outcome); return how many were logged.
+
+        The same write expires scores whose attribution window closed before ``now`` (server
+        unix seconds, default the clock) and deletes what retention and the row cap drop.
+        """
+
+    @abstractmethod
+    def record_outcomes(self, events: Iterable[Event], now: int | None = None) -> FeedbackCounts:
+        """Join events (arrived at ``now``) with the scores they answer, atomically: counts of
+        joined / late / duplicate per (version, arm) and unscored."""
+
+    @abstractmethod
+    def feedback_rows(self, since: int, now: int | None = None) -> list[FeedbackRow]:
+        """Retained scores served at ``since <= served_at``, oldest first (expiry applied)."""
+
+    @abstractmethod
+    def feedback_counters(self, now: int | None = None) -> FeedbackCounts:
+        """Totals since the store was created, by (kind, version, arm) (expiry applied)."""
+
     @abstractmethod
     def health(self) -> bool:
         """True when the backend answers; never raises."""
@@ -248,9 +283,12 @@ class InteractionStore(ABC):
 
 
 def open_store(
-    url: str, *, max_events_per_user: int | None = DEFAULT_MAX_EVENTS_PER_USER
+    url: str,
+    *,
+    max_events_per_user: int | None = DEFAULT_MAX_EVENTS_PER_USER,
+    feedback: FeedbackSettings | None = None,
 ) -> InteractionStore:
-    """Open the store a URL names.
+    """Open the store a URL names (``feedback``: the log's window and bounds; None = defaults).
 
     * ``sqlite:///<path>`` — SQLAlchemy/MLflow convention: ``sqlite:////abs/events.db`` (four
       slashes) is absolute, ``sqlite:///events.db`` relative to the working directory. Option:
@@ -285,9 +323,10 @@ def open_store(
             path,
             max_events_per_user=max_events_per_user,
             synchronous=options.get("synchronous", "FULL"),
+            feedback=feedback,
         )
     if scheme in ("redis", "rediss"):
-        return RedisStore(url, max_events_per_user=max_events_per_user)
+        return RedisStore(url, max_events_per_user=max_events_per_user, feedback=feedback)
     raise StoreURLError(
         f"unknown interaction store URL {redact_url(url)!r}: use sqlite:////path/to/events.db "
         "(embedded, one machine) or redis://host:6379/0 (cluster)"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import struct
+import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -17,6 +19,18 @@ from recicl.serve.store.base import (
     check_cap,
     checked_batch,
     redact_url,
+)
+from recicl.serve.store.feedback import (
+    JOINED,
+    FeedbackCounts,
+    FeedbackRow,
+    FeedbackSettings,
+    ServedScore,
+    checked_scores,
+    decode_state,
+    encode_state,
+    join_events,
+    served_counts,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -56,6 +70,54 @@ for k = 3, #KEYS do
   end
 end
 return added
+"""
+
+# The feedback log's upkeep, atomic: close the attribution windows that passed, then apply
+# retention and the row cap. Members of the two sorted sets are ``seq NUL user NUL item``; the row
+# lives in the hash ``<ARGV[4]>user NUL item`` as fields ``seq`` (served JSON) and ``seq:s`` (the
+# state, starting with its status). KEYS = time, pending, counters; ARGV = closed before (serve
+# time), retained from (serve time), max rows, hash key prefix. The row hashes are not in KEYS:
+# like the append script, this targets one Redis server, not Redis Cluster.
+_FEEDBACK_UPKEEP_LUA = """
+local function locate(member)
+  local nul = string.find(member, '\\0', 1, true)
+  return string.sub(member, 1, nul - 1), ARGV[4] .. string.sub(member, nul + 1)
+end
+local function bump(kind, key, seq)
+  local served = cjson.decode(redis.call('HGET', key, seq))
+  redis.call('HINCRBY', KEYS[3], kind .. '\\0' .. served[4] .. '\\0' .. served[5], 1)
+end
+local function is_pending(key, seq)
+  local state = redis.call('HGET', key, seq .. ':s')
+  return state and string.sub(state, 1, 8) == 'pending|', state
+end
+local closed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
+for _, member in ipairs(closed) do
+  local seq, key = locate(member)
+  local pending, state = is_pending(key, seq)
+  if pending then
+    redis.call('HSET', key, seq .. ':s', 'expired' .. string.sub(state, 8))
+    bump('expired', key, seq)
+  end
+  redis.call('ZREM', KEYS[2], member)
+end
+local function drop(members)
+  for _, member in ipairs(members) do
+    local seq, key = locate(member)
+    if is_pending(key, seq) then
+      bump('evicted', key, seq)
+    end
+    redis.call('HDEL', key, seq, seq .. ':s')
+    redis.call('ZREM', KEYS[1], member)
+    redis.call('ZREM', KEYS[2], member)
+  end
+end
+drop(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2]))
+local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
+if excess > 0 then
+  drop(redis.call('ZRANGE', KEYS[1], 0, excess - 1))
+end
+return #closed
 """
 
 _NO_RATING = b"~"  # sorts after every hex digit: a missing rating comes last, as in training
@@ -120,9 +182,11 @@ class RedisStore(InteractionStore):
         max_events_per_user: int | None = DEFAULT_MAX_EVENTS_PER_USER,
         prefix: str = "recicl",
         timeout_s: float = 5.0,
+        feedback: FeedbackSettings | None = None,
     ) -> None:
         self.url = redact_url(url)
         self.max_events_per_user = check_cap(max_events_per_user)
+        self.feedback = feedback or FeedbackSettings()
         try:
             import redis
         except ImportError as e:
@@ -134,6 +198,9 @@ class RedisStore(InteractionStore):
         self._prefix = prefix
         self._log_key = f"{prefix}:log"
         self._users_key = f"{prefix}:users"
+        self._fb = {
+            part: f"{prefix}:fb:{part}" for part in ("seq", "time", "pending", "counters", "ui:")
+        }
         try:
             self._client = redis.Redis.from_url(
                 url,
@@ -144,6 +211,7 @@ class RedisStore(InteractionStore):
         except ValueError as e:
             raise StoreURLError(f"invalid Redis URL {self.url}: {e}") from e
         self._append_script = self._client.register_script(_APPEND_LUA)
+        self._upkeep_script = self._client.register_script(_FEEDBACK_UPKEEP_LUA)
         try:
             self._client.ping()
         except redis.RedisError as e:
@@ -223,6 +291,143 @@ class RedisStore(InteractionStore):
     def seen_items(self, user_id: str) -> set[str]:
         members = self._call(self._client.zrange, self._key(user_id), 0, -1)
         return {m.split(b"\x00", 1)[0].decode() for m in members}
+
+    # -- the feedback log -----------------------------------------------------------------------
+    # Rows: hash <prefix>:fb:ui:<user NUL item> with fields "<seq>" (served JSON) and "<seq>:s"
+    # (encode_state); sorted sets <prefix>:fb:time and :fb:pending (score served_at, member
+    # "<seq> NUL user NUL item"); counters in the hash <prefix>:fb:counters ("kind NUL version NUL
+    # arm"). A join WATCHes the user-item hashes it reads: any concurrent change to them (another
+    # join, a new score, the upkeep script) makes it read again, so no score is joined twice.
+
+    def _row_key(self, user_id: str, item_id: str) -> bytes:
+        return self._fb["ui:"].encode() + user_id.encode() + b"\x00" + item_id.encode()
+
+    @staticmethod
+    def _member(seq: int, user_id: str, item_id: str) -> bytes:
+        return b"%d\x00%s\x00%s" % (seq, user_id.encode(), item_id.encode())
+
+    @staticmethod
+    def _rows_of_hash(fields: dict[bytes, bytes]) -> list[FeedbackRow]:
+        rows = []
+        for name, value in fields.items():
+            if name.endswith(b":s"):
+                continue
+            served = ServedScore(*json.loads(value))
+            rows.append(decode_state(int(name), served, fields[name + b":s"].decode()))
+        return rows
+
+    def _upkeep(self, now: int) -> None:
+        fb = self.feedback
+        keys = [self._fb["time"], self._fb["pending"], self._fb["counters"]]
+        args: list[int | str] = [
+            now - fb.attribution_window_s,
+            now - fb.retention_s,
+            fb.max_rows,
+            self._fb["ui:"],
+        ]
+        self._call(lambda: self._upkeep_script(keys=keys, args=args))
+
+    def _add_counts(self, pipe: Any, counts: FeedbackCounts) -> None:
+        for key, n in counts.items():
+            if n:
+                pipe.hincrby(self._fb["counters"], "\x00".join(key).encode(), n)
+
+    def record_served(self, scores: Iterable[ServedScore], now: int | None = None) -> int:
+        batch = checked_scores(scores)
+        now = int(time.time()) if now is None else int(now)
+        if batch:
+            last = int(self._call(self._client.incrby, self._fb["seq"], len(batch)))
+            pipe = self._client.pipeline(transaction=True)
+            for seq, s in enumerate(batch, start=last - len(batch) + 1):
+                served = json.dumps(
+                    [s.request_id, s.user_id, s.item_id, s.version, s.arm, s.policy, s.score,
+                     s.served_at]
+                )  # fmt: skip
+                state = encode_state(FeedbackRow(seq, s))
+                pipe.hset(
+                    self._row_key(s.user_id, s.item_id), mapping={seq: served, f"{seq}:s": state}
+                )
+                member = self._member(seq, s.user_id, s.item_id)
+                pipe.zadd(self._fb["time"], {member: s.served_at})
+                pipe.zadd(self._fb["pending"], {member: s.served_at})
+            self._add_counts(pipe, served_counts(batch))
+            self._call(pipe.execute)
+        self._upkeep(now)
+        return len(batch)
+
+    def record_outcomes(self, events: Iterable[Event], now: int | None = None) -> FeedbackCounts:
+        batch = checked_batch(events)
+        now = int(time.time()) if now is None else int(now)
+        if not batch:
+            return Counter()
+        self._upkeep(now)
+        window = self.feedback.attribution_window_s
+        keys = list(dict.fromkeys(self._row_key(e.user_id, e.item_id) for e in batch))
+
+        def attempt(pipe: Any) -> FeedbackCounts:
+            pipe.watch(*keys)  # from here reads run at once; EXEC fails if these keys changed
+
+            def rows_of(user_id: str, item_id: str) -> list[FeedbackRow]:
+                return self._rows_of_hash(pipe.hgetall(self._row_key(user_id, item_id)))
+
+            changed, counts = join_events(batch, rows_of, now, window)
+            pipe.multi()
+            for row in changed:
+                s = row.served
+                pipe.hset(self._row_key(s.user_id, s.item_id), f"{row.seq}:s", encode_state(row))
+                if row.status == JOINED:
+                    pipe.zrem(self._fb["pending"], self._member(row.seq, s.user_id, s.item_id))
+            self._add_counts(pipe, counts)
+            pipe.execute()
+            return counts
+
+        def join() -> FeedbackCounts:
+            with self._client.pipeline() as pipe:
+                while True:
+                    try:
+                        return attempt(pipe)
+                    except self._redis.WatchError:
+                        continue  # another writer was first: read again and decide again
+
+        counts: FeedbackCounts = self._call(join)
+        return counts
+
+    def feedback_rows(self, since: int, now: int | None = None) -> list[FeedbackRow]:
+        self._upkeep(int(time.time()) if now is None else int(now))
+        members: list[bytes] = []
+        while True:  # paged, as recent_items
+            page = self._call(
+                lambda o=len(members): self._client.zrangebyscore(
+                    self._fb["time"], int(since), "+inf", start=o, num=self._PAGE
+                )
+            )
+            members += page
+            if len(page) < self._PAGE:
+                break
+        by_key: dict[bytes, list[bytes]] = {}
+        for member in members:
+            seq, rest = member.split(b"\x00", 1)
+            by_key.setdefault(self._fb["ui:"].encode() + rest, []).append(seq)
+        pipe = self._client.pipeline(transaction=False)
+        for key, seqs in by_key.items():
+            pipe.hmget(key, [f for seq in seqs for f in (seq, seq + b":s")])
+        rows = []
+        for seqs, values in zip(by_key.values(), self._call(pipe.execute), strict=True):
+            for k, seq in enumerate(seqs):
+                served, state = values[2 * k], values[2 * k + 1]
+                if served is not None and state is not None:  # trimmed meanwhile
+                    row = ServedScore(*json.loads(served))
+                    rows.append(decode_state(int(seq), row, state.decode()))
+        return sorted(rows, key=lambda r: (r.served.served_at, r.seq))
+
+    def feedback_counters(self, now: int | None = None) -> FeedbackCounts:
+        self._upkeep(int(time.time()) if now is None else int(now))
+        found = self._call(self._client.hgetall, self._fb["counters"])
+        counts: FeedbackCounts = Counter()
+        for field, n in found.items():
+            kind, version, arm = field.decode().split("\x00")
+            counts[(kind, version, arm)] = int(n)
+        return counts
 
     def health(self) -> bool:
         if self._closed:

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,17 @@ from recicl.serve.store.base import (
     StoreURLError,
     check_cap,
     checked_batch,
+)
+from recicl.serve.store.feedback import (
+    EVICTED,
+    EXPIRED,
+    FeedbackCounts,
+    FeedbackRow,
+    FeedbackSettings,
+    ServedScore,
+    checked_scores,
+    join_events,
+    served_counts,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -47,7 +59,54 @@ _SQLITE_SCHEMA = [
     "CREATE INDEX IF NOT EXISTS events_time ON events (timestamp, item_id, user_id)",
     # users_seen() in O(users) instead of a scan of every event.
     "CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY) WITHOUT ROWID",
+    # The feedback log (recicl.serve.store.feedback): one row per served score. seq grows with
+    # every insert and rows leave only from the old end, so max(seq) - min(seq) bounds the count.
+    """CREATE TABLE IF NOT EXISTS feedback (
+        seq INTEGER PRIMARY KEY,
+        request_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        version TEXT NOT NULL,
+        arm TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        score REAL NOT NULL,
+        served_at INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        label INTEGER,
+        outcome_ts INTEGER,
+        joined_at INTEGER,
+        late INTEGER NOT NULL DEFAULT 0,
+        duplicates INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX IF NOT EXISTS feedback_user_item ON feedback (user_id, item_id)",
+    "CREATE INDEX IF NOT EXISTS feedback_time ON feedback (served_at)",
+    # Expiry scans only the scores still waiting for their outcome.
+    "CREATE INDEX IF NOT EXISTS feedback_pending ON feedback (served_at) WHERE status = 'pending'",
+    """CREATE TABLE IF NOT EXISTS feedback_counters (
+        kind TEXT NOT NULL,
+        version TEXT NOT NULL,
+        arm TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (kind, version, arm)
+    ) WITHOUT ROWID""",
 ]
+
+_FEEDBACK_COLUMNS = (
+    "seq, request_id, user_id, item_id, version, arm, policy, score, served_at, status, label, "
+    "outcome_ts, joined_at, late, duplicates"
+)
+
+
+def _feedback_row(row: tuple[Any, ...]) -> FeedbackRow:
+    seq, *served, status, label, outcome_ts, joined_at, late, duplicates = row
+    return FeedbackRow(
+        seq, ServedScore(*served), status, label, outcome_ts, joined_at, late, duplicates
+    )
+
+
+def _clock(now: int | None) -> int:
+    return int(time.time()) if now is None else int(now)
+
 
 #: Connections inherited through fork(): never closed in the child (closing another process's
 #: SQLite connection can drop the POSIX locks of the child's own connections), just kept alive.
@@ -81,10 +140,12 @@ class SQLiteStore(InteractionStore):
         max_events_per_user: int | None = DEFAULT_MAX_EVENTS_PER_USER,
         synchronous: str = "FULL",
         busy_timeout_s: float = 30.0,
+        feedback: FeedbackSettings | None = None,
     ) -> None:
         self.path = Path(path).expanduser().resolve()
         self.url = "sqlite:///" + str(self.path)
         self.max_events_per_user = check_cap(max_events_per_user)
+        self.feedback = feedback or FeedbackSettings()
         synchronous = synchronous.upper()
         if synchronous not in ("FULL", "NORMAL", "EXTRA"):
             raise StoreURLError(
@@ -259,6 +320,108 @@ class SQLiteStore(InteractionStore):
     def seen_items(self, user_id: str) -> set[str]:
         rows = self._read("SELECT DISTINCT item_id FROM events WHERE user_id = ?", (user_id,))
         return {item for (item,) in rows}
+
+    # -- the feedback log -----------------------------------------------------------------------
+
+    def _add_counts(self, cur: sqlite3.Cursor, counts: FeedbackCounts) -> None:
+        cur.executemany(
+            "INSERT INTO feedback_counters (kind, version, arm, count) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (kind, version, arm) DO UPDATE SET count = count + excluded.count",
+            [(*key, n) for key, n in counts.items() if n],
+        )
+
+    def _expire_and_trim(self, cur: sqlite3.Cursor, now: int) -> None:
+        """Close the windows that passed (expired), then apply retention and the row cap
+        (scores dropped while still pending are counted as evicted)."""
+        counts: FeedbackCounts = Counter()
+
+        def pending(where: str, value: int, kind: str) -> None:
+            for version, arm, n in cur.execute(
+                "SELECT version, arm, COUNT(*) FROM feedback WHERE status = 'pending' AND "
+                f"{where} GROUP BY version, arm",
+                (value,),
+            ).fetchall():
+                counts[(kind, version, arm)] += n
+
+        closed = now - self.feedback.attribution_window_s  # open while served_at + window >= now
+        pending("served_at < ?", closed, EXPIRED)
+        cur.execute(
+            "UPDATE feedback SET status = 'expired' WHERE status = 'pending' AND served_at < ?",
+            (closed,),
+        )
+        drops = [("served_at < ?", now - self.feedback.retention_s)]
+        low, high = cur.execute("SELECT min(seq), max(seq) FROM feedback").fetchone()
+        if high is not None and high - low + 1 > self.feedback.max_rows:
+            drops.append(("seq <= ?", high - self.feedback.max_rows))
+        for where, value in drops:
+            pending(where, value, EVICTED)
+            cur.execute(f"DELETE FROM feedback WHERE {where}", (value,))
+        self._add_counts(cur, counts)
+
+    def record_served(self, scores: Iterable[ServedScore], now: int | None = None) -> int:
+        batch = checked_scores(scores)
+        now = _clock(now)
+
+        def body(cur: sqlite3.Cursor) -> int:
+            cur.executemany(
+                "INSERT INTO feedback (request_id, user_id, item_id, version, arm, policy, score, "
+                "served_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (s.request_id, s.user_id, s.item_id, s.version, s.arm, s.policy, s.score,
+                     s.served_at)
+                    for s in batch
+                ],
+            )  # fmt: skip
+            self._add_counts(cur, served_counts(batch))
+            self._expire_and_trim(cur, now)
+            return len(batch)
+
+        return self._write(body)
+
+    def record_outcomes(self, events: Iterable[Event], now: int | None = None) -> FeedbackCounts:
+        batch = checked_batch(events)
+        now = _clock(now)
+
+        def body(cur: sqlite3.Cursor) -> FeedbackCounts:
+            self._expire_and_trim(cur, now)
+
+            def rows_of(user_id: str, item_id: str) -> list[FeedbackRow]:
+                found = cur.execute(
+                    f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE user_id = ? AND item_id = ?",
+                    (user_id, item_id),
+                ).fetchall()
+                return [_feedback_row(r) for r in found]
+
+            window = self.feedback.attribution_window_s
+            changed, counts = join_events(batch, rows_of, now, window)
+            cur.executemany(
+                "UPDATE feedback SET status = ?, label = ?, outcome_ts = ?, joined_at = ?, "
+                "late = ?, duplicates = ? WHERE seq = ?",
+                [
+                    (r.status, r.label, r.outcome_ts, r.joined_at, r.late, r.duplicates, r.seq)
+                    for r in changed
+                ],
+            )
+            self._add_counts(cur, counts)
+            return counts
+
+        return self._write(body) if batch else Counter()
+
+    def feedback_rows(self, since: int, now: int | None = None) -> list[FeedbackRow]:
+        now = _clock(now)
+        self._write(lambda cur: self._expire_and_trim(cur, now))
+        found = self._read(
+            f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE served_at >= ? "
+            "ORDER BY served_at, seq",
+            (int(since),),
+        )
+        return [_feedback_row(r) for r in found]
+
+    def feedback_counters(self, now: int | None = None) -> FeedbackCounts:
+        now = _clock(now)
+        self._write(lambda cur: self._expire_and_trim(cur, now))
+        found = self._read("SELECT kind, version, arm, count FROM feedback_counters", ())
+        return Counter({(kind, version, arm): n for kind, version, arm, n in found})
 
     def health(self) -> bool:
         if self._closed:
