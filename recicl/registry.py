@@ -19,10 +19,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -278,6 +280,56 @@ def load_version(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dst / local.relative_to(staging)
+
+
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))$")
+
+
+@dataclass
+class ModelSource:
+    """A model reference resolved to a local folder."""
+
+    uri: str
+    local_dir: Path
+    label: str
+    name: str | None = None
+    version: str | None = None
+
+
+def resolve_model_uri(uri: str, cfg: ReciclConfig) -> ModelSource:
+    """``models:/name/N`` / ``models:/name@alias`` or a folder (evaluation's --model, a warm
+    re-tune's train.init_from: one resolver). A registered version is
+    downloaded once per registry entry (:func:`recicl.registry.version_identity`), under
+    ``<workdir>/models/<name>/<version>-<identity>``: pointing the same workdir at another
+    MLflow store never scores a stale copy of a different "version N"."""
+    match = _MODELS_URI.match(uri)
+    if match is None:
+        path = Path(uri).expanduser()
+        if not path.is_dir():
+            raise RegistryError(
+                f"{uri!r} is neither a models:/name/N or models:/name@alias URI nor an "
+                "existing folder"
+            )
+        return ModelSource(uri, path.resolve(), path.name)
+    from mlflow.exceptions import MlflowException
+
+    from recicl.modeling.packaged import MODEL_MANIFEST
+
+    tracking_uri = resolve_tracking_uri(cfg)
+    name = match["name"]
+    ref = match["version"] or match["alias"]
+    try:
+        version = resolve_version(tracking_uri, name, ref)
+        identity = version_identity(tracking_uri, name, version)
+        cache = Path(cfg.workdir).expanduser().resolve() / "models" / name / f"{version}-{identity}"
+        local = cache / "model"
+        if not (local / MODEL_MANIFEST).is_file():
+            local = load_version(name, version, tracking_uri=tracking_uri, dst=cache)
+    except MlflowException as error:
+        raise RegistryError(
+            f"cannot resolve {uri} in the registry at {tracking_uri}: {error.message}"
+        ) from None
+    return ModelSource(uri, Path(local), f"{name}/{version}", name, version)
 
 
 # ----------------------------------------------------------------------------------------------

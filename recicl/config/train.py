@@ -195,6 +195,14 @@ class TrainConfig(StrictModel):
             )
         return value
 
+    init_from: str | None = Field(
+        None,
+        description="Warm start: a registered version (models:/recicl@champion, "
+        "models:/recicl/3) or a version folder whose LoRA adapter this run continues instead "
+        "of a fresh one. Its base model and LoRA shape must be this config's. Optimizer "
+        "state and learning-rate schedule start fresh, warm-up included: a version carries "
+        "weights only, and the new periods are a new optimisation problem. null = from the base.",
+    )
     seed: int = Field(0, description="Seed for the LoRA init and the data order.")
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in backward (less memory, ~30% slower)."

@@ -16,9 +16,7 @@ import json
 import logging
 import math
 import os
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +40,16 @@ from recicl.registry import (
     PERIODS_TAG,
     SAMPLES_TAG,
     SUBSET_TAG,
+    ModelSource,
+    RegistryError,
     client,
     ensure_experiment,
-    load_version,
+    resolve_model_uri,
     resolve_tracking_uri,
-    resolve_version,
-    version_identity,
 )
 
 log = logging.getLogger(__name__)
 
-_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))$")
 #: Seed of the evaluate.max_samples subset: fixed, so every version meets the same samples.
 SUBSET_SEED = 0
 
@@ -85,48 +82,12 @@ class EvaluationError(ReciclError):
     """A model or sample set that cannot be evaluated as asked."""
 
 
-@dataclass
-class ModelSource:
-    """A model reference resolved to a local folder."""
-
-    uri: str
-    local_dir: Path
-    label: str
-    name: str | None = None
-    version: str | None = None
-
-
 def resolve_model(uri: str, cfg: ReciclConfig) -> ModelSource:
-    """``models:/name/N`` / ``models:/name@alias`` or a folder. A registered version is
-    downloaded once per registry entry (:func:`recicl.registry.version_identity`), under
-    ``<workdir>/models/<name>/<version>-<identity>``: pointing the same workdir at another
-    MLflow store never scores a stale copy of a different "version N"."""
-    match = _MODELS_URI.match(uri)
-    if match is None:
-        path = Path(uri).expanduser()
-        if not path.is_dir():
-            raise EvaluationError(
-                f"--model {uri!r} is neither a models:/name/N or models:/name@alias URI nor an "
-                "existing folder"
-            )
-        return ModelSource(uri, path.resolve(), path.name)
-    from mlflow.exceptions import MlflowException
-
-    tracking_uri = resolve_tracking_uri(cfg)
-    name = match["name"]
-    ref = match["version"] or match["alias"]
+    """:func:`recicl.registry.resolve_model_uri`, with its errors as evaluation errors."""
     try:
-        version = resolve_version(tracking_uri, name, ref)
-        identity = version_identity(tracking_uri, name, version)
-        cache = Path(cfg.workdir).expanduser().resolve() / "models" / name / f"{version}-{identity}"
-        local = cache / "model"
-        if read_version_manifest(local) is None:
-            local = load_version(name, version, tracking_uri=tracking_uri, dst=cache)
-    except MlflowException as error:
-        raise EvaluationError(
-            f"cannot resolve {uri} in the registry at {tracking_uri}: {error.message}"
-        ) from None
-    return ModelSource(uri, Path(local), f"{name}/{version}", name, version)
+        return resolve_model_uri(uri, cfg)
+    except RegistryError as error:
+        raise EvaluationError(str(error)) from None
 
 
 class ScoreBatches:

@@ -161,10 +161,22 @@ class Strategy:
 
 
 def _load_lm(cfg: ReciclConfig) -> nn.Module:
+    """The model to tune: the base with a fresh LoRA adapter, or, for a warm start
+    (``train.init_from``, resolved by the driver to a version folder), the version's adapter
+    loaded trainable."""
     from recicl.modeling import load_model
+    from recicl.modeling.packaged import read_version_manifest
 
+    adapter = None
+    if cfg.train.init_from:
+        manifest = read_version_manifest(cfg.train.init_from)
+        assert manifest is not None, cfg.train.init_from  # checked on the driver
+        adapter = Path(cfg.train.init_from) / manifest.adapter_dir
     return load_model(
-        cfg.model, for_training=True, gradient_checkpointing=cfg.train.gradient_checkpointing
+        cfg.model,
+        for_training=True,
+        gradient_checkpointing=cfg.train.gradient_checkpointing,
+        adapter=adapter,
     )
 
 

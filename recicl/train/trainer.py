@@ -337,6 +337,8 @@ def train(cfg: ReciclConfig) -> TrainResult:
 
     ensure_base_model(cfg.model)
     cfg = resolve_train_config(cfg)
+    if cfg.train.init_from:  # before Ray starts: a wrong version is a one-line error
+        cfg = _warm_start(cfg)
     tc = cfg.train
     assert tc.run_name and tc.storage_path
     samples = SamplesFolder.from_config(cfg)
@@ -431,6 +433,56 @@ def train(cfg: ReciclConfig) -> TrainResult:
         plan=asdict(plan),
         seconds=seconds,
     )
+
+
+def _warm_start(cfg: ReciclConfig) -> ReciclConfig:
+    """The config the workers get for ``train.init_from``: the version resolved to a local
+    folder whose LoRA adapter they load trainable, after checking that it was tuned from this
+    config's base with this LoRA shape, so a warm start never silently trains something else."""
+    source = registry.resolve_model_uri(str(cfg.train.init_from), cfg)
+    manifest = version.read_version_manifest(source.local_dir)
+    where = f"train.init_from {cfg.train.init_from}"
+    if manifest is None:
+        raise ConfigError(f"{where}: {source.local_dir} is not a recicl version folder")
+    if not _same_base(manifest, cfg):
+        raise ConfigError(
+            f"{where} was tuned from {manifest.base_model}, this config's model.name_or_path is "
+            f"{cfg.model.name_or_path}: warm-start from a version of the same base, or train "
+            "from the base (train.init_from: null)"
+        )
+    if manifest.weights == "full":
+        raise ConfigError(
+            f"{where} holds full weights: a warm start continues a LoRA adapter; tune a full "
+            "version again from the base, or register its weights as a base model folder"
+        )
+    shape = ("r", "alpha", "target_modules")
+    theirs = {k: (manifest.model.get("lora") or {}).get(k) for k in shape}
+    ours = {k: cfg.model.lora.model_dump(mode="json")[k] for k in shape}
+    if not cfg.model.lora.enabled or theirs != ours:
+        raise ConfigError(
+            f"{where} is a LoRA adapter with {theirs}; this config asks model.lora {ours} "
+            f"(enabled: {cfg.model.lora.enabled}): a warm start continues that adapter, so set "
+            "model.lora to its shape"
+        )
+    print(f"[recicl] warm start from {cfg.train.init_from} ({source.local_dir})", flush=True)
+    return cfg.model_copy(
+        update={"train": cfg.train.model_copy(update={"init_from": str(source.local_dir)})}
+    )
+
+
+def _same_base(manifest: version.VersionManifest, cfg: ReciclConfig) -> bool:
+    """Whether a version was tuned from this config's base: by name and import checksum for
+    local bases named portably, by resolved path or hub id otherwise."""
+    ours = version.BaseModelRef.of(cfg.model)
+    if manifest.base_ref is not None and ours is not None:
+        return (manifest.base_ref.folder_name, manifest.base_ref.sha256) == (
+            ours.folder_name,
+            ours.sha256,
+        )
+    theirs, mine = str(manifest.base_model), str(cfg.model.name_or_path)
+    if Path(theirs).exists() and Path(mine).exists():
+        return Path(theirs).resolve() == Path(mine).resolve()
+    return theirs == mine
 
 
 def _package_and_register(

@@ -470,3 +470,48 @@ def test_full_fine_tuning_under_deepspeed_registers_complete_weights(
     np.testing.assert_allclose(scores, master_scores, atol=1e-5)
     clipped = np.clip(scores, 1e-7, 1 - 1e-7)
     assert log_loss(labels, clipped) == pytest.approx(result.metrics["val_logloss"], abs=1e-5)
+
+
+def test_warm_start_continues_the_versions_adapter(
+    uninterrupted: Callable[[str, int], TrainedRun], assets, tmp_path: Path
+) -> None:
+    """train.init_from continues a registered version's adapter (checked, not assumed): with a
+    learning rate too small to move it, the new version's adapter is the old one's; a version
+    of another base or LoRA shape is refused before anything trains."""
+    from recicl.config import ConfigError
+    from recicl.registry import load_version, resolve_tracking_uri
+    from recicl.train import train
+
+    first = uninterrupted("deepspeed", 2)
+    uri = f"models:/recicl/{first.result.version}"
+    cfg = make_config(
+        first.cfg.workdir, assets, strategy="deepspeed", zero_stage=2, lr=1e-12, max_steps=2
+    )
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"init_from": uri})})
+    warm = train(cfg)
+    tracking = resolve_tracking_uri(cfg)
+    before = load_adapter(load_version("recicl", first.result.version, tracking_uri=tracking,
+                                       dst=tmp_path / "a") / "adapter")  # fmt: skip
+    after = load_adapter(load_version("recicl", warm.version, tracking_uri=tracking,
+                                      dst=tmp_path / "b") / "adapter")  # fmt: skip
+    assert sorted(after) == sorted(before)
+    moved = max(float(np.abs(after[k] - before[k]).max()) for k in before)
+    assert moved < 1e-6, moved
+    assert any(float(np.abs(v).max()) > 1e-3 for k, v in before.items() if "lora_B" in k)
+
+    other_shape = make_config(first.cfg.workdir, assets, strategy="deepspeed", zero_stage=2)
+    other_shape = other_shape.model_copy(
+        update={
+            "model": other_shape.model.model_copy(
+                update={"lora": other_shape.model.lora.model_copy(update={"r": LORA_R * 2})}
+            ),
+            "train": other_shape.train.model_copy(update={"init_from": uri}),
+        }
+    )
+    with pytest.raises(ConfigError, match=r"set model\.lora to its shape"):
+        train(other_shape)
+    other_base = other_shape.model_copy(
+        update={"model": other_shape.model.model_copy(update={"name_or_path": str(tmp_path)})}
+    )
+    with pytest.raises(ConfigError, match="warm-start from a version of the same base"):
+        train(other_base)
