@@ -440,6 +440,20 @@ def models_live(
     console.print(f"logged {len(rows)} live metrics of {name}/{version} to run {run_id}")
 
 
+@app.command("monitor")
+@friendly_errors
+def monitor_command(
+    config: Path | None = typer.Option(None, "--config", help="YAML config file."),
+) -> None:
+    """Champion's live AUC vs its last window and offline AUC (monitor.*): exit 0 ok, 10 retune,
+    11 rollback, 12 no-data; the reasons are printed and logged to MLflow."""
+    from recicl.monitor import run_monitor
+
+    decision = run_monitor(resolve_config(config, {}))
+    console.print(f"[bold]{decision.decision}[/bold]: " + "; ".join(decision.reasons))
+    raise typer.Exit(decision.exit_code)
+
+
 @app.command("promote")
 @friendly_errors
 def promote_command(
@@ -582,7 +596,3 @@ def infra_render_rayservice(
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

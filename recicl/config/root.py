@@ -17,6 +17,7 @@ from recicl.config.services import (
     EvaluateConfig,
     ExperimentConfig,
     MLflowConfig,
+    MonitorConfig,
     RayConfig,
     ServeConfig,
 )
@@ -44,6 +45,9 @@ class ReciclConfig(StrictModel):
     serve: ServeConfig = Field(default_factory=ServeConfig, description="HTTP serving (Ray Serve).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+    monitor: MonitorConfig = Field(
+        default_factory=MonitorConfig, description="When live figures say re-tune or roll back."
+    )
 
     def redacted_dump(self) -> dict[str, Any]:
         """The configuration as JSON with its secrets masked: what may be logged to MLflow or

@@ -354,6 +354,48 @@ class LivePromotionConfig(StrictModel):
     )
 
 
+class MonitorConfig(StrictModel):
+    """`recicl monitor`: when the champion's live figures say re-tune or roll back.
+
+    Thresholds are AUC points. They compare like with like: live AUC over joined feedback
+    (which holds one user's candidates and many users) is not the offline AUC of one period, so
+    the drop allowed against the offline figure is wider than against the previous window.
+    """
+
+    window_seconds: int = Field(
+        3600,
+        ge=60,
+        description="The window judged (scores served in the last this many seconds); the "
+        "previous window of the same length is the drift reference.",
+    )
+    min_joined: int = Field(
+        200,
+        ge=10,
+        description="Fewer joined scores in the window: no decision (exit code 12), not a "
+        "guess from noise (200 joined scores resolve AUC to about +-0.04).",
+    )
+    max_drop_vs_offline: float = Field(
+        0.08,
+        ge=0,
+        le=1,
+        description="Re-tune when the live AUC is this far below the champion's latest offline "
+        "evaluation (the mean of its periods' AUC).",
+    )
+    max_drop_vs_previous: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Re-tune when the live AUC fell this far below the previous window's (drift).",
+    )
+    rollback_within_seconds: int = Field(
+        86_400,
+        ge=0,
+        description="Roll back (exit code 11), instead of re-tuning, when the AUC drop against "
+        "the previous window follows an alias move this recent: the new champion, not the "
+        "users, changed.",
+    )
+
+
 class EvaluateConfig(StrictModel):
     """Batch evaluation and the registry's promotion gate."""
 

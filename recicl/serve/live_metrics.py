@@ -57,7 +57,8 @@ def _version_key(version: str) -> tuple[int, str]:
     return (int(version), "") if version.isdigit() else (2**63, version)
 
 
-def _group_figures(rows: list[FeedbackRow]) -> dict[str, Any]:
+def arm_figures(rows: list[FeedbackRow]) -> dict[str, Any]:
+    """The figures of one group of served scores (one version and arm; see :func:`live_report`)."""
     joined = [r for r in rows if r.status == JOINED]
     labels = np.array([r.label for r in joined], dtype=np.int64)
     scores = np.array([r.served.score for r in joined], dtype=np.float64)
@@ -89,7 +90,7 @@ def live_report(store: InteractionStore, window_s: int, now: int) -> dict[str, A
     for row in rows:
         groups[(row.served.version, row.served.arm)].append(row)
     arms = [
-        {"version": version, "arm": arm, **_group_figures(groups[(version, arm)])}
+        {"version": version, "arm": arm, **arm_figures(groups[(version, arm)])}
         for version, arm in sorted(groups, key=lambda k: (_version_key(k[0]), k[1]))
     ]
     totals: dict[tuple[str, str], dict[str, int]] = defaultdict(

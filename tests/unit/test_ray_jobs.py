@@ -31,6 +31,7 @@ JOB_COMMANDS = {
     "evaluate.py": ("evaluate",),
     "promote.py": ("promote",),
     "embed_items.py": ("embed", "items"),
+    "monitor.py": ("monitor",),
 }
 
 # Wide, plain output: rich would otherwise wrap or colour differently per terminal.
