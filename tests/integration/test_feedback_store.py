@@ -7,7 +7,6 @@ rules of :mod:`recicl.serve.store.feedback`, not computed by the code under test
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections import Counter
 
@@ -25,22 +24,10 @@ from recicl.serve.store.feedback import (
     InvalidScoreError,
     ServedScore,
 )
-from tests.integration.test_store import NO_REDIS, RedisServer
+from tests.integration.test_store import redis_server  # noqa: F401  (the same server fixture)
 
 WINDOW, RETENTION = 100, 1000
 T0 = 1_700_000_000
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip(NO_REDIS)
-    pytest.importorskip("redis", reason="the redis client is missing: pip install 'recicl[redis]'")
-    server = RedisServer(exe, tmp_path_factory.mktemp("redis-feedback"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["sqlite", "redis"])
