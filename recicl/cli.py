@@ -442,11 +442,8 @@ def models_live(
 
 @app.command("monitor")
 @friendly_errors
-def monitor_command(
-    config: Path | None = typer.Option(None, "--config", help="YAML config file."),
-) -> None:
-    """Champion's live AUC vs its last window and offline AUC (monitor.*): exit 0 ok, 10 retune,
-    11 rollback, 12 no-data; the reasons are printed and logged to MLflow."""
+def monitor_command(config: Path | None = typer.Option(None, "--config", help="YAML.")) -> None:
+    """Champion's live AUC vs its last window and offline AUC: exit 0/10 retune/11 rollback/12."""
     from recicl.monitor import run_monitor
 
     decision = run_monitor(resolve_config(config, {}))
@@ -596,3 +593,7 @@ def infra_render_rayservice(
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m recicl.cli` (tests, ray jobs)
+    main()

@@ -139,6 +139,9 @@ def _duplicates_as_quarantine(batch: pa.Table) -> pa.Table:
         "timestamp": dup["timestamp"].cast(pa.string()),
         "raw": pa.nulls(n, pa.string()),
         "reason": pa.array(["duplicate_event"] * n, pa.string()),
+        # judged after validation, from typed events: where the repeat was read is not kept
+        "file": pa.nulls(n, pa.string()),
+        "line": pa.nulls(n, pa.int64()),
     }
     return pa.table([text[f.name] for f in QUARANTINE], schema=QUARANTINE)
 
@@ -166,7 +169,9 @@ def _check_users_whole(stats: pa.Table) -> None:
 
 @ray.remote
 def _apply_to_block(block: pa.Table, fn: Any) -> pa.Table:
-    return fn(block)
+    # An empty block may have no columns at all (Ray Data passes a block that an earlier step
+    # emptied, e.g. one that held only a CSV header line, through map_batches without them).
+    return fn(block) if block.num_rows else block
 
 
 def _gather(ds: MaterializedDataset, fn: Any, max_in_flight: int | None = None) -> pa.Table:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+#: Where a text source's row came from: its file (dictionary-encoded: one path repeats on every
+#: row of a block) and 1-based line. Null for sources without lines (Parquet).
+SOURCE_FILE = pa.dictionary(pa.int32(), pa.string())
+
 #: What readers emit before validation: every field as text, so that one vectorized validator
 #: can parse and judge all sources alike. ``reason`` is set when the reader itself already knows
 #: the row is bad (e.g. a line with the wrong number of fields); ``raw`` then holds the line.
@@ -20,6 +24,8 @@ RAW_EVENTS = pa.schema(
         ("timestamp", pa.string()),
         ("reason", pa.string()),
         ("raw", pa.string()),
+        ("file", SOURCE_FILE),
+        ("line", pa.int64()),
     ]
 )
 
@@ -34,7 +40,9 @@ EVENTS = pa.schema(
     ]
 )
 
-#: Rows that failed validation, with the source's text values and why they failed.
+#: Rows that failed validation, with the source's text values, why they failed and where they
+#: came from (``file``, ``line``: added last, so readers of older quarantine files still work;
+#: null where unknown: Parquet sources and duplicates, which are judged after the read).
 QUARANTINE = pa.schema(
     [
         ("user_id", pa.string()),
@@ -44,6 +52,8 @@ QUARANTINE = pa.schema(
         ("timestamp", pa.string()),
         ("raw", pa.string()),
         ("reason", pa.string()),
+        ("file", pa.string()),
+        ("line", pa.int64()),
     ]
 )
 

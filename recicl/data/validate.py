@@ -6,6 +6,7 @@ first failing check names the row's ``reason``; checks run in this order:
 ==========================  =====================================================================
 reason                      meaning
 ==========================  =====================================================================
+invalid_utf8                the line is not valid UTF-8; ``raw`` shows the bad bytes as ``\\xNN``
 malformed_line / _json      the reader could not split the line into fields (set by the reader)
 missing_user_id             empty or null user id
 missing_item_id             empty or null item id
@@ -27,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recicl.data.schema import EVENTS, QUARANTINE
+from recicl.data.schema import EVENTS, QUARANTINE, RAW_EVENTS
 
 NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 INTEGER = r"^\s*[-+]?\d+(\.0*)?\s*$"
@@ -35,11 +36,18 @@ TRUE_WORDS = ["1", "true", "yes", "y", "1.0"]
 FALSE_WORDS = ["0", "false", "no", "n", "0.0"]
 _UNIT_DIVISOR = {"s": 1, "ms": 1_000, "us": 1_000_000}
 
-#: Columns of the validated table: canonical fields + the raw text (for quarantine) + reason.
+#: Where a row came from: carried from RAW_EVENTS to QUARANTINE as they are.
+_ORIGIN = ["file", "line"]
+#: The source text kept for the quarantine, as ``raw_<name>`` in VALIDATED.
+_TEXT = [f.name for f in QUARANTINE if f.name not in ("reason", *_ORIGIN)]
+
+#: Columns of the validated table: canonical fields + the raw text and origin (for quarantine) +
+#: reason.
 VALIDATED = pa.schema(
     [
         *EVENTS,
-        *[pa.field(f"raw_{f.name}", pa.string()) for f in QUARANTINE if f.name != "reason"],
+        *[pa.field(f"raw_{name}", pa.string()) for name in _TEXT],
+        *[RAW_EVENTS.field(name) for name in _ORIGIN],
         pa.field("reason", pa.string()),
     ]
 )
@@ -166,6 +174,8 @@ def validate_batch(
             column["label"],
             column["timestamp"],
             column["raw"],
+            column["file"],
+            column["line"],
             reason,
         ],
         schema=VALIDATED,
@@ -180,7 +190,7 @@ def valid_events(batch: pa.Table) -> pa.Table:
 def quarantined(batch: pa.Table) -> pa.Table:
     """Ray Data UDF: the bad rows of a VALIDATED batch, as QUARANTINE rows (source text kept)."""
     bad = batch.filter(pc.is_valid(batch["reason"]))
+    columns = [bad[f"raw_{f.name}"] if f.name in _TEXT else bad[f.name] for f in QUARANTINE]
     return pa.table(
-        [bad[f"raw_{f.name}"] if f.name != "reason" else bad["reason"] for f in QUARANTINE],
-        schema=QUARANTINE,
+        [c.cast(f.type) for c, f in zip(columns, QUARANTINE, strict=True)], schema=QUARANTINE
     )

@@ -43,7 +43,9 @@ def load_tokenizer(model_cfg: ModelConfig) -> PreTrainedTokenizerBase:
 
     path = _require_path(model_cfg)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
+        # B615: model.name_or_path is the operator's folder or Hub id, and a Hub id is not
+        # pinned to a revision yet (there is no model.revision setting)
+        tokenizer = AutoTokenizer.from_pretrained(  # nosec B615  # see the comment above
             path, trust_remote_code=model_cfg.trust_remote_code
         )
     except (OSError, ValueError) as error:
@@ -97,9 +99,8 @@ def load_model(
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     try:
         # output_loading_info=True makes it return (model, info); the stubs know only the model
-        model, info = cast(
-            "tuple[Any, dict[str, Any]]", AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        )
+        loaded = AutoModelForCausalLM.from_pretrained(path, **kwargs)  # nosec B615  # as the tokenizer
+        model, info = cast("tuple[Any, dict[str, Any]]", loaded)
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"cannot load the model {path!r}: {error}") from error
     problems = {

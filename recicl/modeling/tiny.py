@@ -74,7 +74,7 @@ def _train_tokenizer(corpus: Iterator[str], vocab_size: int):  # -> PreTrainedTo
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
-        bos_token="<s>",
+        bos_token="<s>",  # nosec B106  # a special token's text, not a password
         eos_token="</s>",
         pad_token="<pad>",
         unk_token="<unk>",

@@ -237,3 +237,135 @@ def test_generic_parquet_native_timestamps(tmp_path, ray_local):
     assert samples["demos"].to_pylist()[0][0]["item_id"] == "a"
     catalog = pq.read_table(tmp_path / "out" / "catalog.parquet")
     assert dict(catalog["attributes"].to_pylist()[0]) == {"genres": "x|y"}
+
+
+# Bad bytes, ragged rows and stray line separators (issue 26): each is quarantined with its
+# reason, file and line; the good rows around it are all kept; nothing crashes.
+
+
+def _quarantine(tmp_path, name: str = "events") -> list[dict]:
+    return pq.read_table(tmp_path / "out" / "quarantine" / f"{name}.parquet").to_pylist()
+
+
+def _where(rows: list[dict]) -> set[tuple[str, str, int]]:
+    """(reason, file name, line) of each quarantine row (file names only: tmp paths vary)."""
+    return {(r["reason"], r["file"].rsplit("/", 1)[-1], r["line"]) for r in rows}
+
+
+def test_invalid_utf8_byte_in_a_csv_row_and_title_is_quarantined(tmp_path, ray_local):
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    (folder / "movies.csv").write_bytes(
+        b"movieId,title,genres\n1,Toy Story (1995),Animation\n"
+        b"2,Caf\xe9 (1995),Drama\n"  # a latin-1 byte in a UTF-8 file
+        b"3,Heat (1995),Action\n"
+    )
+    (folder / "ratings.csv").write_bytes(
+        b"userId,movieId,rating,timestamp\n1,1,4.0,964982703\n"
+        b"1,3,5.0,96498\xff2704\n"
+        b"2,3,3.0,964982705\n2,1,5.0,964982706\n"
+    )
+    manifest = _build(tmp_path, "movielens", folder)
+    assert _reasons(manifest) == {"invalid_utf8": 1}
+    assert manifest["events"] == 3 and manifest["catalog_items"] == 2
+    (bad,) = _quarantine(tmp_path)
+    assert _where([bad]) == {("invalid_utf8", "ratings.csv", 3)}
+    assert bad["raw"] == "1,3,5.0,96498\\xff2704"  # the bad byte shown, the rest readable
+    assert manifest["quarantine"]["catalog"] == {"invalid_utf8": 1}
+    assert _where(_quarantine(tmp_path, "catalog")) == {("invalid_utf8", "movies.csv", 3)}
+
+
+def test_ragged_csv_rows_are_quarantined_with_their_line(tmp_path, ray_local):
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    (folder / "events.csv").write_text(
+        "user,item,rating,ts\nu1,a,5,1600000000\n"
+        "u1,b,4,1600000100,extra\n"  # one field too many
+        "u1,c\n"  # two too few
+        "u2,a,1,1600000200\nu2,b,5,1600000300\n"
+    )
+    (folder / "catalog.csv").write_text(
+        'item_id,title\na,Alpha\nb,"Beta, the"\nc,Gamma,oops\n'  # c: a ragged catalog row
+    )
+    manifest = _build(
+        tmp_path, "csv", folder,
+        columns={"user_id": "user", "item_id": "item", "rating": "rating", "timestamp": "ts"},
+    )  # fmt: skip
+    assert _reasons(manifest) == {"malformed_line": 2}
+    assert manifest["events"] == 3
+    assert _where(_quarantine(tmp_path)) == {
+        ("malformed_line", "events.csv", 3), ("malformed_line", "events.csv", 4),
+    }  # fmt: skip
+    assert {r["raw"] for r in _quarantine(tmp_path)} == {"u1,b,4,1600000100,extra", "u1,c"}
+    assert _where(_quarantine(tmp_path, "catalog")) == {("malformed_line", "catalog.csv", 4)}
+    catalog = pq.read_table(tmp_path / "out" / "catalog.parquet")
+    assert catalog["title"].to_pylist() == ["Alpha", "Beta, the"]
+
+
+def test_amazon_bad_byte_and_broken_json_line_are_quarantined(tmp_path, ray_local):
+    folder = tmp_path / "amazon23"
+    folder.mkdir()
+    good = [
+        {"user_id": "U1", "parent_asin": "P1", "rating": 4.0, "timestamp": 1600000000000},
+        {"user_id": "U1", "parent_asin": "P2", "rating": 1.0, "timestamp": 1600000500000},
+        {"user_id": "U2", "parent_asin": "P1", "rating": 5.0, "timestamp": 1600000600000},
+    ]
+    lines = [json.dumps(r).encode() for r in good]
+    lines.insert(1, b'{"user_id": "U\xc3", "parent_asin": "P1", "rating": 3.0, "timestamp": 1}')
+    lines.insert(3, b'{"user_id": "U2", "parent_asin": ')  # cut short
+    (folder / "Toys.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (folder / "meta_Toys.jsonl").write_bytes(
+        b'{"parent_asin": "P1", "title": "Ball", "main_category": "Toys"}\n'
+        b'{"parent_asin": "P3", "title": "Bad \xff", "main_category": "Toys"}\n'
+        b'{"parent_asin": "P2", "title": "Kite", "main_category": "Toys"}\n'
+    )
+    manifest = _build(tmp_path, "amazon", folder)
+    assert _reasons(manifest) == {"invalid_utf8": 1, "malformed_json": 1}
+    assert manifest["events"] == 3
+    assert _where(_quarantine(tmp_path)) == {
+        ("invalid_utf8", "Toys.jsonl", 2), ("malformed_json", "Toys.jsonl", 4),
+    }  # fmt: skip
+    assert _where(_quarantine(tmp_path, "catalog")) == {("invalid_utf8", "meta_Toys.jsonl", 2)}
+    assert manifest["catalog_items"] == 2
+
+
+def test_only_newlines_split_lines(tmp_path, ray_local):
+    """\\u2028, \\x85 (NEL), \\x1c-\\x1e, \\x0b and a lone \\r are characters, not line ends
+    (Python's str.splitlines splits on all of them); \\r\\n ends a line like \\n."""
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    (folder / "movies.csv").write_text(
+        "movieId,title,genres\r\n"
+        "1,Toy\u2028Story (1995),Animation\r\n"
+        "2,Heat\x85 (1995),Action\n"
+        '3,"Se7en\rTwo (1995)",Crime\n'  # a quoted \r: part of the title
+        "4,Up\x1c\x1d\x1e\x0b (2009),Animation\n",
+        newline="",
+    )
+    (folder / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\r\n"
+        "1,1,4.0,964982703\r\n1,2,3.0,964982704\n1,3,5.0,964982705\n1,4,5.0,964982706\n"
+        "2,1\u20281,4.0,964982707\n",  # the \u2028 stays in the movie id: not in the catalog
+        newline="",
+    )
+    manifest = _build(tmp_path, "movielens", folder)
+    assert manifest["catalog_items"] == 4
+    assert manifest["quarantine"]["catalog"] == {}
+    catalog = pq.read_table(tmp_path / "out" / "catalog.parquet")
+    assert catalog["title"].to_pylist() == [
+        "Toy\u2028Story (1995)", "Heat\x85 (1995)", "Se7en\rTwo (1995)",
+        "Up\x1c\x1d\x1e\x0b (2009)",
+    ]  # fmt: skip
+    assert manifest["events"] == 4
+    assert _reasons(manifest) == {"item_not_in_catalog": 1}  # one line, not two malformed halves
+    assert _where(_quarantine(tmp_path)) == {("item_not_in_catalog", "ratings.csv", 6)}
+    # latin-1 sources: the byte 0x85 decodes to NEL, which must not split a line either
+    dat = tmp_path / "ml-1m"
+    dat.mkdir()
+    (dat / "movies.dat").write_bytes(b"1::Toy Story\x85 (1995)::Animation\n2::Heat::Action\n")
+    (dat / "ratings.dat").write_bytes(b"1\x85a::1::5::978300760\n1\x85a::2::3::978302109\n")
+    manifest = _build(tmp_path, "movielens", dat)
+    assert manifest["catalog_items"] == 2 and manifest["quarantine"]["catalog"] == {}
+    assert manifest["events"] == 2 and manifest["quarantine"]["total"] == 0
+    samples = SamplesFolder.at(tmp_path / "out").read_table()
+    assert samples["user_id"].to_pylist() == ["1\x85a"]

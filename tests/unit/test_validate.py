@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from recicl.data.schema import EVENTS
+from recicl.data.schema import EVENTS, RAW_EVENTS
 from recicl.data.validate import quarantined, valid_events, validate_batch
 
 CATALOG = pa.array(["m1", "m2"])
@@ -12,8 +12,7 @@ BOUNDS = (631_152_000, 1_900_000_000)  # 1990-01-01 .. 2030
 
 
 def _run(rows: list[dict], **kwargs) -> pa.Table:
-    columns = ["user_id", "item_id", "rating", "label", "timestamp", "reason", "raw"]
-    batch = pa.table({c: pa.array([r.get(c) for r in rows], pa.string()) for c in columns})
+    batch = pa.table({f.name: pa.array([r.get(f.name) for r in rows], f.type) for f in RAW_EVENTS})
     params = {
         "catalog_ids": CATALOG,
         "rating_range": (0.5, 5.0),
@@ -49,7 +48,7 @@ def test_each_rule_has_its_reason():
         "unparseable_timestamp": {**GOOD, "timestamp": "yesterday"},
         "timestamp_out_of_range": {**GOOD, "timestamp": "12"},
         "item_not_in_catalog": {**GOOD, "item_id": "m999"},
-        "malformed_line": {"reason": "malformed_line", "raw": "1,2"},
+        "malformed_line": {"reason": "malformed_line", "raw": "1,2", "file": "r.csv", "line": 7},
     }
     out = _run(list(cases.values()))
     assert out["reason"].to_pylist() == list(cases)
@@ -57,6 +56,7 @@ def test_each_rule_has_its_reason():
     assert bad.num_rows == len(cases)
     assert bad["rating"].to_pylist()[3] == "five"  # the source text is kept for inspection
     assert bad["raw"].to_pylist()[-1] == "1,2"
+    assert bad.to_pylist()[-1]["file"] == "r.csv" and bad.to_pylist()[-1]["line"] == 7
     assert valid_events(out).num_rows == 0
 
 
@@ -93,6 +93,8 @@ def test_typed_columns_skip_text_parsing():
             "timestamp": pa.array([964982703000], pa.int64()),
             "reason": pa.nulls(1, pa.string()),
             "raw": pa.nulls(1, pa.string()),
+            "file": pa.nulls(1, RAW_EVENTS.field("file").type),
+            "line": pa.nulls(1, pa.int64()),
         }
     )
     out = validate_batch(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from functools import partial
 from pathlib import Path
@@ -10,17 +9,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
-import ray.data
 
 from recicl.data.readers.common import (
     SourceData,
     attributes_map,
-    catalog_reject_rows,
-    collect_table,
     finish_catalog,
     first_line,
+    parsed_rows,
     raw_events,
+    read_catalog_rows,
+    rejected_lines,
 )
+from recicl.data.readers.lines import read_lines
 from recicl.errors import DataError
 
 _JSON_FIELDS = {
@@ -35,44 +35,60 @@ def parse_amazon_lines(batch: pa.Table, *, version: str) -> pa.Table:
 
     Fast path: Arrow's JSON reader on the whole batch with the few fields we need. If any line in
     the batch is not valid JSON or has an unexpected type, fall back to per-line parsing for that
-    batch only, so the bad lines can be quarantined individually.
+    batch only, so the bad lines can be quarantined individually. Lines the line reader flagged
+    (``invalid_utf8``) are never parsed.
     """
-    user_key, item_key, rating_key, time_key = _JSON_FIELDS[version]
-    lines = batch["text"].combine_chunks()
+    keys = _JSON_FIELDS[version]
     names = ["user_id", "item_id", "rating", "timestamp"]
+    flagged = pc.is_valid(batch["reason"])
+    lines = batch.filter(pc.invert(flagged))
+    rejected = rejected_lines(batch.filter(flagged), "malformed_json")
     schema = pa.schema(
         [
-            (user_key, pa.string()),
-            (item_key, pa.string()),
-            (rating_key, pa.float64()),
-            (time_key, pa.int64()),
+            (keys[0], pa.string()),
+            (keys[1], pa.string()),
+            (keys[2], pa.float64()),
+            (keys[3], pa.int64()),
         ]
     )
+    text = lines["text"].combine_chunks()
+    whole = pa.ListArray.from_arrays(pa.array([0, len(text)], pa.int32()), text)
     try:
         table = pajson.read_json(
-            io.BytesIO("\n".join(lines.to_pylist()).encode()),
+            pa.BufferReader(pc.binary_join(whole, "\n")[0].as_buffer()),
             parse_options=pajson.ParseOptions(
                 explicit_schema=schema, unexpected_field_behavior="ignore"
             ),
         )
-        if table.num_rows == len(lines):
-            columns = {n: c.combine_chunks() for n, c in zip(names, table.columns, strict=True)}
-            return raw_events(columns, table.num_rows, keep_types=True)
-    except (pa.ArrowInvalid, UnicodeError):
-        pass
-    rows: dict[str, list[str | None]] = {name: [] for name in [*names, "reason", "raw"]}
-    for line in lines.to_pylist():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        ok = isinstance(record, dict)
-        for name, key in zip(names, (user_key, item_key, rating_key, time_key), strict=True):
-            value = record.get(key) if ok else None
-            rows[name].append(None if value is None else str(value))
-        rows["reason"].append(None if ok else "malformed_json")
-        rows["raw"].append(None if ok else line)
-    return raw_events({k: pa.array(v, pa.string()) for k, v in rows.items()}, len(lines))
+    except pa.ArrowInvalid:
+        table = None
+    if table is not None and table.num_rows == len(text):
+        columns = {n: c.combine_chunks() for n, c in zip(names, table.columns, strict=True)}
+        good = pa.table(columns | {"file": lines["file"], "line": lines["line"]})
+        rows = parsed_rows(good, rejected)
+        return raw_events(
+            {c: rows[c].combine_chunks() for c in rows.column_names}, rows.num_rows, keep_types=True
+        )
+    values: dict[str, list[str | None]] = {name: [] for name in [*names, "reason", "raw"]}
+    for line in text.to_pylist():
+        record = _json_object(line)
+        for name, key in zip(names, keys, strict=True):
+            value = None if record is None else record.get(key)
+            values[name].append(None if value is None else str(value))
+        values["reason"].append(None if record is not None else "malformed_json")
+        values["raw"].append(None if record is not None else line)
+    columns = {k: pa.array(v, pa.string()) for k, v in values.items()}
+    rows = parsed_rows(pa.table(columns | {"file": lines["file"], "line": lines["line"]}), rejected)
+    return raw_events({c: rows[c].combine_chunks() for c in rows.column_names}, rows.num_rows)
+
+
+def _json_object(line: str) -> dict | None:
+    """The JSON object on ``line``, or None when it is not one."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 _JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
@@ -98,8 +114,10 @@ def detect_amazon_version(first_review: dict) -> str:
 
 
 def _meta_rows(batch: pa.Table, *, version: str) -> pa.Table:
-    """Ray Data UDF: meta JSON lines → item_id, title, category (strings), or a reject reason."""
+    """Ray Data UDF: meta JSON lines → parsed rows of item_id, title and category."""
     item_key = "asin" if version == "2018" else "parent_asin"
+    flagged = pc.is_valid(batch["reason"])
+    lines = batch.filter(pc.invert(flagged))
     out: dict[str, list[str | None]] = {
         "item_id": [],
         "title": [],
@@ -107,12 +125,9 @@ def _meta_rows(batch: pa.Table, *, version: str) -> pa.Table:
         "raw": [],
         "reason": [],
     }
-    for line in batch["text"].to_pylist():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if not isinstance(record, dict):
+    for line in lines["text"].to_pylist():
+        record = _json_object(line)
+        if record is None:
             for column in ("item_id", "title", "category"):
                 out[column].append(None)
             out["raw"].append(line)
@@ -129,7 +144,9 @@ def _meta_rows(batch: pa.Table, *, version: str) -> pa.Table:
         out["category"].append(None if category is None else str(category))
         out["raw"].append(None)
         out["reason"].append(None)
-    return pa.table({k: pa.array(v, pa.string()) for k, v in out.items()})
+    columns = {k: pa.array(v, pa.string()) for k, v in out.items()}
+    good = pa.table(columns | {"file": lines["file"], "line": lines["line"]})
+    return parsed_rows(good, rejected_lines(batch.filter(flagged), "malformed_json"))
 
 
 def read_amazon(folder: Path) -> SourceData:
@@ -147,26 +164,20 @@ def read_amazon(folder: Path) -> SourceData:
         version = detect_amazon_version(json.loads(first))
     except ValueError:
         raise DataError(f"{reviews[0]}: the first line is not JSON: {first[:120]!r}") from None
-    events = ray.data.read_text([str(p) for p in reviews]).map_batches(
+    events = read_lines([str(p.resolve()) for p in reviews]).map_batches(
         partial(parse_amazon_lines, version=version), batch_size=None, batch_format="pyarrow"
     )
-    meta_rows = collect_table(
-        ray.data.read_text([str(p) for p in meta]).map_batches(
-            partial(_meta_rows, version=version), batch_size=None, batch_format="pyarrow"
-        )
+    good, rejects = read_catalog_rows(
+        [p.resolve() for p in meta],
+        partial(_meta_rows, version=version),
+        ["item_id", "title", "category"],
     )
-    bad = pc.is_valid(meta_rows["reason"])
-    rejects = (
-        [catalog_reject_rows(meta_rows.filter(bad), "malformed_json", meta_rows.filter(bad)["raw"])]
-        if pc.any(bad).as_py()
-        else []
-    )
-    good = meta_rows.filter(pc.invert(bad))
     catalog, catalog_rejects = finish_catalog(
         good["item_id"].combine_chunks(),
         good["title"].combine_chunks(),
         attributes_map(category=good["category"].combine_chunks()),
         rejects,
+        origin=good,
     )
     return SourceData(
         events=events,
