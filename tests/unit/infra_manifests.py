@@ -21,6 +21,8 @@ DOCKERFILE = INFRA / "docker" / "Dockerfile"
 MLFLOW_DOCKERFILE = INFRA / "docker" / "mlflow.Dockerfile"
 INFRA_README = INFRA / "README.md"
 TRAIN_CONFIG = "ray_jobs/configs/qwen2.5-7b-zero3.yaml"
+#: The warm re-tune (and monitor) config of the scheduled loop, kuberay/cronjob-retune.yaml.
+RETUNE_CONFIG = "ray_jobs/configs/retune-warm.yaml"
 SERVE_CONFIG = ROOT / "serve_configs" / "production.yaml"
 #: Kubernetes version the schemas are taken from (the oldest that infra/README.md supports).
 K8S_VERSION = "1.29"
@@ -79,6 +81,8 @@ def pod_templates(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
             yield "submitterPodTemplate", obj["spec"]["submitterPodTemplate"]
     elif obj["kind"] in {"Deployment", "StatefulSet"}:
         yield "spec.template", obj["spec"]["template"]
+    elif obj["kind"] == "CronJob":
+        yield "spec.jobTemplate.spec.template", obj["spec"]["jobTemplate"]["spec"]["template"]
 
 
 def containers(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -12,10 +12,15 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import kubernetes_validate
 import pytest
@@ -38,6 +43,7 @@ from tests.unit.infra_manifests import (
     LAUNCHER_FILES,
     MLFLOW_DOCKERFILE,
     NAMESPACES,
+    RETUNE_CONFIG,
     ROOT,
     SERVE_CONFIG,
     TRAIN_CONFIG,
@@ -61,7 +67,8 @@ from tests.unit.infra_manifests import (
 
 def test_infra_holds_the_pieces_of_the_issue():
     kinds = {obj["kind"] for _, obj in all_objects()}
-    assert {"RayCluster", "RayJob", "RayService", "Deployment", "StatefulSet", "Service"} <= kinds
+    ray = {"RayCluster", "RayJob", "RayService", "CronJob"}  # the CronJob schedules Ray jobs
+    assert ray | {"Deployment", "StatefulSet", "Service"} <= kinds
     assert LAUNCHER_FILES, "no cluster-launcher YAML for VMs"
     readme = INFRA_README.read_text()
     for path in [*K8S_FILES, *LAUNCHER_FILES, DOCKERFILE, MLFLOW_DOCKERFILE]:
@@ -313,3 +320,271 @@ def test_generator_refuses_a_cluster_file_that_is_not_a_raycluster(tmp_path: Pat
     wrong.write_text((INFRA / "kuberay" / "rayjob-train.yaml").read_text())
     with pytest.raises(kuberay.InfraError, match="RayCluster"):
         kuberay.render_rayservice(SERVE_CONFIG, wrong)
+
+
+# --- the schedule: `recicl monitor` hourly, a warm re-tune when it says so --------------------
+
+SCHEDULE = "recicl-retune"
+
+
+def schedule_pod() -> dict[str, Any]:
+    return one("CronJob", SCHEDULE)["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def schedule_container() -> dict[str, Any]:
+    (container,) = schedule_pod()["containers"]
+    return container
+
+
+def schedule_script() -> str:
+    container = schedule_container()
+    assert container["command"] == ["bash", "-c"]
+    (script,) = container["args"]
+    return script
+
+
+def schedule_env() -> dict[str, dict[str, Any]]:
+    return {var["name"]: var for var in schedule_container()["env"]}
+
+
+def schedule_invocations() -> list[list[str]]:
+    """The ``python ray_jobs/x.py ...`` lines of the script, read as test_ray_jobs reads them."""
+    found = re.findall(r"python (ray_jobs/\S+\.py[^\n`]*)", schedule_script())
+    return [shlex.split(line) for line in found]
+
+
+#: Minute, hour, day of month, month, day of week: the ranges a CronJob schedule accepts.
+CRON_RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
+CRON_FIELD = re.compile(r"(\*|\d+(-\d+)?)(/\d+)?")
+
+
+def cron_is_valid(schedule: str) -> bool:
+    fields = schedule.split()
+    if len(fields) != len(CRON_RANGES):
+        return False
+    for field, (low, high) in zip(fields, CRON_RANGES, strict=True):
+        for part in field.split(","):
+            if not CRON_FIELD.fullmatch(part):
+                return False
+            values = [int(n) for n in re.findall(r"\d+", part.split("/")[0])]
+            if any(not low <= value <= high for value in values):
+                return False
+    return True
+
+
+def cron_period_seconds(schedule: str) -> int | None:
+    """Seconds between two runs of a schedule that repeats at a fixed period; None otherwise."""
+    minute, hour, *rest = schedule.split()
+    if any(field != "*" for field in rest):
+        return None
+    every = re.fullmatch(r"\*/(\d+)", minute)
+    if every and hour == "*" and 60 % int(every.group(1)) == 0:
+        return int(every.group(1)) * 60
+    every = re.fullmatch(r"\*/(\d+)", hour)
+    if minute.isdigit() and every and 24 % int(every.group(1)) == 0:
+        return int(every.group(1)) * 3600
+    if minute.isdigit():
+        return 3600 if hour == "*" else 86400 if hour.isdigit() else None
+    return None
+
+
+def test_cron_helpers_read_schedules_as_kubernetes_does():
+    assert cron_is_valid("7 * * * *") and cron_is_valid("*/15 2-4,6 * * 1-5")
+    assert not cron_is_valid("60 * * * *") and not cron_is_valid("7 * * *")
+    assert not cron_is_valid("@hourly x") and not cron_is_valid("7 25 * * *")
+    assert cron_period_seconds("7 * * * *") == 3600
+    assert cron_period_seconds("*/15 * * * *") == 900
+    assert cron_period_seconds("0 */6 * * *") == 6 * 3600
+    assert cron_period_seconds("30 2 * * *") == 86400
+    assert cron_period_seconds("0 2 * * 1") is None  # weekly: no fixed period read here
+
+
+def test_schedule_runs_one_at_a_time_hourly_like_the_monitor_window():
+    cron = one("CronJob", SCHEDULE)
+    spec = cron["spec"]
+    assert cron_is_valid(spec["schedule"]), spec["schedule"]
+    # Every hour judged once: the cadence is the window the monitor compares.
+    window = load_config(ROOT / RETUNE_CONFIG).monitor.window_seconds
+    assert cron_period_seconds(spec["schedule"]) == window
+    assert spec["concurrencyPolicy"] == "Forbid"  # never a monitor beside a running re-tune
+    assert spec["startingDeadlineSeconds"] > 0  # missed runs are skipped, never piled up
+    job = spec["jobTemplate"]["spec"]
+    assert job["backoffLimit"] == 0 and schedule_pod()["restartPolicy"] == "Never"
+
+
+def test_schedule_holds_no_kubernetes_credentials():
+    """The pod only calls the Ray Jobs API: no service-account token, no Role, no kubectl."""
+    pod = schedule_pod()
+    assert pod["automountServiceAccountToken"] is False
+    account = one("ServiceAccount", pod["serviceAccountName"])
+    assert account["metadata"]["namespace"] == one("CronJob", SCHEDULE)["metadata"]["namespace"]
+    assert account["automountServiceAccountToken"] is False
+    for binding in [*objects_of("RoleBinding"), *objects_of("ClusterRoleBinding")]:
+        names = {subject["name"] for subject in binding.get("subjects", [])}
+        assert account["metadata"]["name"] not in names, binding["metadata"]["name"]
+    assert "kubectl" not in schedule_script()
+    assert not any("secretKeyRef" in v.get("valueFrom", {}) for v in schedule_env().values())
+
+
+def test_schedule_submits_to_the_head_service_of_the_raycluster():
+    url = urlparse(schedule_env()["RAY_ADDRESS"]["value"])
+    match = re.fullmatch(
+        r"([a-z0-9-]+)-head-svc\.([a-z0-9-]+)\.svc(\.cluster\.local)?", url.hostname or ""
+    )
+    assert match, f"{url.hostname}: not the head Service KubeRay names <raycluster>-head-svc"
+    cluster = one("RayCluster", match.group(1))
+    assert cluster["metadata"]["namespace"] == match.group(2)
+    (head,) = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    ports = {port["name"]: port["containerPort"] for port in head["ports"]}
+    assert url.scheme == "http" and url.port == ports["dashboard"]  # the Ray Jobs API
+    assert cluster["spec"]["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+    # The project folder of the image is the jobs' working dir, as in the RayJobs.
+    assert schedule_container()["image"] == recicl_image()
+    assert f"--working-dir {image_workdir()} " in schedule_script()
+    # The Job's name (one per scheduled minute) names the Ray jobs and the training run.
+    field = schedule_env()["JOB_NAME"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert field == "metadata.labels['batch.kubernetes.io/job-name']"
+
+
+def test_schedule_runs_the_monitor_then_a_warm_retune_of_the_champion():
+    invocations = schedule_invocations()
+    assert [argv[0] for argv in invocations] == ["ray_jobs/monitor.py", "ray_jobs/train.py"]
+    from tests.unit.test_ray_jobs import JOB_COMMANDS
+
+    for argv in invocations:
+        assert argv[argv.index("--config") + 1] == RETUNE_CONFIG
+        command: Any = typer.main.get_command(app)
+        for name in JOB_COMMANDS[Path(argv[0]).name]:
+            command = command.commands[name]
+        command.make_context(command.name, argv[1:])  # a renamed or removed flag fails here
+    cfg = load_config(ROOT / RETUNE_CONFIG)
+    assert cfg.train.init_from == f"models:/{cfg.mlflow.registered_model}@{cfg.serve.alias}"
+    assert cfg.serve.alias == "champion"
+    # A warm start continues the champion's adapter: the cold run's base, LoRA shape and prompts.
+    cold = load_config(ROOT / TRAIN_CONFIG)
+    assert cfg.model.name_or_path == cold.model.name_or_path
+    assert cfg.model.lora == cold.model.lora and cfg.prompt == cold.prompt
+    assert cfg.mlflow.registered_model == cold.mlflow.registered_model
+    assert cfg.train.samples_dir == cold.train.samples_dir  # where the sample job writes
+    # It trains on recicl-cluster: its GPU group must hold one GPU (and the CPUs) per worker.
+    groups = gpu_groups(one("RayCluster", "recicl-cluster")["spec"])
+    assert sum(g["maxReplicas"] * group_resources(g)[1] for g in groups) >= cfg.train.num_workers
+    for group in groups:
+        cpu, gpu = group_resources(group)
+        assert cpu >= gpu * cfg.train.cpus_per_worker
+    assert cfg.train.use_gpu and str(cfg.train.storage_path).startswith("s3://")
+
+
+def test_the_fake_ray_of_the_next_test_has_the_real_apis_names():
+    from ray.dashboard.modules.job.pydantic_models import JobDetails
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    assert {"driver_exit_code", "submission_id", "status"} <= set(JobDetails.model_fields)
+    assert hasattr(JobSubmissionClient, "get_job_info") and hasattr(
+        JobSubmissionClient, "list_jobs"
+    )
+    assert JobStatus.PENDING == "PENDING" and JobStatus.RUNNING == "RUNNING"
+    script = schedule_script()
+    assert ".driver_exit_code" in script and "client.list_jobs()" in script
+
+
+FAKE_RAY_CLI = """\
+import json, os, sys
+args = sys.argv[1:]
+assert args[:2] == ["job", "submit"], args
+entrypoint = args[args.index("--") + 1 :]
+options = args[2 : args.index("--")]
+flags = dict(zip(options[::2], options[1::2]))
+code = json.loads(os.environ["FAKE_CODES"])[os.path.basename(entrypoint[1])]
+state = json.load(open(os.environ["FAKE_STATE"]))
+state[flags["--submission-id"]] = {
+    "entrypoint": entrypoint, "flags": flags, "driver_exit_code": code,
+    "status": "SUCCEEDED" if code == 0 else "FAILED",
+}
+json.dump(state, open(os.environ["FAKE_STATE"], "w"))
+sys.exit(0 if code == 0 else 1)  # as `ray job submit`: 1 for any failed job
+"""
+
+FAKE_JOB_SUBMISSION = """\
+import json, os
+from types import SimpleNamespace
+
+
+class JobSubmissionClient:
+    def __init__(self, address):
+        assert address == os.environ["FAKE_ADDRESS"], address
+        self.state = json.load(open(os.environ["FAKE_STATE"]))
+
+    def get_job_info(self, job_id):
+        return SimpleNamespace(submission_id=job_id, **self.state[job_id])
+
+    def list_jobs(self):
+        return [self.get_job_info(job_id) for job_id in self.state]
+"""
+
+
+@pytest.mark.parametrize(
+    ("monitor", "train", "earlier", "status", "submitted"),
+    [
+        (0, None, {}, 0, ["monitor"]),  # ok
+        (12, None, {}, 0, ["monitor"]),  # no-data
+        (11, None, {}, 11, ["monitor"]),  # rollback: advised, not done
+        (10, 0, {}, 0, ["monitor", "train"]),  # retune, and it registered a version
+        (10, 1, {}, 1, ["monitor", "train"]),  # retune failed
+        (2, None, {}, 1, ["monitor"]),  # the monitor crashed: a config error exits 2
+        (None, None, {}, 1, ["monitor"]),  # the driver never ran (runtime env failed)
+        (10, 0, {"scheduled-recicl-retune-1-train": "RUNNING"}, 0, []),  # busy: skip
+        (10, 0, {"scheduled-recicl-retune-1-train": "SUCCEEDED"}, 0, ["monitor", "train"]),
+        (10, 0, {"recicl-train-by-hand": "RUNNING"}, 0, ["monitor", "train"]),  # not ours
+    ],
+)
+def test_schedule_script_acts_on_the_monitors_exit_code(
+    tmp_path: Path,
+    monitor: int | None,
+    train: int | None,
+    earlier: dict[str, str],
+    status: int,
+    submitted: list[str],
+):
+    """The pod's script, run with a fake `ray` CLI and Jobs SDK that record what it submits."""
+    bin_dir, fake = tmp_path / "bin", tmp_path / "fake"
+    (fake / "ray").mkdir(parents=True)
+    bin_dir.mkdir()
+    (fake / "ray" / "__init__.py").write_text("")
+    (fake / "ray" / "job_submission.py").write_text(FAKE_JOB_SUBMISSION)
+    (bin_dir / "ray").write_text(f"#!{sys.executable}\n{FAKE_RAY_CLI}")
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    for tool in ("ray", "python"):
+        (bin_dir / tool).chmod(0o755)
+    state = tmp_path / "state.json"
+    state.write_text(
+        json.dumps({job: {"status": s, "driver_exit_code": None} for job, s in earlier.items()})
+    )
+    address = schedule_env()["RAY_ADDRESS"]["value"]
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PYTHONPATH": str(fake),
+        "RAY_ADDRESS": address,
+        "JOB_NAME": "recicl-retune-29000000",
+        "FAKE_ADDRESS": address,
+        "FAKE_STATE": str(state),
+        "FAKE_CODES": json.dumps({"monitor.py": monitor, "train.py": train}),
+    }
+    done = subprocess.run(
+        ["bash", "-c", schedule_script()], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == status, done.stdout + done.stderr
+    jobs = {k: v for k, v in json.loads(state.read_text()).items() if k not in earlier}
+    expected = [f"scheduled-recicl-retune-29000000-{what}" for what in submitted]
+    assert list(jobs) == expected
+    invocations = dict(zip(["monitor", "train"], schedule_invocations(), strict=True))
+    for what, job in zip(submitted, jobs.values(), strict=True):
+        assert job["flags"] == {
+            "--address": address,
+            "--submission-id": f"scheduled-recicl-retune-29000000-{what}",
+            "--working-dir": image_workdir(),
+        }
+        argv = [a.replace("$JOB_NAME", "recicl-retune-29000000") for a in invocations[what]]
+        assert job["entrypoint"] == ["python", *argv]
+    if "train" in submitted:
+        assert jobs[expected[1]]["entrypoint"][-2:] == ["--run-name", "recicl-retune-29000000"]

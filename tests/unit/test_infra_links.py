@@ -27,6 +27,7 @@ from tests.unit.infra_manifests import (
     LAUNCHER_FILES,
     MLFLOW_DOCKERFILE,
     NAMESPACES,
+    RETUNE_CONFIG,
     ROOT,
     SERVE_CONFIG,
     TRAIN_CONFIG,
@@ -53,9 +54,10 @@ def service_urls() -> dict[str, str]:
         "MLFLOW_TRACKING_URI"
     ]
     urls["production.yaml serve.store_url"] = serve["args"]["overrides"]["serve.store_url"]
-    cfg = load_config(ROOT / TRAIN_CONFIG)
-    assert cfg.mlflow.tracking_uri
-    urls[f"{TRAIN_CONFIG} mlflow.tracking_uri"] = cfg.mlflow.tracking_uri
+    for config in (TRAIN_CONFIG, RETUNE_CONFIG):  # the cold run and the scheduled re-tune
+        cfg = load_config(ROOT / config)
+        assert cfg.mlflow.tracking_uri
+        urls[f"{config} mlflow.tracking_uri"] = cfg.mlflow.tracking_uri
     env = one("ConfigMap", "recicl-env")["data"]
     urls["recicl-env MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
     urls["recicl-env RECICL_STORE_URL"] = env["RECICL_STORE_URL"]
