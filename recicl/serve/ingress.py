@@ -8,12 +8,18 @@ references (one alias-poll interval) and the recent-popular pool (``serve.recent
 It also keeps the feedback log (served scores, joined with the events that answer them) and
 exports live metrics as Prometheus metrics (:mod:`recicl.serve.metrics_export`). The admin traffic
 setting (shadow/split, :mod:`recicl.serve.traffic`) is a tag of the registered model, read again
-every alias-poll interval, so all ingress replicas follow one ``PUT /admin/traffic``.
+every alias-poll interval, so all ingress replicas follow one ``PUT /admin/traffic``. Catalog
+items added while serving (``POST /admin/items``) are written to the store and known to this
+ingress at once; other ingress replicas read them from the store when an event names an id they
+do not know, and every job carries the store revision its events were validated against, so the
+model replica that scores it catches up first (it checks the candidates itself, with the same
+rule: :mod:`recicl.serve.catalog_items`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -36,7 +42,7 @@ from recicl.serve.api.routes import create_api
 from recicl.serve.live_metrics import live_report
 from recicl.serve.metrics_export import LiveMetricsExporter
 from recicl.serve.settings import API_DEPLOYMENT, ServeSettings
-from recicl.serve.store import Event, open_store
+from recicl.serve.store import CatalogItem, Event, open_store
 from recicl.serve.store.feedback import (
     FeedbackCounts,
     FeedbackSettings,
@@ -108,6 +114,11 @@ class IngressBackend:
         self._served: tuple[str, frozenset[str]] | None = None  # (catalog path, item ids)
         self._rating_range: tuple[float, float] | None = None
         self._catalog_lock = asyncio.Lock()
+        # catalog items added while serving: the store revision read up to, their ids, and
+        # (catalog path, revision, trained | added ids) so the union is made once per change
+        self._items_revision: int | None = None  # None: not read yet
+        self._added: set[str] = set()
+        self._known: tuple[str, int, frozenset[str]] | None = None
         self._refs: dict[str, _Cached] = {}
         self._recent: _Cached | None = None
         self._traffic: _Cached | None = None  # the admin setting (None inside: the config's)
@@ -146,14 +157,36 @@ class IngressBackend:
             info.get("model_version"), info.get("catalog_path"), info.get("rating_range")
         )
 
-    async def served_version(self) -> ServedVersion | None:
+    async def served_version(self, refresh_items: bool = False) -> ServedVersion | None:
         if self._served is None:
             await self._note_info(await self.model.info.remote())
         if self._served is None or self._served_version is None:
             return None  # no model loaded yet: nothing to validate against
+        if refresh_items or self._items_revision is None:
+            await self._read_added_items()
+        path, trained = self._served
+        revision = self._items_revision or 0
+        if self._known is None or self._known[:2] != (path, revision):
+            self._known = (path, revision, trained | self._added)
         # the alias's version: an explicitly requested version answering since then
         # (`model` in a request) does not own the catalog and scale checked here
-        return ServedVersion(self._served_version, self._served[1], self._rating_range)
+        return ServedVersion(self._served_version, self._known[2], self._rating_range)
+
+    async def _read_added_items(self) -> None:
+        revision, items = await asyncio.to_thread(self.store.items_since, self._items_revision or 0)
+        self._added.update(item.item_id for item in items)
+        self._items_revision = max(revision, self._items_revision or 0)
+
+    async def add_items(self, items: list[CatalogItem]) -> dict[str, Any]:
+        revision = await asyncio.to_thread(self.store.put_items, items)  # one transaction
+        await self._read_added_items()  # this ingress knows them before it answers
+        try:
+            reply: dict[str, Any] | ModelError = await self.model.add_items.remote(revision)
+        except Exception as error:  # e.g. a replica restarting: it reads them when it loads
+            reply = ModelError(503, "model_unavailable", f"{type(error).__name__}: {error}")
+        if isinstance(reply, ModelError):  # stored all the same: replicas catch up later
+            return {"items_revision": revision, "served": {"error": reply.detail}}
+        return {"items_revision": revision, "served": reply}
 
     async def lookup_version(self, ref: ModelRef) -> str | None:
         cached = self._refs.get(ref.text)
@@ -176,6 +209,8 @@ class IngressBackend:
             return None
 
     async def score(self, job: ModelJob, version: str | None) -> ModelReply | ModelError:
+        if self._items_revision:  # the replica must know the added items this job was checked on
+            job = dataclasses.replace(job, items_revision=self._items_revision)
         handle = self.model if not version else self.model.options(multiplexed_model_id=version)
         reply: ModelReply | ModelError = await handle.score.remote(job)
         if isinstance(reply, ModelReply):

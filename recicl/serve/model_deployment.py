@@ -6,6 +6,8 @@ pointer is switched; a batch already running holds the old object and finishes o
 promotion drops no request. ``reconfigure`` (a changed ``user_config``: alias, batch settings,
 ``reload_token``) and ``reload`` re-check at once. A request for an explicit version arrives as
 the multiplexed model id; replicas keep up to :data:`MAX_EXPLICIT_VERSIONS` of them (LRU).
+Catalog items added while serving are read from the interaction store: on every load, on every
+alias poll, and before a batch that needs them (:func:`recicl.serve.catalog_items.behind`).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from ray.serve.metrics import Counter
 from recicl.modeling.threads import apply_torch_threads
 from recicl.registry import resolve_version
 from recicl.serve.api.backend import ModelError, ModelJob, ModelReply
+from recicl.serve.catalog_items import behind, catch_up
 from recicl.serve.serving_model import ServingModel, load_serving_model, run_jobs
 from recicl.serve.settings import MAX_EXPLICIT_VERSIONS, MODEL_DEPLOYMENT, ServeSettings
+from recicl.serve.store import open_store
 
 log = logging.getLogger("recicl.serve")
 
@@ -49,6 +53,9 @@ class ModelServer:
         # OMP_NUM_THREADS (1 for 1.5 CPUs); model.num_threads overrides
         self.threads = apply_torch_threads("model replica", self.cfg.model.num_threads)
         self.current: ServingModel | None = None
+        # the catalog items added while serving (recicl.serve.catalog_items) are read from here
+        self.store = open_store(settings.store_url, max_events_per_user=sc.max_events_per_user)
+        self._items_lock = asyncio.Lock()
         self.last_error: str | None = None
         self.last_check = 0.0
         self.swaps = 0
@@ -70,7 +77,7 @@ class ModelServer:
                 tags={"model_version": str(version), "reason": reason.split(":", 1)[0]}
             )
 
-        return load_serving_model(
+        model = load_serving_model(
             self.cfg,
             self.tracking_uri,
             self.name,
@@ -78,6 +85,20 @@ class ModelServer:
             device=self.device,
             on_fallback=fallback,
         )
+        catch_up(model, self.store)  # before it answers: a restart keeps the added items
+        return model
+
+    async def catch_up_items(self, revision: int = 0, model: ServingModel | None = None) -> Any:
+        """Lay the catalog items added since ``model``'s revision over it (default: the alias's
+        version), when it is behind ``revision``; ``revision`` 0: read the store in any case.
+        Serialized per replica: two catch-ups would embed the same items twice."""
+        model = model or self.current
+        if model is None or model.overlay is None:
+            return None
+        async with self._items_lock:
+            if revision and model.overlay.revision >= revision:
+                return model.overlay.describe()
+            return await asyncio.to_thread(catch_up, model, self.store)
 
     async def refresh(self, *, force: bool = False) -> dict[str, Any]:
         """Resolve the alias; load and switch to its version when it changed (or ``force``)."""
@@ -105,6 +126,10 @@ class ModelServer:
             except Exception as error:  # keep serving the old version
                 self.last_error = f"{type(error).__name__}: {error}"
                 log.warning("alias check failed, still serving the old version: %s", error)
+            try:  # items added through another ingress, for the recommendation pool
+                await self.catch_up_items()
+            except Exception as error:  # the next poll or job tries again
+                log.warning("added catalog items not read: %s: %s", type(error).__name__, error)
 
     async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         """Serve calls this with ``user_config`` at start and whenever it changes."""
@@ -157,6 +182,11 @@ class ModelServer:
                 f"{self.last_error or 'not checked yet'}); register and promote one"
             )
             return [ModelError(503, "model_unavailable", detail)] * len(jobs)
+        if behind(model, jobs):  # added items it has not read (one store read)
+            try:
+                await self.catch_up_items(0, model)
+            except Exception as error:  # score with what it knows; the ingress checked the ids
+                log.warning("added catalog items not read: %s: %s", type(error).__name__, error)
         return await asyncio.to_thread(run_jobs, model, jobs)
 
     async def info(self) -> dict[str, Any]:
@@ -173,6 +203,19 @@ class ModelServer:
             "last_alias_check": self.last_check,
             "swaps": self.swaps,
         }
+
+    async def add_items(self, revision: int) -> dict[str, Any] | ModelError:
+        """After ``POST /admin/items`` stored items at ``revision``: catch up now, so that the
+        encoder is loaded and the items embedded before the answer (other replicas follow on
+        their next job or poll)."""
+        try:
+            state = await self.catch_up_items(revision)
+        except Exception as error:
+            detail = f"added items not read from the store: {type(error).__name__}: {error}"
+            return ModelError(503, "store_unavailable", detail)
+        if state is None:
+            return ModelError(503, "model_unavailable", f"no version of {self.name} is loaded")
+        return {"model_version": self.current.version if self.current else None, **state}
 
     async def reload(self, force: bool = False) -> dict[str, Any] | ModelError:
         try:

@@ -3,7 +3,8 @@
 A :class:`ServingModel` bundles what answering a request needs besides the weights: the catalog
 (valid item ids, the default candidate order), the context sizes the version was trained with,
 and its rating scale. :func:`run_jobs` turns a batch of :class:`~recicl.serve.api.backend.ModelJob`
-into replies, scoring all candidates of the batch together on shared prefix caches.
+into replies, scoring all candidates of the batch together on shared prefix caches. Catalog items
+added while serving are laid over a loaded version by :mod:`recicl.serve.catalog_items`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ from recicl.serve.settings import ServeError
 
 if TYPE_CHECKING:
     from recicl.modeling.prefix_sharing import CandidateScorer, ScoreJob
+    from recicl.serve.catalog_items import CatalogOverlay
 
 log = logging.getLogger("recicl.serve")
 
@@ -94,6 +97,12 @@ class ServingModel:
     rating_range: tuple[float, float] | None
     selection: Selection = field(default_factory=Selection)
     loaded_at: float = field(default_factory=time.time)
+    #: Items added while serving (:mod:`recicl.serve.catalog_items`); None: built without the
+    #: trained catalog at hand (tests, benchmarks), so it takes none.
+    overlay: CatalogOverlay | None = None
+    #: Held while a batch is scored and while added items are swapped in, so that no batch sees
+    #: the catalog, the prompt builder and the vectors of two different revisions.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -108,6 +117,7 @@ class ServingModel:
             "history_policy": self.selection.history_policy,
             "rating_range": list(self.rating_range) if self.rating_range else None,
             "loaded_at": self.loaded_at,
+            "added_items": self.overlay.describe() if self.overlay else None,
             "scoring": {
                 "attention": sorted(set(self.scorer.layout.kinds)),
                 "sliding_window": self.scorer.layout.window,
@@ -128,6 +138,7 @@ def load_serving_model(
     """Download ``name`` version ``version`` from the registry and make it ready to score.
     ``on_fallback(reason)``: called whenever prefix-shared scoring falls back to full prompts."""
     from recicl.modeling.prefix_sharing import CandidateScorer
+    from recicl.serve.catalog_items import CatalogOverlay
 
     download = Path(tempfile.mkdtemp(prefix=f"recicl-serve-{name}-{version}-"))
     try:
@@ -165,12 +176,12 @@ def load_serving_model(
     if history_len is None:
         history_len = int(trained.get("history_len", cfg.samples.history_len))
     selection = trained_selection(trained, samples_dir, f"{name}/{version}")
-    builder = PromptBuilder(
-        packaged.prompt,
-        catalog,
-        packaged.tokenizer,
-        item_stats=packaged.prompt_item_stats(samples_dir),
-    )
+    item_stats = packaged.prompt_item_stats(samples_dir)
+
+    def make_builder(table: Any) -> PromptBuilder:  # also over the catalog with added items
+        return PromptBuilder(packaged.prompt, table, packaged.tokenizer, item_stats=item_stats)
+
+    builder = make_builder(catalog)
     scorer = CandidateScorer(
         packaged.model,
         packaged.tokenizer,
@@ -194,6 +205,7 @@ def load_serving_model(
         prompt_format=packaged.prompt.format,
         rating_range=trained_rating_range(samples_manifest, cfg),
         selection=selection,
+        overlay=CatalogOverlay(catalog, list(order), make_builder, cfg),
     )
 
 
@@ -270,8 +282,14 @@ def run_jobs(model: ServingModel, jobs: Sequence[ModelJob]) -> list[ModelReply |
     """Score a batch of ingress jobs on one model version (runs in a worker thread).
 
     Per-job problems (unknown candidates) become :class:`ModelError`; the rest are scored
-    together (prefixes batched, candidates on shared prefix caches).
+    together (prefixes batched, candidates on shared prefix caches). Holds the model's lock:
+    the catalog, builder and vectors stay one revision for the whole batch.
     """
+    with model.lock:
+        return _run_jobs(model, jobs)
+
+
+def _run_jobs(model: ServingModel, jobs: Sequence[ModelJob]) -> list[ModelReply | ModelError]:
 
     results: list[ModelReply | ModelError | None] = [None] * len(jobs)
     # (job index, the job's candidates, one ScoreJob per distinct context, each candidate's

@@ -353,6 +353,29 @@ def test_refusals_that_need_the_real_backend(world, server, http):
     assert reload.status_code == 200 and reload.json()["model_version"] == world.v1
 
 
+def test_an_item_added_while_serving_is_scored_at_once(world, http):
+    """``POST /admin/items`` on the real deployment: all or nothing, the token, and the new item
+    scoreable at once (the model replica reads it from the store, no restart). What its prompt
+    shows, retrieval and a restart: tests/unit/test_http_items.py."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    new = {"item_id": "added-1", "title": "Galaxy Raiders II", "attributes": {"genres": "Sci-Fi"}}
+    request = {"user_id": "nx", "candidates": [world.catalog[0]["item_id"], "added-1"]}
+    bad = http.post("/admin/items", json={"items": [new, {"item_id": "x"}]}, headers=admin)
+    assert bad.status_code == 422 and "items[1].title" in bad.json()["detail"], bad.text
+    assert http.post("/admin/items", json={"items": [new]}).status_code == 401
+    assert http.post("/v1/score", json=request).json()["error"] == "unknown_items"  # not added
+    added = http.post("/admin/items", json={"items": [new]}, headers=admin)
+    assert added.status_code == 200, added.text
+    assert added.json()["served"]["model_version"] == world.v1
+    scored = http.post("/v1/score", json=request)
+    assert scored.status_code == 200, scored.text
+    assert [s["item_id"] for s in scored.json()["scores"]] == request["candidates"]
+    event = http.post("/v1/events", json={"user_id": "nx", "item_id": "added-1", "label": 1})
+    assert event.status_code == 200, event.text
+    status = http.get("/v1/models").json()["served"]["added_items"]
+    assert status["items"] >= 1 and status["embedded"] == 0  # recent policies: no vectors
+
+
 # ---------------------------------------------------------------------------------------------
 # store: concurrent writers, durability across a restart
 

@@ -31,7 +31,7 @@ from recicl.serve.api.backend import (
 from recicl.serve.api.parsing import duplicates
 from recicl.serve.api.routes import create_api
 from recicl.serve.live_metrics import live_report
-from recicl.serve.store import Event, InteractionStore, SQLiteStore
+from recicl.serve.store import CatalogItem, Event, InteractionStore, SQLiteStore
 from recicl.serve.store.feedback import FeedbackCounts, ServedScore
 
 ADMIN_TOKEN = "test-admin-token"
@@ -71,8 +71,11 @@ class FakeBackend:
     def last_version(self) -> str | None:
         return "1" if self.loaded else None
 
-    async def served_version(self) -> ServedVersion | None:
+    async def served_version(self, refresh_items: bool = False) -> ServedVersion | None:
         return ServedVersion("1", frozenset(ITEMS), self.scale) if self.loaded else None
+
+    async def add_items(self, items: list[CatalogItem]) -> dict[str, Any]:
+        return {"items_revision": self.store.put_items(items), "served": None}
 
     async def lookup_version(self, ref: ModelRef) -> str | None:
         known = {"challenger": "1"}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from recicl.config import TrafficConfig
-from recicl.serve.store import Event
+from recicl.serve.store import CatalogItem, Event
 from recicl.serve.store.feedback import FeedbackCounts, ServedScore
 
 
@@ -25,6 +25,8 @@ class ModelJob:
     ``candidates=None`` asks the replica to fill the list itself (``/v1/recommend`` without
     candidates): ``pool`` first, then the version's catalog, skipping ``exclude``, up to
     ``pool_size`` items. ``allow_unknown`` lets item ids outside the catalog through.
+    ``items_revision``: the store revision of added catalog items the ingress validated the
+    request against; a replica behind it catches up first (:mod:`recicl.serve.catalog_items`).
     """
 
     user_id: str
@@ -34,6 +36,7 @@ class ModelJob:
     pool: tuple[str, ...] = ()
     exclude: frozenset[str] = frozenset()
     pool_size: int = 0
+    items_revision: int = 0
 
 
 @dataclass(frozen=True)
@@ -118,8 +121,15 @@ class ApiBackend(Protocol):
         """The served version this ingress saw last (reported by ``POST /v1/events``)."""
         ...
 
-    async def served_version(self) -> ServedVersion | None:
-        """The served alias's version (catalog, rating scale); None while none is loaded."""
+    async def served_version(self, refresh_items: bool = False) -> ServedVersion | None:
+        """The served alias's version (its catalog with the items added while serving, rating
+        scale); None while none is loaded. ``refresh_items``: read the items added since this
+        ingress last looked first (another ingress replica may have added them)."""
+        ...
+
+    async def add_items(self, items: list[CatalogItem]) -> dict[str, Any]:
+        """Store catalog items (one atomic write; all were validated) and have a model replica
+        take them at once: ``{"items_revision": r, "served": <replica state> | None}``."""
         ...
 
     async def lookup_version(self, ref: ModelRef) -> str | None:

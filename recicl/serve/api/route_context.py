@@ -44,6 +44,7 @@ class RouteContext:
         self.recommend_body = TypeAdapter(self.schemas.recommend)
         self.one_event = TypeAdapter(self.schemas.event)
         self.traffic_body = TypeAdapter(self.schemas.traffic)
+        self.items_body = TypeAdapter(self.schemas.items)
         self.traffic = TrafficRouter(self)  # which version answers; the shadow scorings
 
     def now(self) -> int:
@@ -55,12 +56,18 @@ class RouteContext:
     async def check_served(
         self, items: list[str], items_field: str, ratings: list[tuple[str, float]]
     ) -> None:
-        """422 for ``items`` not in the served version's catalog, or a ``(field, rating)`` off
-        its rating scale. Nothing to check against until a version is loaded."""
+        """422 for ``items`` not in the served version's catalog (trained or added while
+        serving), or a ``(field, rating)`` off its rating scale. Nothing to check against until
+        a version is loaded."""
         served = await self.backend.served_version()
         if served is None:
             return
         unknown = list(dict.fromkeys(i for i in items if i not in served.item_ids))
+        if unknown and not self.sc.allow_unknown_items:
+            # added through another ingress replica since this one looked? (one store read;
+            # only requests naming unknown ids pay it)
+            served = await self.backend.served_version(refresh_items=True) or served
+            unknown = [i for i in unknown if i not in served.item_ids]
         if unknown and not self.sc.allow_unknown_items:
             raise ApiError(
                 422,

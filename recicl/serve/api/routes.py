@@ -5,7 +5,8 @@ outside the served version's scale, timestamps in the future, model references, 
 it is tested with FastAPI's ``TestClient`` and a small in-test backend, without Ray. The checks
 live in :class:`~recicl.serve.api.route_context.RouteContext`, shared by the groups of routes
 registered below and by the feedback and traffic routes (:mod:`recicl.serve.api.feedback`,
-:mod:`recicl.serve.api.traffic`: which version answers, shadow scoring, /admin/traffic). Request
+:mod:`recicl.serve.api.traffic`: which version answers, shadow scoring, /admin/traffic; and
+:mod:`recicl.serve.api.items`: catalog items added while serving, /admin/items). Request
 bodies are parsed by hand (not by FastAPI's body parameters) because ``POST /v1/events`` takes
 one event *or* a list, and one parser for every route keeps the JSON errors identical.
 """
@@ -24,6 +25,7 @@ from recicl.config import ReciclConfig
 from recicl.serve.api.backend import ApiBackend, ModelError, ModelJob
 from recicl.serve.api.errors import ApiError, error_body, install_error_handlers
 from recicl.serve.api.feedback import add_feedback_routes, log_served, request_id_of
+from recicl.serve.api.items import add_item_routes
 from recicl.serve.api.middleware import BodyGuard
 from recicl.serve.api.parsing import read_json, validated
 from recicl.serve.api.route_context import RouteContext
@@ -76,6 +78,7 @@ def create_api(
     add_status_routes(app, ctx)
     add_feedback_routes(app, ctx)
     add_traffic_routes(app, ctx)
+    add_item_routes(app, ctx)
     install_openapi(app, ctx.schemas)
     return app
 

@@ -13,7 +13,15 @@ import types
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from recicl.config import ReciclConfig, TrafficConfig
 
@@ -23,6 +31,10 @@ ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 MODEL_REF_PATTERN = r"^[A-Za-z0-9_.\-]+(@[A-Za-z0-9_.\-]+|/[0-9]+)$"
 #: Static bounds of any rating; the served version's own scale is checked by the routes.
 RATING_BOUND = 1e9
+#: Longest title or attribute value of an added catalog item (prompts cut titles much shorter,
+#: ``prompt.max_title_chars``); most attributes per item.
+MAX_ITEM_TEXT = 1000
+MAX_ITEM_ATTRIBUTES = 32
 
 Label = Annotated[int, Field(strict=True, ge=0, le=1, description="1 = liked, 0 = not.")]
 Timestamp = Annotated[
@@ -82,6 +94,50 @@ class RecommendRequest(_Strict):
     k: int = 10
     candidates: list[str] | None = None
     model: str | None = None
+
+
+class CatalogItemIn(_Strict):
+    """A catalog item to add or update (``POST /admin/items``): what its prompts show."""
+
+    item_id: str
+    title: str = Field(max_length=MAX_ITEM_TEXT, description="The text prompts quote.")
+    attributes: dict[str, Annotated[str, Field(strict=True, max_length=MAX_ITEM_TEXT)]] = Field(
+        default_factory=dict,
+        max_length=MAX_ITEM_ATTRIBUTES,
+        description='Text attributes as in the catalog (e.g. {"genres": "Drama|Comedy"}: '
+        "lists joined by '|'); shown in prompts as prompt.include_attributes says.",
+    )
+
+    @field_validator("title")
+    @classmethod
+    def _has_text(cls, title: str) -> str:
+        if not title.strip() or any(ord(c) < 32 and c not in "\t" for c in title):
+            raise ValueError("give a non-empty one-line title (the text the item's prompts quote)")
+        return title
+
+    @field_validator("attributes")
+    @classmethod
+    def _keys(cls, attributes: dict[str, str]) -> dict[str, str]:
+        for key in attributes:
+            if not key.strip() or len(key) > 64:
+                raise ValueError(f"attribute name {key!r}: use 1 to 64 characters, not blank")
+        return attributes
+
+
+class ItemsRequest(_Strict):
+    items: list[CatalogItemIn]
+
+
+class ItemsResponse(BaseModel):
+    items_revision: int = Field(description="Store revision of the write (replicas catch up).")
+    added: list[str] = Field(description="Item ids written (new or updated).")
+    served: dict[str, Any] | None = Field(
+        description="The answering model replica after it caught up: its version, the added "
+        "items it holds, how many got a vector (similarity policies only) and an embedding "
+        "error, if any; {error} when it could not take them now (they are stored all the same, and "
+        "every replica reads them from the store when it loads a version or scores a job that "
+        "needs them)."
+    )
 
 
 class ItemScore(BaseModel):
@@ -181,11 +237,19 @@ class RequestSchemas:
     history_event: type[HistoryEvent]
     score: type[ScoreRequest]
     recommend: type[RecommendRequest]
+    items: type[ItemsRequest]
     #: PUT /admin/traffic: the fields of serve.traffic, validated by the config's own class
     traffic: type[TrafficConfig] = TrafficConfig
 
     def all(self) -> list[type[BaseModel]]:
-        return [self.event, self.history_event, self.score, self.recommend, self.traffic]
+        return [
+            self.event,
+            self.history_event,
+            self.score,
+            self.recommend,
+            self.items,
+            self.traffic,
+        ]
 
 
 def request_schemas(cfg: ReciclConfig) -> RequestSchemas:
@@ -260,4 +324,21 @@ def request_schemas(cfg: ReciclConfig) -> RequestSchemas:
         ),
         model=model_ref,
     )
-    return RequestSchemas(event, history_event, score, recommend)
+    catalog_item = create_model(
+        "CatalogItemIn", __base__=CatalogItemIn, __doc__=CatalogItemIn.__doc__, item_id=item_id
+    )
+    item_rows: Any = types.GenericAlias(list, (catalog_item,))
+    items = create_model(
+        "ItemsRequest",
+        __base__=ItemsRequest,
+        items=(
+            item_rows,
+            Field(
+                min_length=1,
+                max_length=sc.max_events_per_request,
+                description="Items to add or update, all or none (at most "
+                "serve.max_events_per_request per request).",
+            ),
+        ),
+    )
+    return RequestSchemas(event, history_event, score, recommend, items)

@@ -2,7 +2,8 @@
 
 Split by concern: :mod:`~recicl.serve.store.base` holds the event record, its validation and
 order, the :class:`InteractionStore` contract and :func:`open_store`; the feedback log's records
-and join rule are :mod:`~recicl.serve.store.feedback`; the two backends live in
+and join rule are :mod:`~recicl.serve.store.feedback`; catalog items added while serving are
+:mod:`~recicl.serve.store.items`; the two backends live in
 :mod:`~recicl.serve.store.sqlite_store` and :mod:`~recicl.serve.store.redis_store`. Everything
 a caller needs is importable from here.
 """
@@ -26,18 +27,21 @@ from recicl.serve.store.feedback import (
     InvalidScoreError,
     ServedScore,
 )
+from recicl.serve.store.items import CatalogItem, InvalidItemError
 from recicl.serve.store.redis_store import RedisStore
 from recicl.serve.store.sqlite_store import SQLiteStore
 
 __all__ = [
     "DEFAULT_MAX_EVENTS_PER_USER",
     "MAX_ABS_TIMESTAMP",
+    "CatalogItem",
     "Event",
     "FeedbackCounts",
     "FeedbackRow",
     "FeedbackSettings",
     "InteractionStore",
     "InvalidEventError",
+    "InvalidItemError",
     "InvalidScoreError",
     "RedisStore",
     "SQLiteStore",

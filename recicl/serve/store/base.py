@@ -33,6 +33,8 @@ Decisions every caller may rely on:
   machine crash, ``always`` nothing).
 * **The feedback log** (served scores joined with the events that follow them) lives in the same
   store, with its own rules and bounds: see :mod:`recicl.serve.store.feedback`.
+* **Catalog items added while serving** (``POST /admin/items``) live in the same store, so
+  they survive a restart and reach every replica: see :mod:`recicl.serve.store.items`.
 * **Invalid records are refused, not stored**: empty/non-string ids, ids with NUL characters, a
   label other than 0/1, a non-integer timestamp, a non-finite rating → :class:`InvalidEventError`
   (a ``ValueError``) and nothing of the batch is written. Field-level validation with friendly
@@ -58,6 +60,7 @@ if TYPE_CHECKING:  # feedback.py builds on this module's Event and errors
         FeedbackSettings,
         ServedScore,
     )
+    from recicl.serve.store.items import CatalogItem
 
 #: Events kept per user unless configured otherwise: far more than any prompt uses (a prompt holds
 #: tens of demonstrations), small enough that one user's reads and trims stay sub-millisecond.
@@ -258,6 +261,18 @@ class InteractionStore(ABC):
     @abstractmethod
     def feedback_counters(self, now: int | None = None) -> FeedbackCounts:
         """Totals since the store was created, by (kind, version, arm) (expiry applied)."""
+
+    # -- catalog items added while serving (rules: recicl.serve.store.items) ------------------
+
+    @abstractmethod
+    def put_items(self, items: Iterable[CatalogItem]) -> int:
+        """Add or replace catalog items in one atomic write; return the revision it made
+        (every item of the batch carries it). Nothing is written when one item is invalid."""
+
+    @abstractmethod
+    def items_since(self, revision: int) -> tuple[int, list[CatalogItem]]:
+        """``(revision reached, items written after revision)``, oldest write first: pass the
+        first back next time to read only what is newer (``0``: every added item)."""
 
     @abstractmethod
     def health(self) -> bool:

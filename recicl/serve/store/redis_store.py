@@ -32,6 +32,7 @@ from recicl.serve.store.feedback import (
     join_events,
     served_counts,
 )
+from recicl.serve.store.items import CatalogItem, checked_items
 
 # --------------------------------------------------------------------------------------------
 # Redis
@@ -118,6 +119,30 @@ if excess > 0 then
   drop(redis.call('ZRANGE', KEYS[1], 0, excess - 1))
 end
 return #closed
+"""
+
+# Catalog items added while serving, atomic per call so that revisions are seen in order (a
+# reader at revision r never misses an item written at r' <= a revision it has read).
+# KEYS = counter, rows hash (item_id → JSON [title, attributes]), revisions (sorted set).
+# Put: ARGV = n × (item_id, JSON); returns the new revision.
+_PUT_ITEMS_LUA = """
+local revision = redis.call('INCR', KEYS[1])
+for i = 1, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[3], revision, ARGV[i])
+end
+return revision
+"""
+# Read: ARGV[1] = revision already read; returns {id, revision, JSON, ...}, oldest first.
+_ITEMS_SINCE_LUA = """
+local found = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf', 'WITHSCORES')
+local out = {}
+for i = 1, #found, 2 do
+  out[#out + 1] = found[i]
+  out[#out + 1] = found[i + 1]
+  out[#out + 1] = redis.call('HGET', KEYS[2], found[i])
+end
+return out
 """
 
 _NO_RATING = b"~"  # sorts after every hex digit: a missing rating comes last, as in training
@@ -212,6 +237,9 @@ class RedisStore(InteractionStore):
             raise StoreURLError(f"invalid Redis URL {self.url}: {e}") from e
         self._append_script = self._client.register_script(_APPEND_LUA)
         self._upkeep_script = self._client.register_script(_FEEDBACK_UPKEEP_LUA)
+        self._items_keys = [f"{prefix}:items:{part}" for part in ("revision", "rows", "order")]
+        self._put_items_script = self._client.register_script(_PUT_ITEMS_LUA)
+        self._items_since_script = self._client.register_script(_ITEMS_SINCE_LUA)
         try:
             self._client.ping()
         except redis.RedisError as e:
@@ -428,6 +456,28 @@ class RedisStore(InteractionStore):
             kind, version, arm = field.decode().split("\x00")
             counts[(kind, version, arm)] = int(n)
         return counts
+
+    # -- catalog items added while serving -----------------------------------------------------
+
+    def put_items(self, items: Iterable[CatalogItem]) -> int:
+        batch = checked_items(items)
+        if not batch:  # nothing to write: the revision as it stands
+            return int(self._call(self._client.get, self._items_keys[0]) or 0)
+        args: list[str] = []
+        for item in batch:
+            args += [item.item_id, json.dumps([item.title, item.attributes_json()])]
+        keys = self._items_keys
+        return int(self._call(lambda: self._put_items_script(keys=keys, args=args)))
+
+    def items_since(self, revision: int) -> tuple[int, list[CatalogItem]]:
+        keys = self._items_keys
+        found = self._call(lambda: self._items_since_script(keys=keys, args=[int(revision)]))
+        reached, items = int(revision), []
+        for k in range(0, len(found), 3):
+            title, attributes = json.loads(found[k + 2])
+            items.append(CatalogItem.from_stored(found[k].decode(), title, attributes))
+            reached = max(reached, int(float(found[k + 1])))
+        return reached, items
 
     def health(self) -> bool:
         if self._closed:

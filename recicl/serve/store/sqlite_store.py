@@ -34,6 +34,7 @@ from recicl.serve.store.feedback import (
     join_events,
     served_counts,
 )
+from recicl.serve.store.items import CatalogItem, checked_items
 
 # --------------------------------------------------------------------------------------------
 # SQLite
@@ -89,6 +90,15 @@ _SQLITE_SCHEMA = [
         count INTEGER NOT NULL,
         PRIMARY KEY (kind, version, arm)
     ) WITHOUT ROWID""",
+    # Catalog items added while serving (recicl.serve.store.items); revision: the put that
+    # wrote the row last, indexed so a replica's catch-up reads only what is newer.
+    """CREATE TABLE IF NOT EXISTS catalog_items (
+        item_id TEXT PRIMARY KEY,
+        title TEXT NOT NULL,
+        attributes TEXT NOT NULL,
+        revision INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS catalog_items_revision ON catalog_items (revision)",
 ]
 
 _FEEDBACK_COLUMNS = (
@@ -422,6 +432,38 @@ class SQLiteStore(InteractionStore):
         self._write(lambda cur: self._expire_and_trim(cur, now))
         found = self._read("SELECT kind, version, arm, count FROM feedback_counters", ())
         return Counter({(kind, version, arm): n for kind, version, arm, n in found})
+
+    # -- catalog items added while serving -----------------------------------------------------
+
+    def put_items(self, items: Iterable[CatalogItem]) -> int:
+        batch = checked_items(items)
+
+        def body(cur: sqlite3.Cursor) -> int:
+            # inside BEGIN IMMEDIATE: no other writer can take the same revision
+            revision = int(
+                cur.execute("SELECT ifnull(max(revision), 0) + 1 FROM catalog_items").fetchone()[0]
+            )
+            cur.executemany(
+                "INSERT INTO catalog_items (item_id, title, attributes, revision) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (item_id) DO UPDATE SET title = excluded.title, "
+                "attributes = excluded.attributes, revision = excluded.revision",
+                [(i.item_id, i.title, i.attributes_json(), revision) for i in batch],
+            )
+            return revision
+
+        if not batch:  # nothing to write: the revision as it stands
+            return int(self._read("SELECT ifnull(max(revision), 0) FROM catalog_items", ())[0][0])
+        return int(self._write(body))
+
+    def items_since(self, revision: int) -> tuple[int, list[CatalogItem]]:
+        rows = self._read(
+            "SELECT item_id, title, attributes, revision FROM catalog_items WHERE revision > ? "
+            "ORDER BY revision, item_id",
+            (int(revision),),
+        )
+        if not rows:
+            return int(revision), []
+        return int(rows[-1][3]), [CatalogItem.from_stored(i, t, a) for i, t, a, _ in rows]
 
     def health(self) -> bool:
         if self._closed:
