@@ -7,34 +7,11 @@ that catches up by revision (the property replicas rely on).
 
 from __future__ import annotations
 
-import shutil
 import threading
 
 import pytest
 
 from recicl.serve.store import CatalogItem, InvalidItemError, open_store
-from tests.integration.test_store import NO_REDIS, RedisServer
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip(NO_REDIS)
-    pytest.importorskip("redis", reason="the redis client is missing: pip install 'recicl[redis]'")
-    server = RedisServer(exe, tmp_path_factory.mktemp("redis-items"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'events.db'}"
-    server = request.getfixturevalue("redis_server")
-    server.flush()
-    return server.url
 
 
 def test_revisions_last_write_wins_and_a_reopen_keeps_them(url: str) -> None:

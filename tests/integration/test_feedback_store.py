@@ -24,19 +24,9 @@ from recicl.serve.store.feedback import (
     InvalidScoreError,
     ServedScore,
 )
-from tests.integration.test_store import redis_server  # noqa: F401  (the same server fixture)
 
 WINDOW, RETENTION = 100, 1000
 T0 = 1_700_000_000
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'events.db'}"
-    server = request.getfixturevalue("redis_server")
-    server.flush()
-    return server.url
 
 
 def _open(url: str, **settings):

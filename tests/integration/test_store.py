@@ -13,7 +13,6 @@ import math
 import os
 import random
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -103,18 +102,6 @@ class RedisServer:
 
         with redis.Redis(port=self.port) as client:
             client.flushall()
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip(NO_REDIS)
-    pytest.importorskip("redis", reason="the redis client is missing: pip install 'recicl[redis]'")
-    server = RedisServer(exe, tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
 
 
 class Backend:

@@ -1,0 +1,31 @@
+"""Fixtures shared by the store tests: a private redis-server, and a store URL per backend."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.integration.test_store import NO_REDIS, RedisServer
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip(NO_REDIS)
+    pytest.importorskip("redis", reason="the redis client is missing: pip install 'recicl[redis]'")
+    server = RedisServer(exe, tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def url(request, tmp_path) -> str:
+    """The same test on a SQLite file and on a flushed private redis-server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'events.db'}"
+    server = request.getfixturevalue("redis_server")
+    server.flush()
+    return server.url
