@@ -24,11 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recicl.config import ReciclConfig
-from recicl.promotion import alias_history
+from recicl.promotion import alias_history, evaluation_runs
 from recicl.registry import (
-    EVAL_KIND_TAG,
-    MODEL_NAME_TAG,
-    MODEL_VERSION_TAG,
     alias_version,
     client,
     resolve_tracking_uri,
@@ -55,14 +52,7 @@ class MonitorDecision:
 
 def offline_auc(cfg: ReciclConfig, name: str, version: str) -> float | None:
     """Mean AUC over the periods of ``version``'s latest evaluation run (None: never evaluated)."""
-    mlc = client(resolve_tracking_uri(cfg))
-    runs = mlc.search_runs(
-        [e.experiment_id for e in mlc.search_experiments()],
-        filter_string=f"tags.`{EVAL_KIND_TAG}` = 'evaluation' and "
-        f"tags.`{MODEL_NAME_TAG}` = '{name}' and tags.`{MODEL_VERSION_TAG}` = '{version}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    runs = evaluation_runs(client(resolve_tracking_uri(cfg)), name, version)
     if not runs:
         return None
     values = [

@@ -107,22 +107,33 @@ class PromotionDecision:
         )
 
 
+def evaluation_runs(
+    mlc: MlflowClient, name: str, version: str, samples_digest: str | None = None
+) -> list[Any]:
+    """The evaluation runs of ``name`` v``version`` (on the samples with ``samples_digest``
+    when given), newest first: what the gate reuses and the monitor compares with."""
+    where = (
+        f"tags.`{EVAL_KIND_TAG}` = 'evaluation' and "
+        f"tags.`{MODEL_NAME_TAG}` = '{name}' and tags.`{MODEL_VERSION_TAG}` = '{version}'"
+    )
+    if samples_digest is not None:
+        where += f" and tags.`{SAMPLES_TAG}` = '{samples_digest}'"
+    runs: list[Any] = mlc.search_runs(
+        [e.experiment_id for e in mlc.search_experiments()],
+        filter_string=where,
+        order_by=["attributes.start_time DESC"],
+    )
+    return runs
+
+
 def evaluation_auc(
     cfg: ReciclConfig, name: str, version: str, samples_dir: Path, period: int
 ) -> float | None:
     """AUC of ``name`` v``version`` on ``period`` of these samples: from an earlier evaluation run
     on the same samples (and the same ``evaluate.max_samples`` subset) when there is one,
     otherwise by evaluating now."""
-    tracking_uri = resolve_tracking_uri(cfg)
-    mlc = client(tracking_uri)
-    digest = SamplesFolder.at(samples_dir).content_id()
-    runs = mlc.search_runs(
-        [e.experiment_id for e in mlc.search_experiments()],
-        filter_string=f"tags.`{EVAL_KIND_TAG}` = 'evaluation' and "
-        f"tags.`{MODEL_NAME_TAG}` = '{name}' and tags.`{MODEL_VERSION_TAG}` = '{version}' and "
-        f"tags.`{SAMPLES_TAG}` = '{digest}'",
-        order_by=["attributes.start_time DESC"],
-    )
+    mlc = client(resolve_tracking_uri(cfg))
+    runs = evaluation_runs(mlc, name, version, SamplesFolder.at(samples_dir).content_id())
     key = f"p{period}_auc"
     subset = subset_name(cfg.evaluate.max_samples)  # compare on the same samples only
     for run in runs:

@@ -103,3 +103,19 @@ def test_the_cli_exits_with_the_decision_and_mlflow_has_it(world):
     experiment = mlc.get_experiment_by_name(f"{cfg.mlflow.experiment}-monitor")
     runs = mlc.search_runs([experiment.experiment_id])
     assert [r.data.tags["recicl.decision"] for r in runs] == ["no-data"]
+
+
+def test_offline_auc_is_the_latest_evaluation_of_that_version(world):
+    from recicl.monitor import offline_auc
+    from recicl.registry import EVAL_KIND_TAG, MODEL_NAME_TAG, MODEL_VERSION_TAG
+
+    cfg, mlc, _, _ = world
+    assert offline_auc(cfg, "recicl", "1") is None  # never evaluated
+    experiment = mlc.create_experiment("evals")
+    for version, aucs in (("1", (0.70, 0.80)), ("2", (0.50, 0.50))):
+        tags = {EVAL_KIND_TAG: "evaluation", MODEL_NAME_TAG: "recicl", MODEL_VERSION_TAG: version}
+        run = mlc.create_run(experiment, tags=tags).info.run_id
+        mlc.log_metric(run, "p6_auc", aucs[0])
+        mlc.log_metric(run, "p7_auc", aucs[1])
+        mlc.log_metric(run, "p7_logloss", 0.9)  # not an AUC: left out
+    assert offline_auc(cfg, "recicl", "1") == pytest.approx(0.75)
