@@ -96,7 +96,7 @@ def test_batch_scores_equal_direct_scorer(world):
     model = world["cfg"].model.model_copy(update={"num_threads": 3})
     again = score_samples(source.local_dir, world["samples"], [2], replicas=1, model=model)
     assert set(again["threads"].to_pylist()) == {3}
-    np.testing.assert_allclose(again.sort_by("sample_id")["score"].to_numpy(), direct, atol=1e-5)
+    np.testing.assert_allclose(again.sort_by("sample_id")["score"].to_numpy(), direct, atol=1e-4)
 
 
 def test_evaluate_writes_report_plot_and_mlflow_run(world):
