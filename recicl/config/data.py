@@ -84,6 +84,11 @@ class DataConfig(StrictModel):
     )
     columns: ColumnMapping = Field(default_factory=ColumnMapping)
     catalog_columns: CatalogMapping = Field(default_factory=CatalogMapping)
+    served_dir: str | None = Field(
+        None,
+        description="Folder of events and catalog items exported from the interaction store "
+        "(`recicl retune` writes it): added to the source before validation. null = the log only.",
+    )
 
     @field_validator("rating_range")
     @classmethod

@@ -19,6 +19,7 @@ from recicl.config.services import (
     MLflowConfig,
     MonitorConfig,
     RayConfig,
+    RetuneConfig,
     ServeConfig,
 )
 from recicl.config.train import TrainConfig
@@ -47,6 +48,10 @@ class ReciclConfig(StrictModel):
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     monitor: MonitorConfig = Field(
         default_factory=MonitorConfig, description="When live figures say re-tune or roll back."
+    )
+    retune: RetuneConfig = Field(
+        default_factory=RetuneConfig,
+        description="Re-tuning the champion on what serving stored (`recicl retune`).",
     )
 
     def redacted_dump(self) -> dict[str, Any]:

@@ -396,6 +396,54 @@ class MonitorConfig(StrictModel):
     )
 
 
+class RetuneConfig(StrictModel):
+    """`recicl retune`: the champion re-tuned on the log plus what serving stored since.
+
+    The samples are rebuilt on the grown log with the log's own periods kept as they were (the
+    champion's) and the stored events cut into two more: the older part is trained on, the
+    newest ``holdout_share`` is held out, and candidate and champion are both scored on it, so
+    the candidate is judged only on events newer than everything it learned from. A warm
+    re-tune continues the champion's LoRA adapter; optimizer state and learning-rate schedule
+    start fresh, warm-up included (Adam's moments are not part of a version).
+    """
+
+    warm: bool = Field(
+        True,
+        description="Continue the champion's adapter (true) or tune a new one from the base "
+        "model on every period but the held-out one (false).",
+    )
+    recent_periods: int | None = Field(
+        2,
+        ge=1,
+        description="Warm re-tunes train on this many periods before the held-out one: 2 = the "
+        "stored events' older part and the log's newest period (which the champion was "
+        "validated on, not trained on); null = all (a cold re-tune always trains on all).",
+    )
+    holdout_share: float = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="Newest share of the stored events held out to score candidate and champion.",
+    )
+    min_new_events: int = Field(
+        100,
+        ge=2,
+        description="Refuse to re-tune (nothing registered) when the store holds fewer events "
+        "newer than the log than this: too few to learn from or to score the candidate on.",
+    )
+    enter_as: Literal["shadow", "split", "none"] = Field(
+        "shadow",
+        description="How the new version meets users: shadow (scored beside the champion, never "
+        "answers), split (answers a share of users), none (registered only).",
+    )
+    share: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="Shadow: share of champion requests also scored; split: share of users.",
+    )
+
+
 class EvaluateConfig(StrictModel):
     """Batch evaluation and the registry's promotion gate."""
 

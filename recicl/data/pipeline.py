@@ -20,7 +20,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -263,14 +263,20 @@ def _write_item_stats(
 
 
 def build_samples(
-    cfg: ReciclConfig, *, dashboard: bool = True, embedder: Embedder | None = None
+    cfg: ReciclConfig,
+    *,
+    dashboard: bool = True,
+    embedder: Embedder | None = None,
+    boundaries_ts: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Run the whole job and return the manifest (also written to ``<output>/manifest.json``).
 
     ``dashboard=False`` when this process will not run Ray Train afterwards and Ray is not
     running yet: a local runtime then starts without the dashboard (see ``ensure_ray``).
     ``embedder``: embeds the catalog when a policy retrieves by similarity and
-    ``samples.embeddings`` is not set.
+    ``samples.embeddings`` is not set. ``boundaries_ts``: period starts in unix seconds,
+    ascending, instead of the configured cut (a re-tune keeps the log's periods and adds its
+    own for the events serving stored).
 
     Everything is written into a staging folder first and moved into ``samples.output`` at
     the end (:meth:`SamplesFolder.replace_outputs`): a failed or running rebuild never leaves
@@ -295,7 +301,9 @@ def build_samples(
     timestamps = stats["timestamp"].to_numpy() if stats.num_rows else np.zeros(0, np.int64)
     labels = stats["label"].to_numpy().astype(np.float64) if stats.num_rows else np.zeros(0)
     is_sample = (stats["kind"].to_numpy() == KIND_SAMPLE) if stats.num_rows else np.zeros(0, bool)
-    if cfg.samples.boundaries:
+    if boundaries_ts is not None:
+        boundaries = np.asarray(boundaries_ts, dtype=np.int64)
+    elif cfg.samples.boundaries:
         boundaries = date_boundaries(cfg.samples.boundaries)
     else:
         boundaries = equal_count_boundaries(timestamps, cfg.samples.periods)
@@ -326,6 +334,8 @@ def build_samples(
         "source": {"name": cfg.data.source, "path": str(cfg.data.path), "layout": source.layout},
         "rows_read": validated.count(),  # from block metadata: no new execution
         "events": len(timestamps),
+        # where the log ends: events serving stores later are new to a version tuned here
+        "last_event_ts": int(timestamps.max()) if len(timestamps) else None,
         "users": len(pc.drop_null(stats["first_user"])) if stats.num_rows else 0,
         "catalog_items": source.catalog.num_rows,
         # the scale ratings were validated against (null: unchecked); serving refuses others

@@ -30,6 +30,7 @@ import hashlib
 import json
 import shutil
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -255,6 +256,23 @@ class SamplesFolder:
         if all(p in counts for p in periods):
             return sum(counts[p] for p in periods)
         return int(self.read_dataset(periods).count())
+
+    def last_event_ts(self) -> int:
+        """Unix seconds of the newest valid event the folder was built from: where the log
+        ends, so what serving stored later is new to a version tuned on it (``recicl
+        retune``). From ``last_event_ts``, or from the periods' ISO ``last_event`` in manifests
+        written before it existed."""
+        manifest = self.require_manifest()
+        if isinstance(manifest.get("last_event_ts"), int):
+            return int(manifest["last_event_ts"])
+        stamps = [
+            datetime.fromisoformat(row["last_event"].replace("Z", "+00:00"))
+            for row in manifest.get("periods", [])
+            if row.get("last_event")
+        ]
+        if not stamps:
+            raise ConfigError(f"{self.root} was built from no valid event: rebuild it")
+        return int(max(stamps).timestamp())
 
     def newest_period(self) -> int:
         """The newest period that has samples (the default for evaluation and promotion)."""

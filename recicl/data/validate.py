@@ -127,7 +127,8 @@ def validate_batch(
     label = pc.cast(pc.greater_equal(rating, like_threshold), pa.int64())
     bad_label = pa.array(np.zeros(n, dtype=bool))
     if has_labels:  # explicit labels win; a row without one falls back to its rating
-        words = pc.utf8_lower(pc.utf8_trim_whitespace(column["label"]))
+        # typed sources keep a numeric or boolean label column (1, 0.0, true): as its text
+        words = pc.utf8_lower(pc.utf8_trim_whitespace(column["label"].cast(pa.string())))
         is_true = pc.is_in(words, pa.array(TRUE_WORDS)).fill_null(False)
         is_false = pc.is_in(words, pa.array(FALSE_WORDS)).fill_null(False)
         explicit = pc.if_else(is_true, 1, pc.if_else(is_false, 0, pa.scalar(None, pa.int64())))

@@ -5,6 +5,14 @@ config it uses comes from the pure ``build_deepspeed_config(train_cfg, world_siz
 """
 
 from recicl.train.ds_config import build_deepspeed_config, use_bf16
-from recicl.train.trainer import TrainError, TrainResult, train
+from recicl.train.trainer import TrainError, TrainResult, same_base, train, warm_start_config
 
-__all__ = ["TrainError", "TrainResult", "build_deepspeed_config", "train", "use_bf16"]
+__all__ = [
+    "TrainError",
+    "TrainResult",
+    "build_deepspeed_config",
+    "same_base",
+    "train",
+    "use_bf16",
+    "warm_start_config",
+]

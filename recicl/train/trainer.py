@@ -338,7 +338,7 @@ def train(cfg: ReciclConfig) -> TrainResult:
     ensure_base_model(cfg.model)
     cfg = resolve_train_config(cfg)
     if cfg.train.init_from:  # before Ray starts: a wrong version is a one-line error
-        cfg = _warm_start(cfg)
+        cfg = warm_start_config(cfg)
     tc = cfg.train
     assert tc.run_name and tc.storage_path
     samples = SamplesFolder.from_config(cfg)
@@ -435,7 +435,7 @@ def train(cfg: ReciclConfig) -> TrainResult:
     )
 
 
-def _warm_start(cfg: ReciclConfig) -> ReciclConfig:
+def warm_start_config(cfg: ReciclConfig) -> ReciclConfig:
     """The config the workers get for ``train.init_from``: the version resolved to a local
     folder whose LoRA adapter they load trainable, after checking that it was tuned from this
     config's base with this LoRA shape, so a warm start never silently trains something else."""
@@ -444,7 +444,7 @@ def _warm_start(cfg: ReciclConfig) -> ReciclConfig:
     where = f"train.init_from {cfg.train.init_from}"
     if manifest is None:
         raise ConfigError(f"{where}: {source.local_dir} is not a recicl version folder")
-    if not _same_base(manifest, cfg):
+    if not same_base(manifest, cfg):
         raise ConfigError(
             f"{where} was tuned from {manifest.base_model}, this config's model.name_or_path is "
             f"{cfg.model.name_or_path}: warm-start from a version of the same base, or train "
@@ -470,7 +470,7 @@ def _warm_start(cfg: ReciclConfig) -> ReciclConfig:
     )
 
 
-def _same_base(manifest: version.VersionManifest, cfg: ReciclConfig) -> bool:
+def same_base(manifest: version.VersionManifest, cfg: ReciclConfig) -> bool:
     """Whether a version was tuned from this config's base: by name and import checksum for
     local bases named portably, by resolved path or hub id otherwise."""
     ours = version.BaseModelRef.of(cfg.model)

@@ -12,7 +12,9 @@ The jobs, each `ray job submit --address http://127.0.0.1:<dashboard> --working-
 build samples (Ray Data, from a synthetic log), train (Ray Train, DeepSpeed ZeRO-2, 2 workers x
 2 CPUs: one fits per node, so they land on different nodes) with a fault injected after the
 step-2 checkpoint: Ray Train restarts the worker group, again across the two nodes, and it
-resumes from the checkpoint both workers wrote to shared storage; evaluate; promote. (Resuming
+resumes from the checkpoint both workers wrote to shared storage; evaluate; promote; monitor
+(no feedback yet: exit code 12); retune (events stored after the log: a warm candidate in
+shadow). (Resuming
 by resubmitting a failed run with the same --run-name is the same restore path, tested on one
 node in test_train.py.) Every path handed to a job is an absolute
 path in one temp folder both nodes see (the "shared storage"), as a real cluster needs.
@@ -369,6 +371,7 @@ def _job_config(shared: Path) -> Path:
             "tracking_uri": f"sqlite:///{shared / 'mlflow.db'}",
             "experiment": "ray-job-submit",
         },
+        "retune": {"min_new_events": 40},
     }
     path = shared / "job.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -457,6 +460,36 @@ def promoted(evaluated: Pipeline) -> Pipeline:
     return evaluated
 
 
+@pytest.fixture(scope="module")
+def retuned(promoted: Pipeline) -> Pipeline:
+    """Serving stored three more events per user after the log ended (the SQLite store of the
+    workdir, where `recicl serve` writes); the monitor has no feedback to judge yet."""
+    import pyarrow.parquet as pq
+
+    from recicl.serve.store import Event, open_store
+
+    _ok(promoted.jobs["promote"])
+    shared = promoted.cluster.shared
+    log = pq.read_table(shared / "events" / "events.parquet").to_pylist()
+    items = sorted({row["item_id"] for row in log})
+    end = max(row["timestamp"] for row in log)
+    users = sorted({row["user_id"] for row in log})
+    new = [Event(user, items[(7 * u + k) % len(items)], (u + k) % 2, end + 60 * (3 * u + k) + 1)
+           for u, user in enumerate(users) for k in range(3)]  # fmt: skip
+    with open_store(f"sqlite:///{shared / 'work' / 'events.db'}") as store:
+        assert store.append(new) == len(new)
+    promoted.jobs["monitor"] = promoted.cluster.submit(
+        "python", "ray_jobs/monitor.py", "--config", str(promoted.config),
+        submission_id="rj-monitor",
+    )  # fmt: skip
+    promoted.jobs["retune"] = promoted.cluster.submit(
+        "python", "ray_jobs/retune.py", "--config", str(promoted.config),
+        "--run-name", "rj-retune", submission_id="rj-retune",
+    )  # fmt: skip
+    promoted.jobs["new_events"] = Job(0, str(len(new)), 0.0)
+    return promoted
+
+
 def _mlflow(pipeline: Pipeline):
     from recicl.registry import client
 
@@ -499,7 +532,7 @@ def test_build_samples_job(built: Pipeline) -> None:
     assert unpacked, sorted(p.name for p in head.iterdir())
     for package in unpacked:
         assert (package / "ray_jobs" / "build_samples.py").is_file()
-        assert (package / "recicl" / "cli.py").is_file()
+        assert (package / "recicl" / "cli" / "__init__.py").is_file()
         for excluded in (".venv", ".cache", "recicl-work", ".git", "mlruns"):
             assert not (package / excluded).exists(), excluded
     # ... and its dependencies from the runtime env's pip list, as a virtualenv on each node
@@ -569,6 +602,32 @@ def test_promote_job_moves_the_alias(promoted: Pipeline) -> None:
     _ok(promoted.jobs["promote"])
     champion = _mlflow(promoted).get_model_version_by_alias("recicl", "champion")
     assert str(champion.version) == "1"
+
+
+def test_monitor_job_exits_with_its_decision(retuned: Pipeline) -> None:
+    """No joined feedback yet: the decision is no-data, exit code 12, which fails the Ray job
+    (a scheduler reads the code, infra/kuberay/cronjob-retune.yaml)."""
+    job = retuned.jobs["monitor"]
+    assert job.rc == 1, job.output[-3000:]
+    assert "no-data" in job.output and re.search(r"exit code 12", job.output), job.output[-3000:]
+
+
+def test_retune_job_enters_a_warm_candidate_in_shadow(retuned: Pipeline) -> None:
+    from recicl.serve.traffic import TRAFFIC_TAG, decode_override
+
+    output = _ok(retuned.jobs["retune"])
+    assert "version=2" in output, output[-3000:]
+    mlc = _mlflow(retuned)
+    version = mlc.get_model_version("recicl", "2")
+    assert version.tags["recicl.retune.from"] == "1"
+    assert version.tags["recicl.retune.warm"] == "true"
+    traffic = decode_override(mlc.get_registered_model("recicl").tags[f"{TRAFFIC_TAG}.champion"])
+    assert traffic is not None and traffic.shadow.version == 2
+    assert str(mlc.get_model_version_by_alias("recicl", "champion").version) == "1"
+    state = json.loads(
+        (retuned.cluster.shared / "work" / "retune" / "rj-retune" / "retune.json").read_text()
+    )
+    assert state["exported_events"] == int(retuned.jobs["new_events"].output)
 
 
 def test_stop_only_this_cluster(cluster: LocalCluster, ray_local) -> None:

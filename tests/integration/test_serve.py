@@ -61,14 +61,13 @@ class Server:
 # fixtures
 
 
-@pytest.fixture(scope="module")
-def world(ray_local, tmp_path_factory: pytest.TempPathFactory):
-    """Synthetic data → samples → tiny model registered as version 1 (alias champion)."""
+def build_world(root: Path, **serve: object) -> SimpleNamespace:
+    """Synthetic data → samples → two tiny models, the first registered as version 1 (alias
+    champion); ``serve`` overrides the serve settings (also used by test_live_replay.py)."""
     from recicl.data.pipeline import build_samples
     from recicl.data.synth import SynthSpec, write_synthetic
     from recicl.modeling.tiny import init_tiny_model
 
-    root = tmp_path_factory.mktemp("serve")
     write_synthetic(SynthSpec(users=40, events_per_user=20, seed=0), root / "synth")
     raw = {
         "workdir": str(root / "work"),
@@ -91,6 +90,7 @@ def world(ray_local, tmp_path_factory: pytest.TempPathFactory):
             "max_string_length": 64,
             "candidate_pool_size": 30,
             "num_cpus": 1.5,  # Ray alone would run the replica's torch on 1 thread
+            **serve,
         },
     }
     cfg = build_config(raw)
@@ -114,6 +114,11 @@ def world(ray_local, tmp_path_factory: pytest.TempPathFactory):
     return SimpleNamespace(
         cfg=cfg, root=root, samples=samples, models=models, v1=version, catalog=catalog
     )
+
+
+@pytest.fixture(scope="module")
+def world(ray_local, tmp_path_factory: pytest.TempPathFactory):
+    return build_world(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")

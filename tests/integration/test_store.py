@@ -263,6 +263,29 @@ def test_recent_items_counts_distinct_users_since(store):
     assert store.recent_items(0, 0) == []
 
 
+def test_events_since_pages_every_kept_event_in_time_order(backend):
+    """The re-tune's export: events strictly after a time, oldest first, ties by user then the
+    training order, in pages that resume from the last timestamp; the cap's drops are gone."""
+    store = backend.open(max_events_per_user=3)
+    events = [
+        Event("u2", "b", 1, 100, 4.5),
+        Event("u1", "z", 0, 100),
+        Event("u1", "a", 1, 100, None),
+        Event("u1", "a", 0, 100, 2.0),  # same item and time, another rating: its own event
+        Event("u3", "c", 1, 50),
+        Event("u1", "late", 1, 200),  # u1 has 4 events: the cap drops its oldest
+    ]
+    store.append(events)
+    kept = [e for e in events if e != Event("u1", "a", 0, 100, 2.0)]
+    expected = sorted(kept, key=lambda e: (e.timestamp, e.user_id, event_order_key(e)))
+    assert store.events_since(0, 100) == expected
+    assert store.events_since(50, 100) == [e for e in expected if e.timestamp > 50]
+    assert store.events_since(200, 100) == []
+    assert store.events_since(0, 0) == []
+    assert store.events_since(0, 2) == expected[:2]  # the limit keeps the oldest
+    store.close()
+
+
 def test_seen_items_users_and_counts(store):
     assert (store.users_seen(), store.total_events(), store.count("u")) == (0, 0, 0)
     assert store.seen_items("u") == set()

@@ -448,7 +448,7 @@ def test_schedule_submits_to_the_head_service_of_the_raycluster():
 
 def test_schedule_runs_the_monitor_then_a_warm_retune_of_the_champion():
     invocations = schedule_invocations()
-    assert [argv[0] for argv in invocations] == ["ray_jobs/monitor.py", "ray_jobs/train.py"]
+    assert [argv[0] for argv in invocations] == ["ray_jobs/monitor.py", "ray_jobs/retune.py"]
     from tests.unit.test_ray_jobs import JOB_COMMANDS
 
     for argv in invocations:
@@ -458,8 +458,9 @@ def test_schedule_runs_the_monitor_then_a_warm_retune_of_the_champion():
             command = command.commands[name]
         command.make_context(command.name, argv[1:])  # a renamed or removed flag fails here
     cfg = load_config(ROOT / RETUNE_CONFIG)
-    assert cfg.train.init_from == f"models:/{cfg.mlflow.registered_model}@{cfg.serve.alias}"
-    assert cfg.serve.alias == "champion"
+    # The re-tune pins the version behind serve.alias and continues it (retune.warm).
+    assert cfg.serve.alias == "champion" and cfg.retune.warm and cfg.train.init_from is None
+    assert cfg.retune.enter_as == "shadow"  # it meets users only through promote --live
     # A warm start continues the champion's adapter: the cold run's base, LoRA shape and prompts.
     cold = load_config(ROOT / TRAIN_CONFIG)
     assert cfg.model.name_or_path == cold.model.name_or_path
@@ -524,24 +525,24 @@ class JobSubmissionClient:
 
 
 @pytest.mark.parametrize(
-    ("monitor", "train", "earlier", "status", "submitted"),
+    ("monitor", "retune", "earlier", "status", "submitted"),
     [
         (0, None, {}, 0, ["monitor"]),  # ok
         (12, None, {}, 0, ["monitor"]),  # no-data
         (11, None, {}, 11, ["monitor"]),  # rollback: advised, not done
-        (10, 0, {}, 0, ["monitor", "train"]),  # retune, and it registered a version
-        (10, 1, {}, 1, ["monitor", "train"]),  # retune failed
+        (10, 0, {}, 0, ["monitor", "retune"]),  # retune, and its version is in shadow
+        (10, 2, {}, 1, ["monitor", "retune"]),  # retune failed (e.g. no new events)
         (2, None, {}, 1, ["monitor"]),  # the monitor crashed: a config error exits 2
         (None, None, {}, 1, ["monitor"]),  # the driver never ran (runtime env failed)
-        (10, 0, {"scheduled-recicl-retune-1-train": "RUNNING"}, 0, []),  # busy: skip
-        (10, 0, {"scheduled-recicl-retune-1-train": "SUCCEEDED"}, 0, ["monitor", "train"]),
-        (10, 0, {"recicl-train-by-hand": "RUNNING"}, 0, ["monitor", "train"]),  # not ours
+        (10, 0, {"scheduled-recicl-retune-1-retune": "RUNNING"}, 0, []),  # busy: skip
+        (10, 0, {"scheduled-recicl-retune-1-retune": "SUCCEEDED"}, 0, ["monitor", "retune"]),
+        (10, 0, {"recicl-train-by-hand": "RUNNING"}, 0, ["monitor", "retune"]),  # not ours
     ],
 )
 def test_schedule_script_acts_on_the_monitors_exit_code(
     tmp_path: Path,
     monitor: int | None,
-    train: int | None,
+    retune: int | None,
     earlier: dict[str, str],
     status: int,
     submitted: list[str],
@@ -568,7 +569,7 @@ def test_schedule_script_acts_on_the_monitors_exit_code(
         "JOB_NAME": "recicl-retune-29000000",
         "FAKE_ADDRESS": address,
         "FAKE_STATE": str(state),
-        "FAKE_CODES": json.dumps({"monitor.py": monitor, "train.py": train}),
+        "FAKE_CODES": json.dumps({"monitor.py": monitor, "retune.py": retune}),
     }
     done = subprocess.run(
         ["bash", "-c", schedule_script()], env=env, capture_output=True, text=True, timeout=60
@@ -577,7 +578,7 @@ def test_schedule_script_acts_on_the_monitors_exit_code(
     jobs = {k: v for k, v in json.loads(state.read_text()).items() if k not in earlier}
     expected = [f"scheduled-recicl-retune-29000000-{what}" for what in submitted]
     assert list(jobs) == expected
-    invocations = dict(zip(["monitor", "train"], schedule_invocations(), strict=True))
+    invocations = dict(zip(["monitor", "retune"], schedule_invocations(), strict=True))
     for what, job in zip(submitted, jobs.values(), strict=True):
         assert job["flags"] == {
             "--address": address,
@@ -586,5 +587,5 @@ def test_schedule_script_acts_on_the_monitors_exit_code(
         }
         argv = [a.replace("$JOB_NAME", "recicl-retune-29000000") for a in invocations[what]]
         assert job["entrypoint"] == ["python", *argv]
-    if "train" in submitted:
+    if "retune" in submitted:
         assert jobs[expected[1]]["entrypoint"][-2:] == ["--run-name", "recicl-retune-29000000"]

@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"recicl.registry", "recicl.embeddings"},
     {"recicl.train", "recicl.evaluate"},
     {"recicl.promotion", "recicl.serve"},
-    {"recicl.experiments", "recicl.monitor"},
+    {"recicl.experiments", "recicl.updates"},
     {"recicl.demo"},
     {"recicl.cli"},
 ]

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from recicl.cli import app
 from recicl.config import build_config
-from recicl.monitor import EXIT_CODES, decide, run_monitor
 from recicl.promotion import move_alias
 from recicl.registry import client
 from recicl.serve.store import Event, FeedbackSettings, ServedScore, SQLiteStore
+from recicl.updates.monitor import EXIT_CODES, decide, run_monitor
 
 NOW = 1_900_000_000
 WINDOW = 3600
@@ -106,8 +106,8 @@ def test_the_cli_exits_with_the_decision_and_mlflow_has_it(world):
 
 
 def test_offline_auc_is_the_latest_evaluation_of_that_version(world):
-    from recicl.monitor import offline_auc
     from recicl.registry import EVAL_KIND_TAG, MODEL_NAME_TAG, MODEL_VERSION_TAG
+    from recicl.updates.monitor import offline_auc
 
     cfg, mlc, _, _ = world
     assert offline_auc(cfg, "recicl", "1") is None  # never evaluated

@@ -32,6 +32,7 @@ JOB_COMMANDS = {
     "promote.py": ("promote",),
     "embed_items.py": ("embed", "items"),
     "monitor.py": ("monitor",),
+    "retune.py": ("retune",),
 }
 
 # Wide, plain output: rich would otherwise wrap or colour differently per terminal.

@@ -82,7 +82,12 @@ def test_excludes_keep_weights_outputs_and_venvs_out_of_the_upload(tmp_path: Pat
     from ray._private.runtime_env.packaging import create_package
 
     work = tmp_path / "checkout"
-    kept = ["ray_jobs/train.py", "ray_jobs/configs/tiny-cpu.yaml", "recicl/cli.py", "README.md"]
+    kept = [
+        "ray_jobs/train.py",
+        "ray_jobs/configs/tiny-cpu.yaml",
+        "recicl/cli/__init__.py",
+        "README.md",
+    ]
     dropped = [
         ".cache/models/gemma-3-270m/model.safetensors",
         ".venv/bin/python",

@@ -104,3 +104,33 @@ def test_typed_columns_skip_text_parsing():
     assert valid_events(out).to_pylist() == [
         {"user_id": "u", "item_id": "m2", "rating": 2.0, "label": 0, "timestamp": 964982703}
     ]
+
+
+def test_typed_label_columns_are_read_as_labels_not_crashed_on():
+    """A Parquet source with an integer, float or boolean label column (a generic source with
+    `columns.label`): read as 1/0, a value other than 0/1 quarantined, never a crash."""
+    for labels, expected, bad in (
+        (pa.array([1, 0, 7], pa.int64()), [1, 0], 1),
+        (pa.array([1.0, 0.0, 0.5]), [1, 0], 1),
+        (pa.array([True, False, None]), [1, 0], 1),  # null without a rating: missing_rating
+    ):
+        n = len(labels)
+        batch = pa.table(
+            {
+                "user_id": pa.array(["u"] * n),
+                "item_id": pa.array(["m1"] * n),
+                "rating": pa.nulls(n, pa.float64()),
+                "label": labels,
+                "timestamp": pa.array([964982703] * n, pa.int64()),
+                "reason": pa.nulls(n, pa.string()),
+                "raw": pa.nulls(n, pa.string()),
+                "file": pa.nulls(n, RAW_EVENTS.field("file").type),
+                "line": pa.nulls(n, pa.int64()),
+            }
+        )
+        out = validate_batch(
+            batch, catalog_ids=CATALOG, rating_range=None, like_threshold=4.0,
+            time_bounds=BOUNDS, timestamp_unit="s", has_labels=True,
+        )  # fmt: skip
+        assert [row["label"] for row in valid_events(out).to_pylist()] == expected, labels
+        assert quarantined(out).num_rows == bad, labels

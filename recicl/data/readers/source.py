@@ -9,6 +9,7 @@ from recicl.data.readers.amazon import read_amazon
 from recicl.data.readers.common import SourceData
 from recicl.data.readers.generic import read_generic
 from recicl.data.readers.movielens import detect_movielens_layout, read_movielens
+from recicl.data.readers.served import add_served
 from recicl.errors import DataError
 
 
@@ -35,6 +36,8 @@ def read_source(cfg: DataConfig) -> SourceData:
         data = read_generic(folder, cfg)
     if cfg.rating_range is not None:
         data.rating_range = cfg.rating_range
+    if cfg.served_dir:  # what serving stored since the log ended (recicl retune)
+        data = add_served(data, Path(cfg.served_dir))
     if data.catalog.num_rows == 0:
         raise DataError(f"the catalog of {folder} ({data.layout}) has no valid items")
     return data

@@ -239,6 +239,15 @@ class InteractionStore(ABC):
     def seen_items(self, user_id: str) -> set[str]:
         """Items among the user's kept events (to exclude from recommendations)."""
 
+    @abstractmethod
+    def events_since(self, since_ts: int, limit: int) -> list[Event]:
+        """Kept events at ``timestamp > since_ts``, oldest first (ties: user, then the training
+        order), at most ``limit`` of them: pass the last one's timestamp back to read on.
+
+        What a re-tune reads (``recicl retune``): the events serving received after the log the
+        champion was tuned on ended. Events the per-user cap dropped are gone, so the export is
+        what serving kept, not everything it was sent."""
+
     # -- the feedback log (rules: recicl.serve.store.feedback) --------------------------------
 
     @abstractmethod

@@ -182,6 +182,11 @@ def _member(event: Event) -> bytes:
     )
 
 
+def _split_log_entry(entry: bytes) -> tuple[str, bytes]:
+    user, member = entry.split(b"\x00", 1)
+    return user.decode(), member
+
+
 def _event(user_id: str, member: bytes) -> Event:
     item, rating, label, timestamp = member.split(b"\x00")
     return Event(user_id, item.decode(), int(label), int(timestamp), _rating_from_key(rating))
@@ -315,6 +320,18 @@ class RedisStore(InteractionStore):
             offset += len(page)
         counts = Counter(item.decode() for item, _ in pairs)
         return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: int(limit)]
+
+    def events_since(self, since_ts: int, limit: int) -> list[Event]:
+        if limit <= 0:
+            return []
+        # Log members are "user NUL <per-user member>", so Redis's order of equal timestamps is
+        # user, then the training order: the order SQLiteStore's query gives.
+        entries = self._call(
+            lambda: self._client.zrangebyscore(
+                self._log_key, f"({int(since_ts)}", "+inf", start=0, num=int(limit)
+            )
+        )
+        return [_event(*_split_log_entry(entry)) for entry in entries]
 
     def seen_items(self, user_id: str) -> set[str]:
         members = self._call(self._client.zrange, self._key(user_id), 0, -1)

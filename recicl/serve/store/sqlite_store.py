@@ -327,6 +327,16 @@ class SQLiteStore(InteractionStore):
         )
         return [(item, int(users)) for item, users in rows]
 
+    def events_since(self, since_ts: int, limit: int) -> list[Event]:
+        if limit <= 0:
+            return []
+        rows = self._read(
+            "SELECT user_id, item_id, label, timestamp, rating FROM events WHERE timestamp > ? "
+            f"ORDER BY timestamp, user_id, {_SQLITE_ORDER.format(d='ASC')} LIMIT ?",
+            (int(since_ts), int(limit)),
+        )
+        return [Event(user, item, label, ts, rating) for user, item, label, ts, rating in rows]
+
     def seen_items(self, user_id: str) -> set[str]:
         rows = self._read("SELECT DISTINCT item_id FROM events WHERE user_id = ?", (user_id,))
         return {item for (item,) in rows}

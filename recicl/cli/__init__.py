@@ -26,13 +26,11 @@ from recicl.config import (
     with_overrides,
 )
 from recicl.errors import ReciclError
-from recicl.registry import list_versions, resolve_tracking_uri
 from recicl.reports import (
     print_evaluation,
     print_instruction_report,
     print_samples_summary,
     print_streaming,
-    print_versions,
 )
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
@@ -400,118 +398,6 @@ def evaluate_command(
     print_evaluation(report)
 
 
-@models_app.command("list")
-@friendly_errors
-def models_list(
-    name: str | None = typer.Option(None, "--name", help="Registered model (default: config)."),
-    config: Path | None = typer.Option(None, "--config", help="YAML config file."),
-) -> None:
-    """Versions of a registered model with aliases, training and evaluation metrics."""
-    cfg = resolve_config(config, {})
-    name = name or cfg.mlflow.registered_model
-    print_versions(name, list_versions(resolve_tracking_uri(cfg), name))
-
-
-@models_app.command("live")
-@friendly_errors
-def models_live(
-    version: str = typer.Option(..., "--version", help="Version whose MLflow run gets them."),
-    url: str | None = typer.Option(
-        None, "--url", help="The running API (default http://<serve.host>:<serve.port>)."
-    ),
-    window: int | None = typer.Option(
-        None,
-        "--window",
-        min=1,
-        help="Seconds back (default serve.feedback.metrics_window_seconds).",
-    ),
-    name: str | None = typer.Option(None, "--name", help="Registered model (default: config)."),
-    config: Path | None = typer.Option(None, "--config", help="YAML config file."),
-) -> None:
-    """Log a version's live AUC, LogLoss, joins and like rate (GET /v1/metrics/live) to its run."""
-    from recicl.serve.live_metrics import log_live_metrics
-
-    cfg = resolve_config(config, {})
-    url = url or f"http://{cfg.serve.host}:{cfg.serve.port}"
-    name = name or cfg.mlflow.registered_model
-    run_id, _, rows = log_live_metrics(resolve_tracking_uri(cfg), name, version, url, window)
-    for key, value, _ in rows:
-        console.print(f"{key} = {value:.6g}", highlight=False)
-    console.print(f"logged {len(rows)} live metrics of {name}/{version} to run {run_id}")
-
-
-@app.command("monitor")
-@friendly_errors
-def monitor_command(config: Path | None = typer.Option(None, "--config", help="YAML.")) -> None:
-    """Champion's live AUC vs its last window and offline AUC: exit 0/10 retune/11 rollback/12."""
-    from recicl.monitor import run_monitor
-
-    decision = run_monitor(resolve_config(config, {}))
-    console.print(f"[bold]{decision.decision}[/bold]: " + "; ".join(decision.reasons))
-    raise typer.Exit(decision.exit_code)
-
-
-@app.command("promote")
-@friendly_errors
-def promote_command(
-    version: str = typer.Option(..., "--version", help="Candidate version number."),
-    name: str | None = typer.Option(None, "--name", help="Registered model (default: config)."),
-    alias: str = typer.Option("champion", "--alias", help="Alias to move."),
-    samples: Path | None = typer.Option(
-        None, "--samples", help="Samples to compare on (default: train.samples_dir)."
-    ),
-    period: int | None = typer.Option(None, "--period", help="Period compared (default newest)."),
-    force: bool = typer.Option(False, "--force", help="Move the alias even if worse."),
-    reason: str | None = typer.Option(None, "--reason", help="Why (required with --force)."),
-    live: bool = typer.Option(
-        False, "--live", help="Compare on joined live feedback (candidate in shadow), not samples."
-    ),
-    window: int | None = typer.Option(
-        None, "--window", min=1, help="--live: seconds back (default evaluate.live.window_seconds)."
-    ),
-    config: Path | None = typer.Option(None, "--config", help="YAML config file."),
-) -> None:
-    """Move an alias to a version only if it is not worse than the current one (AUC)."""
-    from recicl.promotion import promote
-    from recicl.serve.live_metrics import read_live_evidence
-
-    if window is not None and not live:
-        raise ConfigError("--window is the window of --live; add --live or drop --window")
-    cfg = resolve_config(config, {})
-    decision = promote(
-        cfg,
-        name or cfg.mlflow.registered_model,
-        version,
-        alias,
-        samples_dir=samples,
-        period=period,
-        force=force,
-        reason=reason,
-        live=read_live_evidence(cfg, window) if live else None,
-    )
-    if decision.promoted:
-        console.print(f"[green]{decision.message()}[/]", highlight=False)
-        return
-    console.print(f"[yellow]{decision.message()}[/]", highlight=False)
-    sys.exit(1)
-
-
-@app.command("rollback")
-@friendly_errors
-def rollback_command(
-    name: str | None = typer.Option(None, "--name", help="Registered model (default: config)."),
-    alias: str = typer.Option("champion", "--alias", help="Alias to move back."),
-    reason: str | None = typer.Option(None, "--reason", help="Why (recorded in MLflow)."),
-    config: Path | None = typer.Option(None, "--config", help="YAML config file."),
-) -> None:
-    """Return an alias to its previous holder in the promotion history (recorded in MLflow)."""
-    from recicl.promotion import rollback
-
-    cfg = resolve_config(config, {})
-    done = rollback(cfg, name or cfg.mlflow.registered_model, alias, reason=reason)
-    console.print(f"[green]{done.message()}[/]", highlight=False)
-
-
 @experiment_app.command("streaming")
 @friendly_errors
 def experiment_streaming(
@@ -591,9 +477,10 @@ def infra_render_rayservice(
     console.print(f"{output}: {'written' if result.changed else 'up to date'}", highlight=False)
 
 
+# The model lifecycle commands (models, promote, rollback, monitor, retune) register on `app`
+# from their own module; imported last, since it imports `app` and the helpers above.
+from recicl.cli import lifecycle  # noqa: E402,F401
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
-
-
-if __name__ == "__main__":  # pragma: no cover - `python -m recicl.cli` (tests, ray jobs)
-    main()
