@@ -311,6 +311,19 @@ class ServeConfig(StrictModel):
     target_ongoing_requests: float = Field(
         4.0, gt=0, description="Autoscaling target of in-flight requests per model replica."
     )
+    upscale_delay_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Autoscaling: load above target for this long before a replica is added "
+        "(Ray Serve's default).",
+    )
+    downscale_delay_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="Autoscaling: load below target for this long before a replica is removed "
+        "(Ray Serve's default: a replica that took minutes to load a model is not dropped at "
+        "the first lull).",
+    )
     ingress_replicas: int = Field(1, ge=1, description="HTTP ingress (FastAPI) replicas.")
     num_cpus: float = Field(0.5, ge=0, description="Logical CPUs per model replica.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per model replica (> 0 scores on CUDA).")
@@ -479,6 +492,11 @@ StreamingVariant = Literal[
     "classical",
     "demo-rate",
     "retrained",
+    # update strategies (recicl/experiments/updates.py): re-tuned every experiment.update_every
+    "tallrec-full",
+    "tallrec-warm",
+    "recicl-full",
+    "recicl-warm",
     # the baselines of recicl/evaluate/baselines.py (BASELINES), and each refitted per period
     "logistic",
     "boosted-trees",
@@ -517,10 +535,19 @@ class ExperimentConfig(StrictModel):
         "recicl+stats+codes (taste codes, prompt.item_codes, alone or with them), classical, "
         "demo-rate (no model: the share of Yes among the sample's demonstrations, i.e. the "
         "user's recent like rate), retrained (recicl re-tuned up to each period: the costly "
-        "upper bound); non-LLM baselines fitted on the training periods (docs/baselines.md): "
+        "upper bound); tallrec-full, recicl-full, tallrec-warm and recicl-warm (update "
+        "strategies, see update_every); non-LLM baselines fitted on the training periods "
+        "(docs/baselines.md): "
         "logistic and boosted-trees (leak-free like-rate signals), mf (matrix factorization), "
         "sasrec, din; '<baseline>-retrained' refits one per evaluated period on every period "
         "before it.",
+    )
+    update_every: int = Field(
+        1,
+        ge=1,
+        description="Update strategies (tallrec-full, recicl-full, tallrec-warm, recicl-warm): "
+        "evaluated periods between two re-tunes (full: from the base on every earlier period; "
+        "warm: from the previous adapter on the periods it has not seen).",
     )
     few_shot: list[int | float] = Field(
         default_factory=list,

@@ -22,6 +22,9 @@ period with **no update**, for several variants side by side.
   LLM's AUC is "reads the user's recent like rate" and how much is more;
 * ``retrained``  ``recicl`` re-tuned on all periods before each evaluated one: the costly upper
   bound that RecICL tries to approach without retraining;
+* ``tallrec-full``, ``recicl-full``, ``tallrec-warm``, ``recicl-warm``  update strategies,
+  re-tuned from the base or from the previous adapter every ``experiment.update_every``
+  evaluated periods (recicl/experiments/updates.py);
 * ``logistic``, ``boosted-trees``, ``mf``, ``sasrec``, ``din``  non-LLM baselines fitted on the
   training periods (recicl/evaluate/baselines.py, docs/baselines.md), and ``<name>-retrained``,
   each refitted on all periods before each evaluated one.
@@ -57,6 +60,7 @@ from recicl.evaluate.batch import report_from_scores, score_samples, subsample_p
 from recicl.evaluate.classical import fit_classical
 from recicl.evaluate.metrics import metrics_by_period
 from recicl.evaluate.plots import plot_by_period
+from recicl.experiments.updates import UPDATE_VARIANTS, update_schedule
 from recicl.modeling.importing import ensure_base_model
 from recicl.registry import client, ensure_experiment, resolve_tracking_uri
 from recicl.train import train
@@ -112,9 +116,11 @@ def _train_variant(
     run_name: str,
     max_train_samples: int | float | None = None,
     knowledge: tuple[bool, bool] | None = None,
+    init_from: Path | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Tune one variant; return its packaged model folder and training facts.
-    ``knowledge``: (item statistics, taste codes) in its prompts (None: as the config says)."""
+    ``knowledge``: (item statistics, taste codes) in its prompts (None: as the config says);
+    ``init_from``: a model folder whose LoRA adapter is continued (a warm update)."""
 
     raw = cfg.model_dump(mode="json")
     raw["model"]["name_or_path"] = base
@@ -124,6 +130,7 @@ def _train_variant(
     raw["train"]["train_periods"] = periods
     raw["train"]["val_periods"] = []
     raw["train"]["run_name"] = run_name
+    raw["train"]["init_from"] = str(init_from) if init_from is not None else None
     if max_train_samples is not None:
         raw["train"]["max_train_samples"] = max_train_samples
     variant_cfg = ReciclConfig.model_validate(raw)
@@ -201,6 +208,7 @@ class StreamingExperiment:
             **{name: self._baseline for name in (*BASELINES, *RETRAINED_BASELINES)},
             "demo-rate": self._demo_rate,
             "retrained": self._retrained,
+            **{name: self._updated for name in UPDATE_VARIANTS},
         }
 
     def _check_periods(self) -> None:
@@ -440,6 +448,47 @@ class StreamingExperiment:
             report = self._llm_report(model_dir, None, table, f"retrained-D{period}")
             per_period["periods"].update(report["periods"])
         return per_period, {"versions": versions}
+
+    def _updated(self, variant: str) -> _Outcome:
+        """An update strategy (recicl/experiments/updates.py): each model of its schedule
+        scores only the evaluated periods after everything it was tuned on."""
+        prompt_format, warm = UPDATE_VARIANTS[variant]
+        schedule = update_schedule(
+            self.train_periods,
+            self.eval_periods,
+            self.available,
+            self.cfg.experiment.update_every,
+            warm,
+        )
+        per_period: dict[str, Any] = {"periods": {}}
+        models: list[dict[str, Any]] = []
+        model_dir: Path | None = None
+        for index, update in enumerate(schedule):
+            if index == 0:  # the plain variant's model: tuned once on the training periods
+                model_dir, trained = self._tuned_once(prompt_format)
+            else:
+                model_dir, trained = _train_variant(
+                    self.cfg, self.base, prompt_format, update.train,
+                    f"streaming-{self.stamp}-{variant}-{update.scores[0]}",
+                    init_from=model_dir if update.warm else None,
+                )  # fmt: skip
+            scored = time.perf_counter()
+            table = self.eval_table.filter(
+                pc.is_in(self.eval_table["period"], pa.array(update.scores))
+            )
+            report = self._llm_report(model_dir, None, table, f"{variant}-D{update.scores[0]}")
+            per_period["periods"].update(report["periods"])
+            models.append({"train_periods": update.train, "scores": update.scores,
+                           "warm": update.warm, "version": trained.get("version"),
+                           "train_seconds": trained.get("train_seconds"),
+                           "score_seconds": round(time.perf_counter() - scored, 1)})  # fmt: skip
+        facts = {
+            "update_every": self.cfg.experiment.update_every,
+            "updates": len(schedule) - 1,
+            "train_seconds": round(sum(m["train_seconds"] or 0 for m in models[1:]), 1),
+            "models": models,
+        }
+        return per_period, facts
 
 
 def run_streaming(cfg: ReciclConfig) -> dict[str, Any]:

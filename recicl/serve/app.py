@@ -69,6 +69,8 @@ def build_app(cfg: ReciclConfig) -> Application:
             "min_replicas": sc.num_replicas,
             "max_replicas": sc.max_replicas,
             "target_ongoing_requests": sc.target_ongoing_requests,
+            "upscale_delay_s": sc.upscale_delay_seconds,
+            "downscale_delay_s": sc.downscale_delay_seconds,
         }
     else:
         model_options["num_replicas"] = sc.num_replicas

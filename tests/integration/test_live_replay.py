@@ -15,7 +15,10 @@ Asserted, against the replay script's own log:
   the previous version's answers exactly; an item added mid-run is scored;
 - the split sends users by a stable hash: within +-3 points of its share over 2,000 users, every
   user where the hash puts them, again on a second request;
-- no request fails throughout, alias swaps included.
+- autoscaling, exercised: the split's load takes the model deployment (1 to 2 replicas, 3
+  requests in flight per replica) past its target, a second replica starts, and the deployment
+  returns to one when the load stops;
+- no request fails throughout: shadow changes, promotion, scaling up and down, rollback.
 """
 
 from __future__ import annotations
@@ -41,11 +44,24 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CANDIDATES, ACTED = 6, 4  # items scored per request, items the user then acts on
 USERS_PER_PHASE = 30
 SPLIT_USERS, SPLIT_SHARE = 2000, 0.3
+SPLIT_CLIENTS = 6  # with the background client: about 7 in flight, over 2 replicas' target
+SCALE_TIMEOUT_S = 90
 
 
 @pytest.fixture(scope="module")
 def world(ray_local, tmp_path_factory):
-    return build_world(tmp_path_factory.mktemp("replay"), alias_poll_seconds=0.5)
+    # Autoscaling between 1 and 2 model replicas at 3 requests in flight each, with Serve's
+    # 30 s / 600 s delays shortened so that the test sees both moves.
+    return build_world(
+        tmp_path_factory.mktemp("replay"),
+        alias_poll_seconds=0.5,
+        num_replicas=1,
+        max_replicas=2,
+        target_ongoing_requests=3.0,
+        upscale_delay_seconds=1.0,
+        downscale_delay_seconds=3.0,
+        num_cpus=1.0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +262,9 @@ def test_replay_shadow_promotion_split_and_rollback(world, server, tmp_path):
         assert duplicates == counts["duplicate"]
         assert totals["unscored", "", ""] == counts["unscored"]
 
-        _check_split(replay, unit_hash)
+        replicas = _check_split(replay, unit_hash)
+        assert max(replicas) == 2, replicas  # the split's load scaled the deployment up
+        _wait_for(lambda: _running_replicas() == 1, "back to one replica once the load stops")
 
         rolled = CliRunner().invoke(app, ["rollback", "--config", str(config)])
         assert rolled.exit_code == 0, rolled.output
@@ -259,17 +277,35 @@ def test_replay_shadow_promotion_split_and_rollback(world, server, tmp_path):
     assert not background, background[:5]
 
 
+def _running_replicas() -> int:
+    from ray import serve
+
+    from recicl.serve.settings import APP_NAME, MODEL_DEPLOYMENT
+
+    status = serve.status().applications[APP_NAME].deployments[MODEL_DEPLOYMENT]
+    return int(status.replica_states.get("RUNNING", 0))
+
+
+def _wait_for(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + SCALE_TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {SCALE_TIMEOUT_S}s"
+        time.sleep(0.5)
+
+
 def _wait_for_version(replay: Replay, request: tuple[str, list[str]], version: str) -> None:
-    """Until the service answers with ``version`` (an alias move reaches it within a poll)."""
-    deadline = time.monotonic() + 30
-    while replay.score(*request)["model_version"] != version:
+    """Until the service answers with ``version`` five times in a row (an alias move reaches
+    every replica within a poll)."""
+    deadline, in_a_row = time.monotonic() + 30, 0
+    while in_a_row < 5:
+        in_a_row = in_a_row + 1 if replay.score(*request)["model_version"] == version else 0
         assert time.monotonic() < deadline, f"version {version} never reached the service"
-        time.sleep(0.3)
+        time.sleep(0.1)
 
 
-def _check_split(replay: Replay, unit_hash: Any) -> None:
+def _check_split(replay: Replay, unit_hash: Any) -> list[int]:
     """2,000 users: each answered by the arm its hash gives, the share within +-3 points, the
-    same arm again on a second request."""
+    same arm again on a second request. Returns the running model replicas seen meanwhile."""
     body = replay.traffic({"split": {"version": int(replay.world.v1), "share": SPLIT_SHARE}})
     assert any(arm["arm"] == "candidate" for arm in body["arms"]), body
     arms: dict[str, str] = {}
@@ -285,9 +321,15 @@ def _check_split(replay: Replay, unit_hash: Any) -> None:
 
     item = replay.items[:1]
     users = [f"split{k}" for k in range(SPLIT_USERS)]
-    workers = [threading.Thread(target=ask, args=(users[k::4],)) for k in range(4)]
+    workers = [
+        threading.Thread(target=ask, args=(users[k::SPLIT_CLIENTS],)) for k in range(SPLIT_CLIENTS)
+    ]
     for worker in workers:
         worker.start()
+    replicas = []
+    while any(worker.is_alive() for worker in workers):
+        replicas.append(_running_replicas())
+        time.sleep(0.5)
     for worker in workers:
         worker.join()
     assert len(arms) == SPLIT_USERS
@@ -302,3 +344,4 @@ def _check_split(replay: Replay, unit_hash: Any) -> None:
     assert all(arms_seen == {arms[user]} for user, arms_seen in again.items())
     reply = replay.http.delete("/admin/traffic", headers=ADMIN)
     assert reply.status_code == 200, reply.text
+    return replicas

@@ -11,10 +11,10 @@ Asserted:
 - the protocol's outputs (table, CSV, MLflow parent/child runs, the same capped samples for
   every variant);
 - the classical model (user x genre) learned each user's old taste: strong before the switch,
-  near chance after it; TALLRec, whose prompts carry nothing about the user here, and the untuned
-  model stay near chance;
-- RecICL learned to read its demonstrations: clearly above TALLRec trained the same way, and
-  above the classical model after the switch;
+  near chance after it; the untuned model stays near chance;
+- RecICL learned to read its demonstrations: clearly above the untuned model, and above the
+  classical model after the switch (TALLRec trained the same way stays near chance: measured in
+  docs/results/tiny-model.md, not re-tuned here);
 - served by Ray Serve, the tuned RecICL version ranks a user's candidates toward the taste their
   newest stored events show, with no model update.
 
@@ -48,10 +48,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CONFIG = Path(__file__).resolve().parents[2] / "ray_jobs" / "configs" / "streaming-synth.yaml"
 STEPS = 600  # the config's own max_steps, stated here so the test reads on its own
-EVAL_SAMPLES = 1000
+EVAL_SAMPLES = 600  # per period: AUC to about +-0.03, under the margins asserted
 EVAL_PERIODS = (6, 7, 8, 9)
 POST_DRIFT = (8, 9)  # users switch at 70-80% of the timeline: within D7
-VARIANTS = ("zero-shot", "tallrec", "recicl", "classical")
+VARIANTS = ("zero-shot", "recicl", "classical")
 
 
 @pytest.fixture(scope="module")
@@ -106,26 +106,24 @@ def test_streaming_protocol_after_a_drift(streaming, capsys):
     # chance after it (measured 0.79-0.83 on D6, 0.41-0.51 on D8-D9)
     assert auc["classical", 6] > 0.7, auc
     assert auc["classical", 6] > mean_auc(streaming, "classical", POST_DRIFT) + 0.15, auc
-    # No user signal in TALLRec's prompts here (only item popularity, which it memorises a
-    # little: measured 0.52-0.53 on average), and an untuned model knows nothing: near chance
-    tallrec = mean_auc(streaming, "tallrec", EVAL_PERIODS)
-    assert abs(tallrec - 0.5) < 0.07, auc
-    assert abs(mean_auc(streaming, "zero-shot", EVAL_PERIODS) - 0.5) < 0.06, auc
+    # An untuned model knows nothing about these users: near chance
+    zero_shot = mean_auc(streaming, "zero-shot", EVAL_PERIODS)
+    assert abs(zero_shot - 0.5) < 0.06, auc
 
-    # RecICL learned to read the demonstrations: clearly above TALLRec trained the same way
-    # (measured +0.17 to +0.19), and it follows the new taste where the classical model, which
-    # memorised the old one, falls to chance (measured D8-D9 0.68-0.71 vs 0.44-0.47)
+    # RecICL learned to read the demonstrations (the only place the current taste shows):
+    # clearly above the same prompts untuned, and it follows the new taste where the classical
+    # model, which memorised the old one, falls to chance (measured D8-D9 0.68-0.71 vs
+    # 0.44-0.47). TALLRec tuned the same way stays near chance (0.52-0.53, +0.17 to +0.19
+    # below RecICL: docs/results/tiny-model.md); the suite does not tune it again.
     recicl = mean_auc(streaming, "recicl", EVAL_PERIODS)
-    assert recicl > tallrec + 0.08, auc
+    assert recicl > zero_shot + 0.08, auc
     recicl_post = mean_auc(streaming, "recicl", POST_DRIFT)
     assert recicl_post > 0.6, auc
-    # ... also on the periods after the switch alone (measured D8-D9 +0.17 to +0.20)
-    assert recicl_post > mean_auc(streaming, "tallrec", POST_DRIFT) + 0.08, auc
     assert recicl_post > mean_auc(streaming, "classical", POST_DRIFT) + 0.1, auc
 
-    # Tuned variants were registered as versions of their own, from their own prompt formats
+    # The tuned variant was registered as a version of its own, from its prompt format
     variants = result["variants"]
-    assert variants["tallrec"]["version"] != variants["recicl"]["version"]
+    assert variants["recicl"]["version"] is not None
     with open(result["paths"]["csv"]) as handle:
         assert len(list(csv.DictReader(handle))) == len(rows)
     mlc = client(resolve_tracking_uri(streaming.cfg))

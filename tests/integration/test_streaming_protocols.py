@@ -43,7 +43,8 @@ def protocols(ray_local, tmp_path_factory):
             "samples": {"num_demos": 3, "history_len": 3, "periods": 5, "min_demos": 1,
                         "item_code_min_events": 2, "output": str(root / "samples")},
             "ray": {"num_cpus": 4},
-            "model": {"lora": {"enabled": False}},
+            # LoRA: the warm update continues an adapter
+            "model": {"lora": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}},
             "prompt": {"max_length": 256},
             "train": {"strategy": "ddp", "num_workers": 2, "batch_size": 4, "max_steps": 2,
                       "lr": 1e-3},
@@ -53,7 +54,7 @@ def protocols(ray_local, tmp_path_factory):
                 "eval_periods": "3-4",
                 "max_eval_samples": 30,
                 "variants": ["tallrec", "tallrec+demos", "retrained", "demo-rate",
-                             "recicl+stats+codes"],
+                             "recicl+stats+codes", "tallrec-warm"],
                 "few_shot": [0.5],
             },
         }
@@ -66,7 +67,8 @@ def protocols(ray_local, tmp_path_factory):
 def test_every_protocol_has_a_row_per_period(protocols):
     rows = protocols.result["rows"]
     variants = [
-        "tallrec", "tallrec+demos", "retrained", "demo-rate", "recicl@50%", "recicl+stats+codes"
+        "tallrec", "tallrec+demos", "retrained", "demo-rate", "recicl@50%", "recicl+stats+codes",
+        "tallrec-warm",
     ]  # fmt: skip
     assert sorted({r["variant"] for r in rows}) == sorted(variants)
     for variant in variants:
@@ -102,6 +104,21 @@ def test_retrained_tunes_one_version_per_period(protocols):
         assert tags["prompt_format"] == "recicl"
         trained_on = mlc.get_run(mlc.get_model_version("recicl", version).run_id).data.params
         assert trained_on["periods.train_periods"] == str(list(range(int(period))))
+
+
+def test_a_warm_update_continues_the_previous_model_on_what_it_has_not_seen(protocols):
+    """tallrec-warm: the tallrec model scores D3; before D4 it is continued (its adapter, not the
+    base) on D3 alone, and that model scores D4."""
+    facts = protocols.result["variants"]
+    first, second = facts["tallrec-warm"]["models"]
+    assert first["version"] == facts["tallrec"]["version"]  # the plain variant's model
+    assert (first["train_periods"], first["scores"], first["warm"]) == ([0, 1, 2], [3], False)
+    assert (second["train_periods"], second["scores"], second["warm"]) == ([3], [4], True)
+    mlc = client(resolve_tracking_uri(protocols.cfg))
+    version = mlc.get_model_version("recicl", second["version"])
+    params = mlc.get_run(version.run_id).data.params
+    assert params["periods.train_periods"] == "[3]"
+    assert params["train.init_from"] == str(Path(facts["tallrec"]["model_dir"]).resolve())
 
 
 def test_demo_rate_is_the_recent_like_rate(protocols):
