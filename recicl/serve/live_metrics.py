@@ -75,6 +75,27 @@ def arm_figures(rows: list[FeedbackRow]) -> dict[str, Any]:
     }
 
 
+def live_timeline(
+    rows: list[FeedbackRow], bucket_s: int
+) -> dict[str, list[tuple[float, float | None, int]]]:
+    """Live AUC over serving time: per version and arm (``"v3 shadow"``), one point per
+    ``bucket_s`` seconds of ``served_at`` (its start, in seconds since the first score), with
+    the AUC and the number of joined scores in it (AUC None: fewer than both labels)."""
+    if not rows:
+        return {}
+    start = min(row.served.served_at for row in rows)
+    buckets: dict[tuple[str, int], list[FeedbackRow]] = defaultdict(list)
+    for row in rows:
+        name = f"v{row.served.version} {row.served.arm}"
+        buckets[name, (row.served.served_at - start) // bucket_s].append(row)
+    timeline: dict[str, list[tuple[float, float | None, int]]] = defaultdict(list)
+    for (name, bucket), group in sorted(buckets.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        figures = arm_figures(group)
+        if figures["joined"]:
+            timeline[name].append((float(bucket * bucket_s), figures["auc"], figures["joined"]))
+    return dict(timeline)
+
+
 def live_report(store: InteractionStore, window_s: int, now: int) -> dict[str, Any]:
     """Figures of the scores served in the last ``window_s`` seconds, per version and arm.
 

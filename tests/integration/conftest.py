@@ -1,4 +1,5 @@
-"""Fixtures shared by the store tests: a private redis-server, and a store URL per backend."""
+"""Fixtures shared by integration modules: a private redis-server and a store URL per backend
+(the store tests), and the Serve app of a module's `world` (serving tests)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,17 @@ def url(request, tmp_path) -> str:
     server = request.getfixturevalue("redis_server")
     server.flush()
     return server.url
+
+
+@pytest.fixture(scope="module")
+def server(world):
+    """The recicl Serve app of the requesting module's ``world`` fixture on a free loopback
+    port, for the module (test_serve.py, test_live_replay.py)."""
+    from tests.integration.test_serve import Server
+
+    srv = Server(world.cfg)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()

@@ -23,6 +23,7 @@ Asserted, against the replay script's own log:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter, defaultdict
@@ -36,7 +37,7 @@ import yaml
 from typer.testing import CliRunner
 
 from recicl.registry import register_model_folder
-from tests.integration.test_serve import ADMIN_TOKEN, Server, build_world
+from tests.integration.test_serve import ADMIN_TOKEN, build_world
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,16 +63,6 @@ def world(ray_local, tmp_path_factory):
         downscale_delay_seconds=3.0,
         num_cpus=1.0,
     )
-
-
-@pytest.fixture(scope="module")
-def server(world):
-    srv = Server(world.cfg)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 class Replay:
@@ -260,6 +251,7 @@ def test_replay_shadow_promotion_split_and_rollback(world, server, tmp_path):
         assert got == expected
         duplicates = sum(v for (kind, *_), v in totals.items() if kind == "duplicate")
         assert duplicates == counts["duplicate"]
+        _plot(world, rows, worse, better, tmp_path)
         assert totals["unscored", "", ""] == counts["unscored"]
 
         replicas = _check_split(replay, unit_hash)
@@ -275,6 +267,25 @@ def test_replay_shadow_promotion_split_and_rollback(world, server, tmp_path):
         loop.join(timeout=60)
         replay.http.close()
     assert not background, background[:5]
+
+
+def _plot(world: Any, rows: list[Any], worse: str, better: str, folder: Path) -> None:
+    """Live AUC per arm over the replay's serving time (1 s buckets), as docs/live-loop.md
+    shows it: RECICL_REPLAY_PLOT=docs/results/live-replay.png writes it there."""
+    from recicl.evaluate.plots import plot_live_timeline
+    from recicl.serve.live_metrics import live_timeline
+
+    timeline = live_timeline(rows, bucket_s=1)
+    champion = f"v{world.v1} champion"
+    assert {champion, f"v{worse} shadow", f"v{better} shadow"} <= set(timeline)
+    for name, points in timeline.items():  # every joined score in exactly one bucket
+        version, arm = name[1:].split(" ")
+        joined = [r for r in rows if (r.served.version, r.served.arm, r.status) ==
+                  (version, arm, "joined")]  # fmt: skip
+        assert sum(n for _, _, n in points) == len(joined), name
+    path = Path(os.environ.get("RECICL_REPLAY_PLOT") or folder / "live-replay.png")
+    title = "replay: users agree with the champion, then with the shadow (planted)"
+    assert plot_live_timeline(timeline, path, title).stat().st_size > 0
 
 
 def _running_replicas() -> int:

@@ -121,16 +121,6 @@ def world(ray_local, tmp_path_factory: pytest.TempPathFactory):
     return build_world(tmp_path_factory.mktemp("serve"))
 
 
-@pytest.fixture(scope="module")
-def server(world):
-    srv = Server(world.cfg)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
 @pytest.fixture()
 def http(server):
     with httpx.Client(base_url=server.url, timeout=60) as client:
