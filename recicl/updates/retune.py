@@ -88,6 +88,7 @@ class RetuneResult:
     share: float | None = None
     stages_resumed: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    done: bool = False  # every stage finished: running the same name again changes nothing
 
     def save(self, folder: Path) -> None:
         (folder / STATE_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -304,6 +305,10 @@ def run_retune(cfg: ReciclConfig, run_name: str | None = None) -> RetuneResult:
     if state_path.is_file():
         state = RetuneResult(**json.loads(state_path.read_text()))
         champion = state.champion_version  # pinned when the run started
+        if state.done:  # never re-enter a candidate someone has promoted or withdrawn since
+            print(f"[retune] {run_name} already finished: version {state.version}", flush=True)
+            return state
+        state.stages_resumed = []
         print(f"[retune] resuming {run_name} (champion v{champion})", flush=True)
     else:
         state = RetuneResult(run_name=run_name, champion_version=champion, warm=cfg.retune.warm)
@@ -334,6 +339,7 @@ def run_retune(cfg: ReciclConfig, run_name: str | None = None) -> RetuneResult:
         state.save(folder)
         raise
     state.seconds = round(time.perf_counter() - started, 1)
+    state.done = True
     state.save(folder)
     return state
 

@@ -239,6 +239,9 @@ def test_warm_retune_learns_the_change_and_enters_as_shadow(world, monkeypatch) 
     assert traffic.shadow.share == cfg.retune.share
     assert str(mlc.get_model_version_by_alias("recicl", "champion").version) == world["champion"]
 
-    again = retune_module.run_retune(cfg, "retune-1")  # finished: nothing trained twice
-    assert again.version == result.version and "train" in again.stages_resumed
+    # Finished: running it again trains, registers and routes nothing
+    mlc.delete_registered_model_tag("recicl", f"{TRAFFIC_TAG}.champion")  # e.g. withdrawn
+    again = retune_module.run_retune(cfg, "retune-1")
+    assert again.done and again.version == result.version
+    assert f"{TRAFFIC_TAG}.champion" not in mlc.get_registered_model("recicl").tags
     assert _versions(cfg) == [*before, result.version]
