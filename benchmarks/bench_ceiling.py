@@ -25,7 +25,6 @@ No LLM is involved; the numbers say how far a reader of these signals can go on 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from recicl.config import BUNDLED_MOVIELENS
+from recicl.data.samples_folder import SamplesFolder
 
 SMOOTHING = 5.0
 
@@ -87,17 +87,15 @@ def main() -> None:
     parser.add_argument("--samples", default="recicl-work/samples/ml-latest-small-d8")
     parser.add_argument("--data", default=str(BUNDLED_MOVIELENS))
     args = parser.parse_args()
-    manifest_path = Path(args.samples) / "manifest.json"
-    if not manifest_path.is_file():  # the periods come from a build: make one (10 periods)
+    folder = SamplesFolder(Path(args.samples))
+    if not folder.manifest_path.is_file():  # the periods come from a build: make one (10 periods)
         from recicl.config import build_config
         from recicl.data.pipeline import build_samples
 
         build_samples(build_config({"samples": {"output": args.samples, "periods": 10}}))
-    manifest = json.loads(manifest_path.read_text())
-    threshold = float(manifest["config"]["data"]["like_threshold"])
-    frame = signals(
-        pd.read_csv(Path(args.data) / "ratings.csv"), manifest["boundaries_ts"], threshold
-    )
+    manifest = folder.require_manifest()
+    threshold = float(manifest.config["data"]["like_threshold"])
+    frame = signals(pd.read_csv(Path(args.data) / "ratings.csv"), manifest.boundaries_ts, threshold)
     models = {}
     for label, periods_fitted in (("D0-D5", [0, 1, 2, 3, 4, 5]), ("D5", [5])):
         train = frame[frame["period"].isin(periods_fitted)]

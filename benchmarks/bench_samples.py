@@ -83,7 +83,7 @@ def run_ray(source: Path, output: Path) -> dict:
     sampler.join()
     return {
         "seconds": seconds,
-        "samples": manifest["samples"],
+        "samples": manifest.samples,
         "peak_bytes": result["peak"],
         "cold_seconds": cold_seconds,
     }
@@ -108,8 +108,10 @@ def run_cli(source: Path, output: Path, env: dict[str, str]) -> dict:
     sampler.join()
     if process.returncode:
         raise RuntimeError(f"recicl samples build failed ({process.returncode}):\n{stderr}")
-    manifest = json.loads((output / "manifest.json").read_text())
-    return {"seconds": seconds, "samples": manifest["samples"], "peak_bytes": result["peak"]}
+    from recicl.data.samples_folder import SamplesFolder
+
+    manifest = SamplesFolder(output).require_manifest()
+    return {"seconds": seconds, "samples": manifest.samples, "peak_bytes": result["peak"]}
 
 
 def run_reference(source: Path, output: Path) -> dict:

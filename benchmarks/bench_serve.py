@@ -20,9 +20,9 @@ The token-count ideal ignores two costs that prefix sharing keeps: every suffix 
 attends over the whole prefix, and the prefix KV cache is copied once per candidate row. On the tiny
 model (hidden 64) those dominate, so measured/ideal falls with N; with hidden 512 (and far more
 on a real 7B model) the MLP and projections dominate and the speedup approaches the ideal. The
-"FLOP ideal" column counts the attention too (:func:`forward_flops`): the best speedup that
-sharing can give for *this* model's shape, so "of FLOP ideal" separates what the implementation
-loses (the KV-cache copies, kernel overheads) from what the shape allows.
+"FLOP ideal" column counts the attention too (:func:`benchmarks.flops.sharing_flop_ideal`): the
+best speedup that sharing can give for *this* model's shape, so "of FLOP ideal" separates what
+the implementation loses (the KV-cache copies, kernel overheads) from what the shape allows.
 
 Everything runs on this machine (tiny random model, temporary MLflow SQLite, Serve on 127.0.0.1);
 numbers on a shared machine are noisy.
@@ -34,11 +34,17 @@ import argparse
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.*` importable
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.flops import sharing_flop_ideal  # noqa: E402  (after the path fix)
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -78,31 +84,6 @@ PREFIX_MODEL_SHAPES = {
     "tiny": {},
     "small": {"hidden_size": 512, "num_layers": 4, "num_heads": 8, "intermediate_size": 1408},
 }
-
-
-def forward_flops(config: Any, tokens: float, attended_pairs: float) -> float:
-    """Multiply-adds x 2 of a Llama forward pass over ``tokens`` new tokens that attend to
-    ``attended_pairs`` (query, key) pairs in all: the per-token projections and MLP plus
-    QK^T and attention-times-V. The LM head is left out (it runs at the answer position only,
-    once per candidate either way)."""
-    hidden, inter = config.hidden_size, config.intermediate_size
-    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
-    kv_dim = config.num_key_value_heads * head_dim
-    per_token = 2 * (2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * inter)
-    per_pair = 2 * 2 * config.num_attention_heads * head_dim
-    return config.num_hidden_layers * (tokens * per_token + attended_pairs * per_pair)
-
-
-def sharing_flop_ideal(config: Any, n: int, prefix: int, suffix: float) -> float:
-    """FLOPs of N full prompts over FLOPs of one prefix plus N suffixes on its cache."""
-    full = prefix + suffix
-    naive = forward_flops(config, n * full, n * full * (full + 1) / 2)
-    shared = forward_flops(
-        config,
-        prefix + n * suffix,
-        prefix * (prefix + 1) / 2 + n * (suffix * prefix + suffix * (suffix + 1) / 2),
-    )
-    return naive / shared
 
 
 def bench_prefix(

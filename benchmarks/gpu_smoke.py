@@ -25,7 +25,7 @@ Without a GPU it refuses (exit 2) unless ``--cpu-dry-run``: the same code path w
 Qwen2 shape on 2 CPU workers (gloo, float32, ZeRO-3), for checking the script itself.
 
 MFU counts the model FLOPs of a LoRA step on a frozen base: the forward pass
-(:func:`benchmarks.bench_serve.forward_flops`: projections, MLP, QK^T and AV; the LM head runs
+(:func:`benchmarks.flops.forward_flops`: projections, MLP, QK^T and AV; the LM head runs
 at the answer position only and is left out) and the backward pass's input gradients (the
 frozen linear layers once more, attention twice more: dQ/dK and dP/dV), i.e.
 ``2 x linear + 3 x attention``. No weight gradients of the base (that would be the 6·N·T of full
@@ -56,14 +56,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.*` importable
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.flops import peak_bf16_tflops, throughput  # noqa: E402  (after the path fix)
 from benchmarks.gpu_smoke_model import (  # noqa: E402  (after the path fix above)
     SHAPES,
     gpu_refusal,
     model_config,
     parameter_count,
-    peak_bf16_tflops,
     steady_rate,
-    throughput,
 )
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

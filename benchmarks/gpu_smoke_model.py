@@ -1,17 +1,12 @@
 """The pure parts of the GPU path check (benchmarks/gpu_smoke.py), unit-tested on any machine:
-the model shapes (Qwen2.5-7B's, and a tiny one for the CPU dry run), parameter and LoRA-step
-FLOP counts, the dense-bf16 peak table, the no-GPU refusal, and throughput/MFU from the per-step
-rates training logs."""
+the model shapes (Qwen2.5-7B's, and a tiny one for the CPU dry run), the parameter count, the
+no-GPU refusal, and the steady samples/s from the per-step rates training logs. The FLOP and MFU
+arithmetic is :mod:`benchmarks.flops`, shared with the serving benchmark."""
 
 from __future__ import annotations
 
 import os
-import re
-import statistics
-from dataclasses import dataclass
 from typing import Any
-
-from benchmarks.bench_serve import forward_flops
 
 # Qwen2.5-7B (config.json of Qwen/Qwen2.5-7B-Instruct), written out so nothing is downloaded.
 QWEN25_7B = {
@@ -42,44 +37,8 @@ TINY = {
 }
 SHAPES = {"qwen2.5-7b": QWEN25_7B, "tiny": TINY}
 
-# Dense (no sparsity) bf16 tensor-core peak per GPU in TFLOPS, from NVIDIA's datasheets.
-# Matched against the words of torch.cuda.get_device_name(); first match wins, so the more
-# specific variants (PCIe, NVL) come first. GPUs without bf16 tensor cores (V100, T4) are absent.
-PEAK_BF16_TFLOPS: list[tuple[tuple[str, ...], float]] = [
-    (("GB200",), 2500.0),
-    (("B200",), 2250.0),
-    (("B100",), 1750.0),
-    (("GH200",), 989.0),
-    (("H200", "NVL"), 835.0),
-    (("H200",), 989.0),  # SXM
-    (("H100", "NVL"), 835.0),
-    (("H100", "PCIE"), 756.0),
-    (("H100",), 989.0),  # SXM5 ("NVIDIA H100 80GB HBM3")
-    (("H800", "PCIE"), 756.0),
-    (("H800",), 989.0),
-    (("H20",), 148.0),
-    (("A100",), 312.0),  # SXM4 and PCIe, 40 and 80 GB
-    (("A800",), 312.0),
-    (("L40S",), 362.0),
-    (("L40",), 181.0),
-    (("L4",), 121.0),
-    (("A10",), 125.0),
-    (("RTX", "4090"), 165.0),
-    (("RTX", "6000", "ADA"), 364.0),
-]
-
-
 # ---------------------------------------------------------------------------------------------
 # pure parts (unit-tested)
-
-
-def peak_bf16_tflops(device_name: str) -> float | None:
-    """Dense bf16 peak TFLOPS of one GPU named ``device_name`` (as CUDA names it), or None."""
-    words = set(re.split(r"[^A-Z0-9]+", device_name.upper()))
-    for pattern, tflops in PEAK_BF16_TFLOPS:
-        if all(word in words for word in pattern):
-            return tflops
-    return None
 
 
 def gpu_refusal(device_count: int, torch_version: str, cuda_version: str | None) -> str | None:
@@ -120,15 +79,6 @@ def parameter_count(config: Any) -> int:
     return layers * per_layer + embeddings + hidden
 
 
-def lora_step_flops(config: Any, tokens: float, attended_pairs: float) -> float:
-    """Model FLOPs of one LoRA training pass (frozen base) over ``tokens`` tokens attending to
-    ``attended_pairs`` (query, key) pairs: forward + input-gradient backward, i.e. the linear
-    layers twice and attention three times (see the module docstring)."""
-    linear = forward_flops(config, tokens, 0)
-    attention = forward_flops(config, 0, attended_pairs)
-    return 2 * linear + 3 * attention
-
-
 def steady_rate(per_step: list[tuple[int, float]], warmup_steps: int) -> tuple[float, int]:
     """(samples/s, steps used) over the steps after ``warmup_steps``: every step carries the same
     number of samples, so the aggregate rate is the harmonic mean of the per-step rates."""
@@ -138,43 +88,3 @@ def steady_rate(per_step: list[tuple[int, float]], warmup_steps: int) -> tuple[f
             f"no per-step throughput after {warmup_steps} warm-up steps; raise --steps"
         )
     return len(rates) / sum(1.0 / r for r in rates), len(rates)
-
-
-@dataclass
-class Throughput:
-    samples_per_s: float
-    tokens_per_s: float
-    step_seconds: float
-    model_tflops_per_gpu: float
-    mfu: float | None
-    hfu: float | None
-
-
-def throughput(
-    config: Any,
-    samples_per_s: float,
-    lengths: list[int],
-    *,
-    world: int,
-    samples_per_step: int,
-    peak_tflops: float | None,
-    recompute: bool,
-) -> Throughput:
-    """Tokens/s, MFU and HFU from a measured samples/s and the prompts' token lengths."""
-    mean_tokens = statistics.fmean(lengths)
-    mean_pairs = statistics.fmean(n * (n + 1) / 2 for n in lengths)
-    per_sample = lora_step_flops(config, mean_tokens, mean_pairs)
-    hardware = per_sample + (forward_flops(config, mean_tokens, mean_pairs) if recompute else 0)
-    per_gpu = samples_per_s * per_sample / world
-    mfu = hfu = None
-    if peak_tflops:
-        mfu = per_gpu / (peak_tflops * 1e12)
-        hfu = samples_per_s * hardware / world / (peak_tflops * 1e12)
-    return Throughput(
-        samples_per_s=samples_per_s,
-        tokens_per_s=samples_per_s * mean_tokens,
-        step_seconds=samples_per_step / samples_per_s,
-        model_tflops_per_gpu=per_gpu / 1e12,
-        mfu=mfu,
-        hfu=hfu,
-    )

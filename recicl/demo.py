@@ -125,7 +125,7 @@ def run_demo(cfg: ReciclConfig) -> dict[str, Any]:
     samples = SamplesFolder.at(samples_dir)
     newest = samples.newest_period()
 
-    model_dir = Path(cfg.model.name_or_path or Path(cfg.workdir) / "tiny-model")
+    model_dir = Path(cfg.model.name_or_path or cfg.work_folder() / "tiny-model")
     if cfg.model.gguf_package:
         _step(2, f"the base model: {cfg.model.gguf_package}, imported once (nothing downloaded)")
         imported = ensure_base_model(cfg.model)

@@ -43,12 +43,11 @@ from recicl.registry import (
     SAMPLES_TAG,
     SUBSET_TAG,
     RegistryError,
+    Workspace,
     alias_version,
-    client,
     model_uri,
     model_version,
     registered_model,
-    resolve_tracking_uri,
 )
 
 if TYPE_CHECKING:
@@ -127,13 +126,14 @@ def evaluation_runs(
 
 
 def evaluation_auc(
-    cfg: ReciclConfig, name: str, version: str, samples_dir: Path, period: int
+    cfg: ReciclConfig, workspace: Workspace, name: str, version: str, samples_dir: Path, period: int
 ) -> float | None:
     """AUC of ``name`` v``version`` on ``period`` of these samples: from an earlier evaluation run
     on the same samples (and the same ``evaluate.max_samples`` subset) when there is one,
     otherwise by evaluating now."""
-    mlc = client(resolve_tracking_uri(cfg))
-    runs = evaluation_runs(mlc, name, version, SamplesFolder.at(samples_dir).content_id())
+    runs = evaluation_runs(
+        workspace.client(), name, version, SamplesFolder.at(samples_dir).content_id()
+    )
     key = f"p{period}_auc"
     subset = subset_name(cfg.evaluate.max_samples)  # compare on the same samples only
     for run in runs:
@@ -141,7 +141,9 @@ def evaluation_auc(
             continue
         if key in run.data.metrics:
             return float(run.data.metrics[key])
-    report = evaluate_model(cfg, model_uri(name, version), samples_dir, [period])
+    report = evaluate_model(
+        cfg, model_uri(name, version), samples_dir, [period], workspace=workspace
+    )
     value = report["periods"].get(str(period), {}).get("auc")
     return None if value is None else float(value)
 
@@ -173,9 +175,9 @@ def promote(
             "--live compares on live feedback; --samples and --period belong to the offline "
             "gate: drop them or drop --live"
         )
-    tracking_uri = resolve_tracking_uri(cfg)
-    mlc = client(tracking_uri)
-    registered_model(mlc, name, tracking_uri)
+    workspace = Workspace.of(cfg)
+    mlc = workspace.client()
+    registered_model(mlc, name, workspace.tracking_uri)
     model_version(mlc, name, version)
     champion = alias_version(mlc, name, alias)
     tolerance = cfg.evaluate.promotion_tolerance
@@ -191,7 +193,7 @@ def promote(
         passed = (
             live_gate(cfg, decision, live)
             if live is not None
-            else offline_gate(cfg, decision, samples_dir)
+            else offline_gate(cfg, workspace, decision, samples_dir)
         )
         if not passed:
             return decision
@@ -209,7 +211,10 @@ def promote(
 
 
 def offline_gate(
-    cfg: ReciclConfig, decision: PromotionDecision, samples_dir: str | Path | None
+    cfg: ReciclConfig,
+    workspace: Workspace,
+    decision: PromotionDecision,
+    samples_dir: str | Path | None,
 ) -> bool:
     """Fill in both AUCs on the same samples and period; True when the candidate passes."""
     assert decision.champion is not None
@@ -226,8 +231,9 @@ def offline_gate(
     period = folder.newest_period() if decision.period is None else decision.period
     decision.period = period
     name = decision.name
-    decision.candidate_auc = evaluation_auc(cfg, name, decision.candidate, folder.root, period)
-    decision.champion_auc = evaluation_auc(cfg, name, decision.champion, folder.root, period)
+    candidate, champion = decision.candidate, decision.champion
+    decision.candidate_auc = evaluation_auc(cfg, workspace, name, candidate, folder.root, period)
+    decision.champion_auc = evaluation_auc(cfg, workspace, name, champion, folder.root, period)
     if decision.candidate_auc is None or decision.champion_auc is None:
         raise RegistryError(
             f"AUC is undefined on period {period} (one class only); choose --period"
@@ -389,9 +395,9 @@ def rollback(
     Refuses, changing nothing, when the alias has no holder, no previous holder, or was moved
     outside recicl since its last recorded move (then the history does not say what came
     before the current holder)."""
-    tracking_uri = resolve_tracking_uri(cfg)
-    mlc = client(tracking_uri)
-    registered_model(mlc, name, tracking_uri)
+    workspace = Workspace.of(cfg)
+    mlc = workspace.client()
+    registered_model(mlc, name, workspace.tracking_uri)
     current = alias_version(mlc, name, alias)
     if current is None:
         raise RegistryError(f"{name}@{alias} is not set: there is nothing to roll back")

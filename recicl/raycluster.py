@@ -32,16 +32,17 @@ def ensure_ray(cfg: RayConfig | None = None, *, dashboard: bool = True) -> None:
 
     Idle worker processes are kept for 5 minutes instead of Ray's default of one second: each
     stage of a job (read+validate, shuffle, write, ...) otherwise starts on freshly spawned
-    workers that import pyarrow/torch again, which measured at 2-3 s per stage on a 2-core
-    machine (1M-event sample build: 18.6 s → 7.0 s once warm).
+    workers that import pyarrow/torch again, a fixed cost per stage that dominates a small job
+    on a small machine (measured: docs/performance.md).
 
     The dashboard runs (on loopback only) because Ray Train's placement-group cleaner asks the
     State API, served by the dashboard, whether the train controller is alive; without it the
     cleaner logs a failure every second and, with another Ray instance on the same machine, can
     end up asking that one. A process that never trains (``recicl samples build``) passes
     ``dashboard=False``: Ray then starts only a minimal head API process instead of the
-    dashboard and its nine module processes (about 1.5 s of start-up on 2 cores). Only the
-    first call of a process decides; the flag changes nothing on a cluster.
+    dashboard and its nine module processes, whose start-up a short command would pay for
+    nothing (measured: docs/performance.md). Only the first call of a process decides; the flag
+    changes nothing on a cluster.
 
     Settings that local workers need (``DS_ACCELERATOR``) are put in this process's environment,
     which the local raylet and its workers inherit, not in a job-level ``runtime_env``: a job
@@ -60,7 +61,7 @@ def local_core_limit() -> int | None:
 
     Jobs that need no Train workers (the sample build) bound their Ray Data concurrency by it:
     4 concurrent tasks on 2 cores only start twice the worker processes (each importing Ray,
-    pyarrow and pandas, ~1.3 s of CPU) and contend for the same cores.
+    pyarrow and pandas, which spends the very CPU the tasks need) and contend for the same cores.
     """
     if _local_cores is None or not ray.is_initialized():
         return None
@@ -73,12 +74,12 @@ def size_parquet_listing(cfg: RayConfig) -> int:
 
     Ray 2.60's reader (DataSource V2) reads each file's footer on a pool of
     ``RAY_DATA_PARQUET_FOOTER_NUM_ACTORS`` actors, 32 by default, started afresh for every
-    ``read_parquet`` execution: 32 new Python processes importing pyarrow and Ray. On a 2-core
-    machine that measured 6-18 s per read of a 600-row file (1.7 s with one actor), paid by
-    every sample build, tokenization and evaluation. The pool only pays off when there are
-    thousands of remote files to list, which comes with a large cluster, so it is sized by the
-    cluster: ``ray.parquet_footer_actors``, else one actor per 16 CPUs, 1 to 32. A value the
-    user put in the environment is left alone. Returns the size in force.
+    ``read_parquet`` execution: 32 new Python processes importing pyarrow and Ray. On a small
+    machine their start-up, not the data, sets the time of a read (measured: docs/performance.md),
+    and every sample build, tokenization and evaluation pays it. The pool only pays off when there
+    are thousands of remote files to list, which comes with a large cluster, so it is sized by the
+    cluster: ``ray.parquet_footer_actors``, else one actor per 16 CPUs, 1 to 32. A value the user
+    put in the environment is left alone. Returns the size in force.
     """
     global _footer_actors_set
     current = os.environ.get(FOOTER_ACTORS_ENV)

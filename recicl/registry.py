@@ -68,12 +68,61 @@ def default_artifact_root(workdir: str | Path) -> str:
 
 
 def resolve_tracking_uri(cfg: ReciclConfig) -> str:
-    """``mlflow.tracking_uri`` → ``$MLFLOW_TRACKING_URI`` → SQLite in the workdir."""
+    """``mlflow.tracking_uri`` → ``$MLFLOW_TRACKING_URI`` → SQLite in the workdir (created).
+    Commands resolve it once, with the work folder, by :meth:`Workspace.of`."""
     uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
-    return default_tracking_uri(cfg.workdir)
+    folder = cfg.work_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    return default_tracking_uri(folder)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where one command works: its work folder and its MLflow store (tracking and registry),
+    with the experiment and registered-model names runs and versions go to.
+
+    Resolved once where a command starts (a CLI command, a Ray job script, an experiment, a
+    re-tune, a Serve application) by :meth:`of`, then handed down, so that lower layers get the
+    folder and the store instead of a config to derive them from again. They used to derive
+    them at about twenty sites, each a place where a relative ``workdir`` (resolved against the
+    current directory) or ``$MLFLOW_TRACKING_URI`` could be read differently mid-command."""
+
+    folder: Path  # absolute
+    tracking_uri: str
+    experiment: str
+    registered_model: str
+
+    @classmethod
+    def of(cls, cfg: ReciclConfig) -> Workspace:
+        return cls(
+            folder=cfg.work_folder(),
+            tracking_uri=resolve_tracking_uri(cfg),
+            experiment=cfg.mlflow.experiment,
+            registered_model=cfg.mlflow.registered_model,
+        )
+
+    def client(self) -> MlflowClient:
+        return client(self.tracking_uri)
+
+    def ensure_experiment(self) -> str:
+        """Id of the experiment, created if missing (artifacts under the work folder when the
+        tracking store is the embedded SQLite default)."""
+        mlc = self.client()
+        experiment = mlc.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        artifact_location = None
+        if self.tracking_uri.startswith("sqlite:") and not os.environ.get("MLFLOW_ARTIFACT_ROOT"):
+            artifact_location = default_artifact_root(self.folder)
+        try:
+            return mlc.create_experiment(self.experiment, artifact_location=artifact_location)
+        except Exception:  # created concurrently by another process
+            experiment = mlc.get_experiment_by_name(self.experiment)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
 
 
 def client(tracking_uri: str) -> MlflowClient:
@@ -81,26 +130,6 @@ def client(tracking_uri: str) -> MlflowClient:
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def ensure_experiment(cfg: ReciclConfig, tracking_uri: str | None = None) -> str:
-    """Id of ``cfg.mlflow.experiment``, created if missing (artifacts under the workdir when the
-    tracking store is the embedded SQLite default)."""
-    tracking_uri = tracking_uri or resolve_tracking_uri(cfg)
-    mlc = client(tracking_uri)
-    experiment = mlc.get_experiment_by_name(cfg.mlflow.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    artifact_location = None
-    if tracking_uri.startswith("sqlite:") and not os.environ.get("MLFLOW_ARTIFACT_ROOT"):
-        artifact_location = default_artifact_root(cfg.workdir)
-    try:
-        return mlc.create_experiment(cfg.mlflow.experiment, artifact_location=artifact_location)
-    except Exception:  # created concurrently by another process
-        experiment = mlc.get_experiment_by_name(cfg.mlflow.experiment)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -194,21 +223,21 @@ def register_model_folder(
 ) -> str:
     """Register a packaged model folder (e.g. ``modeling.packaged.package_full_model``) as a new
     version of ``cfg.mlflow.registered_model`` from a run of its own; optionally set an alias."""
-    uri = resolve_tracking_uri(cfg)
-    mlc = client(uri)
+    workspace = Workspace.of(cfg)
+    mlc = workspace.client()
     run = mlc.create_run(
-        ensure_experiment(cfg, uri), run_name=run_name or f"register-{Path(folder).name}"
+        workspace.ensure_experiment(), run_name=run_name or f"register-{Path(folder).name}"
     )
     version = log_model_version(
-        tracking_uri=uri,
+        tracking_uri=workspace.tracking_uri,
         run_id=run.info.run_id,
         model_dir=folder,
-        registered_model=cfg.mlflow.registered_model,
+        registered_model=workspace.registered_model,
     )
     mlc.set_terminated(run.info.run_id)
     assert version is not None  # register=True always returns one
     if alias:
-        mlc.set_registered_model_alias(cfg.mlflow.registered_model, alias, version)
+        mlc.set_registered_model_alias(workspace.registered_model, alias, version)
     return version
 
 
@@ -296,7 +325,7 @@ class ModelSource:
     version: str | None = None
 
 
-def resolve_model_uri(uri: str, cfg: ReciclConfig) -> ModelSource:
+def resolve_model_uri(uri: str, workspace: Workspace) -> ModelSource:
     """``models:/name/N`` / ``models:/name@alias`` or a folder (evaluation's --model, a warm
     re-tune's train.init_from: one resolver). A registered version is
     downloaded once per registry entry (:func:`recicl.registry.version_identity`), under
@@ -315,13 +344,13 @@ def resolve_model_uri(uri: str, cfg: ReciclConfig) -> ModelSource:
 
     from recicl.modeling.packaged import MODEL_MANIFEST
 
-    tracking_uri = resolve_tracking_uri(cfg)
+    tracking_uri = workspace.tracking_uri
     name = match["name"]
     ref = match["version"] or match["alias"]
     try:
         version = resolve_version(tracking_uri, name, ref)
         identity = version_identity(tracking_uri, name, version)
-        cache = Path(cfg.workdir).expanduser().resolve() / "models" / name / f"{version}-{identity}"
+        cache = workspace.folder / "models" / name / f"{version}-{identity}"
         local = cache / "model"
         if not (local / MODEL_MANIFEST).is_file():
             local = load_version(name, version, tracking_uri=tracking_uri, dst=cache)

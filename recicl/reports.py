@@ -2,17 +2,21 @@
 
 Why one module: the CLI, the demo and the job scripts print the same reports, and the tables share
 one way of writing a metric. Before this module the demo imported its table from the CLI (an
-import cycle) and three copies of the metric formatter existed. It sits low in the package (it
-needs only ``rich``), so any layer may print.
+import cycle) and three copies of the metric formatter existed. It sits just above the data
+layer (it needs ``rich`` and the typed records it prints, such as the samples manifest), so every
+layer that runs a job may print.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from recicl.data.manifest import SamplesManifest
 
 #: Tables go to stdout (they are the command's output); paths and run ids to stderr.
 _out = Console()
@@ -34,31 +38,30 @@ def _metric_cells(values: dict[str, Any]) -> list[str]:
     ]
 
 
-def print_samples_summary(manifest: dict[str, Any]) -> None:
+def print_samples_summary(manifest: SamplesManifest) -> None:
     """A build's summary (events, quarantine by reason, samples per period) from its manifest."""
-    head = Table(title=f"recicl samples — {manifest['source']['layout']}", show_header=False)
-    head.add_row("rows read", f"{manifest['rows_read']:,}")
-    head.add_row("valid events", f"{manifest['events']:,}")
-    head.add_row("users / catalog items", f"{manifest['users']:,} / {manifest['catalog_items']:,}")
-    quarantine = manifest["quarantine"]
-    head.add_row("quarantined", f"{quarantine['total']:,}")
-    for reason, count in quarantine["by_reason"].items():
+    head = Table(title=f"recicl samples — {manifest.source.layout}", show_header=False)
+    head.add_row("rows read", f"{manifest.rows_read:,}")
+    head.add_row("valid events", f"{manifest.events:,}")
+    head.add_row("users / catalog items", f"{manifest.users:,} / {manifest.catalog_items:,}")
+    quarantine = manifest.quarantine
+    head.add_row("quarantined", f"{quarantine.total:,}")
+    for reason, count in quarantine.by_reason.items():
         head.add_row(f"  {reason}", f"{count:,}")
-    for reason, count in quarantine["catalog"].items():
+    for reason, count in quarantine.catalog.items():
         head.add_row(f"  catalog {reason}", f"{count:,}")
-    head.add_row("samples", f"{manifest['samples']:,}")
-    selection = manifest.get("selection") or {}
-    if selection:
-        policies = f"demos {selection['demo_policy']}, history {selection['history_policy']}"
-        if selection.get("augmented"):
-            policies += f", augmented: {', '.join(selection['augmented'])}"
-        head.add_row("policies", policies)
-    if selection.get("embeddings"):
-        vectors = selection["embeddings"]
+    head.add_row("samples", f"{manifest.samples:,}")
+    selection = manifest.selection
+    policies = f"demos {selection.demo_policy}, history {selection.history_policy}"
+    if selection.augmented:
+        policies += f", augmented: {', '.join(selection.augmented)}"
+    head.add_row("policies", policies)
+    if selection.embeddings:
+        vectors = selection.embeddings
         head.add_row(
             "item vectors", f"{vectors['items']:,} x {vectors['dim']} ({vectors.get('encoder')})"
         )
-    stats = manifest.get("item_stats")
+    stats = manifest.item_stats
     if stats:
         head.add_row(
             "item statistics",
@@ -69,22 +72,22 @@ def print_samples_summary(manifest: dict[str, Any]) -> None:
                 else ""
             ),
         )
-    head.add_row("seconds", f"{manifest['seconds']}")
+    head.add_row("seconds", f"{manifest.seconds}")
     _out.print(head)
     periods = Table(title="periods")
     for column in ("period", "from", "to", "events", "like rate", "samples"):
         periods.add_column(column, justify="right")
-    for row in manifest["periods"]:
+    for row in manifest.periods:
         periods.add_row(
-            f"D{row['period']}",
-            (row["first_event"] or "-")[:10],
-            (row["last_event"] or "-")[:10],
-            f"{row['events']:,}",
-            f"{row['like_rate']:.3f}" if row["like_rate"] is not None else "-",
-            f"{row['samples']:,}",
+            f"D{row.period}",
+            (row.first_event or "-")[:10],
+            (row.last_event or "-")[:10],
+            f"{row.events:,}",
+            f"{row.like_rate:.3f}" if row.like_rate is not None else "-",
+            f"{row.samples:,}",
         )
     _out.print(periods)
-    for warning in manifest.get("warnings", []):
+    for warning in manifest.warnings:
         _out.print(f"[yellow]warning:[/] {warning}")
 
 

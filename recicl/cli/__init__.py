@@ -115,15 +115,17 @@ def samples_build(
     min_demos: int | None = typer.Option(None, help="Minimum earlier events for a sample."),
     like_threshold: float | None = typer.Option(None, help="Rating at or above = liked."),
     demo_policy: str | None = typer.Option(
-        None, help="Demonstrations: recent | semantic | mixed (default: config, else recent)."
+        None,
+        help="Demonstrations: recent | semantic | mixed | quality (quality needs "
+        "samples.demo_quality; default: config, else recent).",
     ),
     history_policy: str | None = typer.Option(
         None, help="History: recent | semantic (default: config, else recent)."
     ),
     embeddings: str | None = typer.Option(
         None,
-        help="item_embeddings.parquet for semantic/mixed (default: embed the catalog with the "
-        "config's `embeddings` encoder).",
+        help="item_embeddings.parquet for semantic/mixed/quality (default: embed the catalog "
+        "with the config's `embeddings` encoder).",
     ),
 ) -> None:
     """Read logs, validate and quarantine, cut periods and write ICL samples (Ray Data)."""
@@ -175,8 +177,10 @@ def samples_demo_quality(
         help="item_embeddings.parquet (default: the folder's, else embed the catalog).",
     ),
 ) -> None:
-    """Fit the quality demo policy: measure each demonstration's help (leave-one-out margin
-    change with the model) on training samples and fit its linear estimate."""
+    """Fit the quality demo policy: a linear estimate of each demonstration's help.
+
+    Help is measured on training samples as the model's leave-one-out margin change.
+    """
     from recicl.experiments.demo_quality import describe, fit_from_samples
 
     cfg = resolve_config(config, {"samples.embeddings": embeddings})
@@ -325,13 +329,34 @@ def train_command(
     run_name: str | None = typer.Option(
         None, "--run-name", help="Run name; reuse it to resume from its last checkpoint."
     ),
+    instructions: Path | None = typer.Option(
+        None,
+        "--instructions",
+        help="Train on a JSON/JSONL file of Alpaca/TALLRec Yes/No records (instruction, input, "
+        "output) instead of a samples folder.",
+    ),
+    val_instructions: Path | None = typer.Option(
+        None, "--val-instructions", help="With --instructions: a file for the validation AUC."
+    ),
+    template: str | None = typer.Option(
+        None,
+        "--template",
+        help="With --instructions: alpaca (### Response:, as TALLRec; default) or answer "
+        "(Answer:).",
+    ),
 ) -> None:
-    """Tune the model on ICL samples (Ray Train + DeepSpeed/DDP); log to MLflow and register."""
+    """Tune the model on ICL samples or an instruction file (Ray Train + DeepSpeed/DDP); log to
+    MLflow and register."""
     from recicl.train import train
 
+    if samples and instructions:
+        raise ConfigError("give --samples or --instructions, not both")
     cfg = resolve_config(
         config,
         {
+            "train.instructions": instructions and str(instructions),
+            "train.val_instructions": val_instructions and str(val_instructions),
+            "train.instruction_template": template,
             "train.samples_dir": samples,
             "model.name_or_path": model,
             "train.strategy": strategy,
@@ -372,15 +397,17 @@ def evaluate_command(
     output: Path | None = typer.Option(None, "--output", help="Report JSON path (PNG beside)."),
     config: Path | None = typer.Option(None, "--config", help="YAML config file."),
     replicas: int | None = typer.Option(None, "--replicas", min=1, help="Model replicas."),
-    template: str = typer.Option(
-        "alpaca",
+    template: str | None = typer.Option(
+        None,
         "--template",
-        help="Instruction files only: alpaca (### Response:, as TALLRec) or answer (Answer:).",
+        help="Instruction files only: alpaca (### Response:, as TALLRec) or answer (Answer:); "
+        "default: the template the version was tuned on, else alpaca.",
     ),
 ) -> None:
     """Score samples (or an instruction-format file) with a model; AUC/UAUC/LogLoss."""
     from recicl.evaluate.batch import evaluate_model
-    from recicl.evaluate.instructions import evaluate_instructions, is_instruction_file
+    from recicl.evaluate.instructions import evaluate_instructions
+    from recicl.prompts.instructions import is_instruction_file
 
     cfg = resolve_config(config, {"evaluate.replicas": replicas})
     if is_instruction_file(samples):
@@ -403,7 +430,7 @@ def evaluate_command(
 def experiment_streaming(
     config: Path | None = typer.Option(None, "--config", help="YAML config file."),
 ) -> None:
-    """Train once on early periods, evaluate every later period unchanged, per variant."""
+    """Tune on the early periods, score every later one per variant (frozen, updated, baselines)."""
     from recicl.experiments.streaming import run_streaming
 
     result = run_streaming(resolve_config(config, {}))
@@ -418,7 +445,12 @@ def demo_command(
         Path("ray_jobs/configs/tiny-cpu.yaml"), "--config", help="YAML config file."
     ),
 ) -> None:
-    """The whole loop on bundled MovieLens: samples, tiny model, train, evaluate, promote, serve."""
+    """The whole loop on bundled MovieLens: samples, model, train, evaluate, promote, serve.
+
+    Model: the config's model.gguf_package, imported once (make demo: Gemma 3 270M).
+    Without one, a tiny random Llama built from the catalog (the default, tiny-cpu.yaml).
+    Nothing is downloaded at run time.
+    """
     from recicl.demo import run_demo
 
     run_demo(resolve_config(config, {}))

@@ -10,7 +10,7 @@ import typer
 
 from recicl.cli import app, console, friendly_errors, models_app, resolve_config
 from recicl.config import ConfigError
-from recicl.registry import list_versions, resolve_tracking_uri
+from recicl.registry import Workspace, list_versions
 from recicl.reports import print_versions
 
 
@@ -23,7 +23,7 @@ def models_list(
     """Versions of a registered model with aliases, training and evaluation metrics."""
     cfg = resolve_config(config, {})
     name = name or cfg.mlflow.registered_model
-    print_versions(name, list_versions(resolve_tracking_uri(cfg), name))
+    print_versions(name, list_versions(Workspace.of(cfg).tracking_uri, name))
 
 
 @models_app.command("live")
@@ -48,7 +48,8 @@ def models_live(
     cfg = resolve_config(config, {})
     url = url or f"http://{cfg.serve.host}:{cfg.serve.port}"
     name = name or cfg.mlflow.registered_model
-    run_id, _, rows = log_live_metrics(resolve_tracking_uri(cfg), name, version, url, window)
+    tracking_uri = Workspace.of(cfg).tracking_uri
+    run_id, _, rows = log_live_metrics(tracking_uri, name, version, url, window)
     for key, value, _ in rows:
         console.print(f"{key} = {value:.6g}", highlight=False)
     console.print(f"logged {len(rows)} live metrics of {name}/{version} to run {run_id}")
@@ -57,7 +58,7 @@ def models_live(
 @app.command("monitor")
 @friendly_errors
 def monitor_command(config: Path | None = typer.Option(None, "--config", help="YAML.")) -> None:
-    """Champion's live AUC vs its last window and offline AUC: exit 0/10 retune/11 rollback/12."""
+    """Champion live AUC vs last window/offline: exit 0 ok, 10 retune, 11 rollback, 12 no data."""
     from recicl.updates.monitor import run_monitor
 
     decision = run_monitor(resolve_config(config, {}))
@@ -85,7 +86,7 @@ def promote_command(
     ),
     config: Path | None = typer.Option(None, "--config", help="YAML config file."),
 ) -> None:
-    """Move an alias to a version only if it is not worse than the current one (AUC)."""
+    """Move an alias only if the version is not worse (AUC on samples, or live with --live)."""
     from recicl.promotion import promote
     from recicl.serve.live_metrics import read_live_evidence
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -60,6 +61,12 @@ class ReciclConfig(StrictModel):
         Secrets are the fields named like one (``admin_token``, ``*_password``, ``*_secret``...)
         and the password of any URL (``redis://:pw@host``, ``https://user:pw@mlflow``)."""
         return _redact(self.model_dump(mode="json"))
+
+    def work_folder(self) -> Path:
+        """``workdir`` as an absolute path. A relative one is resolved against the current
+        directory, so a command resolves it once (``recicl.registry.Workspace``) and hands the
+        result to whatever runs elsewhere (Ray workers, Serve replicas)."""
+        return Path(self.workdir).expanduser().resolve()
 
     def fingerprint(self, *sections: str) -> str:
         """Stable hash of the named sections (all if none), recorded in manifests."""

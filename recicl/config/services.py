@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from recicl.config.base import StrictModel
 
@@ -196,6 +197,16 @@ class ServeConfig(StrictModel):
         description="How often each model replica checks the alias and hot-swaps to a newly "
         "promoted version (in-flight requests finish on the old one).",
     )
+    selectable_models: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="What a request's `model` field may name besides the served alias (always "
+        "allowed: the same as leaving it out): aliases ('challenger') and version numbers "
+        "('3'), matched as written (model@challenger, model/3). Anything else is refused with "
+        "403 before any registry lookup or model load, so clients cannot make replicas load "
+        "arbitrary versions. Default [] = clients cannot pick a version; traffic arms reach "
+        "their users through serve.traffic, not by name.",
+    )
     store_url: str | None = Field(
         None,
         description="Interaction store: sqlite:////abs/events.db or redis://host:6379/0; "
@@ -328,6 +339,24 @@ class ServeConfig(StrictModel):
     num_cpus: float = Field(0.5, ge=0, description="Logical CPUs per model replica.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per model replica (> 0 scores on CUDA).")
     ingress_num_cpus: float = Field(0.5, ge=0, description="Logical CPUs per ingress replica.")
+
+    @field_validator("selectable_models", mode="before")
+    @classmethod
+    def _model_refs(cls, entries: object) -> object:
+        """Version numbers normalized ('03', or 3 unquoted in YAML → '3'): requests are matched
+        against the entries as text."""
+        if not isinstance(entries, list):
+            return entries  # pydantic's own error names the expected list
+        out = []
+        for raw in entries:
+            entry = str(raw) if isinstance(raw, int) and not isinstance(raw, bool) else raw
+            if not isinstance(entry, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,128}", entry):
+                raise ValueError(
+                    f"{raw!r}: list aliases (e.g. challenger) or version numbers (e.g. 3), "
+                    "without the model name"
+                )
+            out.append(str(int(entry)) if entry.isdigit() else entry)
+        return out
 
 
 class LivePromotionConfig(StrictModel):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from recicl.config.base import StrictModel, parse_periods
 
@@ -20,6 +20,25 @@ class TrainConfig(StrictModel):
         None,
         description="Folder written by `recicl samples build` (samples/, catalog.parquet, "
         "manifest.json); a local or shared-mount path. null = samples.output.",
+    )
+    instructions: str | None = Field(
+        None,
+        description="Train on an instruction-format Yes/No file instead of a samples folder: "
+        "Alpaca/TALLRec records (instruction, input, output 'Yes.'/'No.') as a JSON array "
+        "(.json) or one record a line (.jsonl), a local path. Rendered with "
+        "instruction_template exactly as `recicl evaluate --samples FILE` scores them. The "
+        "samples folder, periods and augmented copies are then not used.",
+    )
+    val_instructions: str | None = Field(
+        None,
+        description="With `instructions`: a file of the same format for the per-epoch "
+        "validation AUC (capped by max_val_samples). null = no validation.",
+    )
+    instruction_template: Literal["alpaca", "answer"] = Field(
+        "alpaca",
+        description="With `instructions`: alpaca (the Alpaca preamble and '### Response:', as "
+        "TALLRec) or answer (instruction, input, 'Answer:'). Recorded in the version, whose "
+        "evaluation on instruction files uses it by default.",
     )
     train_periods: list[int] | None = Field(
         None,
@@ -216,6 +235,15 @@ class TrainConfig(StrictModel):
     log_every_steps: int = Field(
         1, ge=1, description="Log loss/LR to MLflow every N optimizer steps."
     )
+
+    @model_validator(mode="after")
+    def _val_instructions_need_instructions(self) -> TrainConfig:
+        if self.val_instructions and not self.instructions:
+            raise ValueError(
+                "val_instructions is set but instructions is not: give the training file too "
+                "(--instructions FILE), or drop val_instructions"
+            )
+        return self
 
     @field_validator("train_periods", "val_periods", mode="before")
     @classmethod

@@ -40,6 +40,7 @@ from recicl.data.item_stats import (
     with_item_codes,
     write_item_stats,
 )
+from recicl.data.manifest import SamplesManifest
 from recicl.data.periods import (
     assign_periods,
     date_boundaries,
@@ -268,7 +269,7 @@ def build_samples(
     dashboard: bool = True,
     embedder: Embedder | None = None,
     boundaries_ts: Sequence[int] | None = None,
-) -> dict[str, Any]:
+) -> SamplesManifest:
     """Run the whole job and return the manifest (also written to ``<output>/manifest.json``).
 
     ``dashboard=False`` when this process will not run Ray Train afterwards and Ray is not
@@ -326,35 +327,39 @@ def build_samples(
     quarantine = _write_quarantine(folder, source, validated, annotated, cpus)
     pq.write_table(source.catalog, folder.catalog_path)
 
-    manifest: dict[str, Any] = {
-        "recicl_version": __version__,
-        "created_at": iso(int(time.time())),
-        "config_hash": cfg.fingerprint("data", "samples"),
-        "content_id": folder.content_id(),
-        "source": {"name": cfg.data.source, "path": str(cfg.data.path), "layout": source.layout},
-        "rows_read": validated.count(),  # from block metadata: no new execution
-        "events": len(timestamps),
-        # where the log ends: events serving stores later are new to a version tuned here
-        "last_event_ts": int(timestamps.max()) if len(timestamps) else None,
-        "users": len(pc.drop_null(stats["first_user"])) if stats.num_rows else 0,
-        "catalog_items": source.catalog.num_rows,
-        # the scale ratings were validated against (null: unchecked); serving refuses others
-        "rating_range": list(source.rating_range) if source.rating_range else None,
-        "samples": int(is_sample.sum()),
-        "like_rate": round(float(labels.mean()), 6) if len(labels) else None,
-        "quarantine": quarantine,
-        "boundaries": [iso(b) for b in boundaries.tolist()],
-        "boundaries_ts": boundaries.tolist(),
-        "periods": describe_periods(boundaries, timestamps, labels, is_sample),
-        "selection": _selection_facts(selection, embeddings_origin, folder),
-        "item_stats": item_stats,
-        "config": cfg.model_dump(mode="json", include={"data", "samples"}),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    warnings = _build_warnings(cfg, selection, boundaries)
-    if warnings:
-        manifest["warnings"] = warnings
-    folder.manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest = SamplesManifest.model_validate(
+        {
+            "recicl_version": __version__,
+            "created_at": iso(int(time.time())),
+            "config_hash": cfg.fingerprint("data", "samples"),
+            "content_id": folder.content_id(),
+            "source": {
+                "name": cfg.data.source,
+                "path": str(cfg.data.path),
+                "layout": source.layout,
+            },
+            "rows_read": validated.count(),  # from block metadata: no new execution
+            "events": len(timestamps),
+            # where the log ends: events serving stores later are new to a version tuned here
+            "last_event_ts": int(timestamps.max()) if len(timestamps) else None,
+            "users": len(pc.drop_null(stats["first_user"])) if stats.num_rows else 0,
+            "catalog_items": source.catalog.num_rows,
+            # the scale ratings were validated against (null: unchecked); serving refuses others
+            "rating_range": source.rating_range,
+            "samples": int(is_sample.sum()),
+            "like_rate": round(float(labels.mean()), 6) if len(labels) else None,
+            "quarantine": quarantine,
+            "boundaries": [iso(b) for b in boundaries.tolist()],
+            "boundaries_ts": boundaries.tolist(),
+            "periods": describe_periods(boundaries, timestamps, labels, is_sample),
+            "selection": _selection_facts(selection, embeddings_origin, folder),
+            "item_stats": item_stats,
+            "config": cfg.model_dump(mode="json", include={"data", "samples"}),
+            "seconds": round(time.perf_counter() - started, 2),
+            "warnings": _build_warnings(cfg, selection, boundaries),
+        }
+    )
+    manifest.write(folder.manifest_path)
     target.replace_outputs(folder)
     return manifest
 

@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +41,7 @@ import pyarrow.dataset as pds
 from recicl.config import ConfigError, ReciclConfig
 from recicl.data.item_embeddings import EMBEDDINGS_FILE
 from recicl.data.item_stats import ITEM_STATS_FILE
+from recicl.data.manifest import SamplesManifest
 from recicl.data.schema import SAMPLES
 
 if TYPE_CHECKING:
@@ -206,15 +206,15 @@ class SamplesFolder:
 
     # -- manifest and periods ------------------------------------------------------------------
 
-    def manifest(self) -> dict[str, Any]:
-        """The build manifest, or {} when the folder has none (hand-made test fixtures)."""
+    def manifest(self) -> SamplesManifest | None:
+        """The build manifest, or None when the folder has none (hand-made test fixtures)."""
         path = self.manifest_path
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return SamplesManifest.read(path) if path.is_file() else None
 
-    def require_manifest(self) -> dict[str, Any]:
+    def require_manifest(self) -> SamplesManifest:
         """The build manifest, for callers that need what it records (counts, config)."""
         manifest = self.manifest()
-        if not manifest:
+        if manifest is None:
             raise ConfigError(
                 f"{self.root} has no {MANIFEST_FILE}: run `recicl samples build --output "
                 f"{self.root}`"
@@ -241,11 +241,8 @@ class SamplesFolder:
 
     def sample_counts(self) -> dict[int, int]:
         """Samples per period as the manifest records them ({} without a manifest)."""
-        return {
-            int(row["period"]): int(row["samples"])
-            for row in self.manifest().get("periods", [])
-            if "period" in row and "samples" in row
-        }
+        manifest = self.manifest()
+        return manifest.sample_counts() if manifest else {}
 
     def count_rows(self, periods: list[int]) -> int:
         """Samples of ``periods``: from the manifest when it has them (no data pass), else by
@@ -263,12 +260,12 @@ class SamplesFolder:
         retune``). From ``last_event_ts``, or from the periods' ISO ``last_event`` in manifests
         written before it existed."""
         manifest = self.require_manifest()
-        if isinstance(manifest.get("last_event_ts"), int):
-            return int(manifest["last_event_ts"])
+        if manifest.last_event_ts is not None:
+            return manifest.last_event_ts
         stamps = [
-            datetime.fromisoformat(row["last_event"].replace("Z", "+00:00"))
-            for row in manifest.get("periods", [])
-            if row.get("last_event")
+            datetime.fromisoformat(row.last_event.replace("Z", "+00:00"))
+            for row in manifest.periods
+            if row.last_event
         ]
         if not stamps:
             raise ConfigError(f"{self.root} was built from no valid event: rebuild it")

@@ -11,8 +11,9 @@ Heavy imports (Ray, torch, wordllama) wait until a name is used, as in :mod:`rec
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from recicl.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from recicl.embeddings.encoders import (
@@ -34,22 +35,16 @@ __all__ = [
     "load_encoder",
 ]
 
-_LAZY = {
-    "EncoderSpec": "encoders",
-    "catalog_texts": "encoders",
-    "item_text": "encoders",
-    "load_encoder": "encoders",
-    "embed_catalog": "job",
-    "embed_in_process": "job",
-    "embed_items": "job",
-    "embedder_for": "job",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'recicl.embeddings' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"recicl.embeddings.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "EncoderSpec": "encoders",
+        "catalog_texts": "encoders",
+        "item_text": "encoders",
+        "load_encoder": "encoders",
+        "embed_catalog": "job",
+        "embed_in_process": "job",
+        "embed_items": "job",
+        "embedder_for": "job",
+    },
+)

@@ -4,9 +4,10 @@ Three encoders, one interface (:class:`Encoder`: ``encode(texts) -> (n, dim)``):
 
 * ``wordllama`` (default): WordLlama's static token embeddings (``l2_supercat``, 256-d, trained
   from Llama 2 70B's embedding layer), averaged over the text's tokens. The weights and the
-  tokenizer ship inside the ``wordllama`` wheel (16 MB), so it runs offline on any machine and
-  embeds the MovieLens catalog in well under a second of CPU. Its dimensions are Matryoshka
-  prefixes: ``dim`` 64 or 128 keeps the first columns.
+  tokenizer ship inside the ``wordllama`` wheel (16 MB), so it runs offline on any machine, and a
+  lookup-and-average needs no model forward pass, so a whole catalog embeds quickly on CPU
+  (measured: docs/performance.md). Its dimensions are Matryoshka prefixes: ``dim`` 64 or 128
+  keeps the first columns.
 * ``llm``: the configured LLM's own last hidden layer, mean-pooled over the real tokens with
   the attention mask (as ReLLa builds item vectors). Vectors then live in the space of the
   model that will read the prompts; it costs a forward pass per item.

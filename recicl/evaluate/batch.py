@@ -30,7 +30,11 @@ from recicl.data.samples_folder import SamplesFolder, sample_keys
 from recicl.errors import ReciclError
 from recicl.evaluate.metrics import metrics_by_period
 from recicl.evaluate.plots import plot_by_period
-from recicl.modeling.packaged import load_packaged_model, read_version_manifest
+from recicl.modeling.packaged import (
+    load_packaged_model,
+    read_version_manifest,
+    require_samples_prompts,
+)
 from recicl.modeling.threads import apply_torch_threads
 from recicl.prompts import PromptBuilder
 from recicl.registry import (
@@ -42,10 +46,8 @@ from recicl.registry import (
     SUBSET_TAG,
     ModelSource,
     RegistryError,
-    client,
-    ensure_experiment,
+    Workspace,
     resolve_model_uri,
-    resolve_tracking_uri,
 )
 
 log = logging.getLogger(__name__)
@@ -82,10 +84,10 @@ class EvaluationError(ReciclError):
     """A model or sample set that cannot be evaluated as asked."""
 
 
-def resolve_model(uri: str, cfg: ReciclConfig) -> ModelSource:
+def resolve_model(uri: str, workspace: Workspace) -> ModelSource:
     """:func:`recicl.registry.resolve_model_uri`, with its errors as evaluation errors."""
     try:
-        return resolve_model_uri(uri, cfg)
+        return resolve_model_uri(uri, workspace)
     except RegistryError as error:
         raise EvaluationError(str(error)) from None
 
@@ -291,14 +293,18 @@ def evaluate_model(
     output: str | Path | None = None,
     *,
     log_to_mlflow: bool = True,
+    workspace: Workspace | None = None,
 ) -> dict[str, Any]:
-    """Score, compute metrics, write JSON + PNG, log an MLflow evaluation run; return the report."""
+    """Score, compute metrics, write JSON + PNG, log an MLflow evaluation run; return the report.
+    ``workspace``: the calling command's (resolved from ``cfg`` when evaluation is the command)."""
     from recicl.raycluster import ensure_ray
 
+    workspace = workspace or Workspace.of(cfg)
     folder = SamplesFolder.at(samples_dir)
     folder.require_manifest()
     samples_dir = folder.root
-    source = resolve_model(model_uri, cfg)
+    source = resolve_model(model_uri, workspace)
+    require_samples_prompts(read_version_manifest(source.local_dir), source.label)
     ensure_ray(cfg.ray)
     started = time.perf_counter()
     cap = cfg.evaluate.max_samples
@@ -339,7 +345,7 @@ def evaluate_model(
     output = (
         Path(output)
         if output
-        else Path(cfg.workdir) / "reports" / (f"eval-{source.label.replace('/', '-')}.json")
+        else workspace.folder / "reports" / (f"eval-{source.label.replace('/', '-')}.json")
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
@@ -350,15 +356,14 @@ def evaluate_model(
     )
     report["report_path"], report["plot_path"] = str(output), str(plot)
     if log_to_mlflow:
-        report["mlflow_run_id"] = log_evaluation(cfg, report, [output, plot])
+        report["mlflow_run_id"] = log_evaluation(workspace, report, [output, plot])
     return report
 
 
-def log_evaluation(cfg: ReciclConfig, report: dict[str, Any], artifacts: list[Path]) -> str:
+def log_evaluation(workspace: Workspace, report: dict[str, Any], artifacts: list[Path]) -> str:
     """A new MLflow run holding the evaluation (metrics + report + plot), tagged for lookup."""
-    tracking_uri = resolve_tracking_uri(cfg)
-    mlc = client(tracking_uri)
-    experiment_id = ensure_experiment(cfg, tracking_uri)
+    mlc = workspace.client()
+    experiment_id = workspace.ensure_experiment()
     model = report["model"]
     tags = {
         EVAL_KIND_TAG: "evaluation",

@@ -1,179 +1,52 @@
 """Score a model on an instruction-format Yes/No benchmark as it is published.
 
-TALLRec and the papers after it publish their recommendation test sets as Alpaca-style records::
-
-    {"instruction": "Given the user's preference and unpreference, identify whether the user will
-                     like the target movie by answering \\"Yes.\\" or \\"No.\\".",
-     "input": "User Preference: \\"A\\", \\"B\\"\\nUser Unpreference: \\"C\\"\\nWhether the user
-               will like the target movie \\"T\\"?",
-     "output": "Yes."}
-
-``recicl evaluate --samples FILE.json[l]`` reads such a file (a JSON array or one record a line),
-renders each record with the template it was written for, and scores P(Yes) from the logits of
-the two answer tokens at the response position, exactly like recicl's own prompts (one forward
-pass per prompt, LM head at that position only), on the same Ray Data actor pool of model
-replicas as sample evaluation. Templates:
-
-* ``alpaca`` (default; what TALLRec trained and evaluated with): the Alpaca preamble,
-  ``### Instruction:``, ``### Input:`` (left out when empty), ``### Response:`` and a newline;
-  the answer tokens are those of "Yes"/"No" after that newline.
-* ``answer``: ``instruction``, ``input`` and ``Answer:`` on lines of their own; the answer tokens
-  are recicl's " Yes"/" No" after ``Answer:`` (what models tuned by recicl have learnt to
-  answer after).
-
-A record's ``output`` must read Yes or No (case, spaces and a final period ignored); anything else
-is an error naming the record and the field, never a silently dropped row. An optional
-``user_id`` field per record enables UAUC.
+``recicl evaluate --samples FILE.json[l]`` reads such a file (a JSON array or one record a line;
+format, templates and errors: :mod:`recicl.prompts.instructions`), renders each record with the
+template it was written for, and scores P(Yes) from the logits of the two answer tokens at the
+response position, exactly like recicl's own prompts (one forward pass per prompt, LM head at that
+position only), on the same Ray Data actor pool of model replicas as sample evaluation. The
+records are encoded by the same function training on instruction files uses
+(``recicl train --instructions``), so a version is scored on the ids it was tuned on; without
+``--template`` the template is the one the version was tuned with (its manifest), else ``alpaca``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from recicl.config import ModelConfig, ReciclConfig
-from recicl.errors import ReciclError
 from recicl.evaluate.metrics import metrics_by_period
-from recicl.modeling.packaged import load_packaged_model
+from recicl.modeling.packaged import load_packaged_model, read_version_manifest
 from recicl.modeling.threads import apply_torch_threads
-from recicl.prompts import ANSWER_CUE, answer_text, answer_token_ids
+from recicl.prompts.instructions import (
+    check_template,
+    encode_instructions,
+    instruction_answer_tokens,
+    read_instruction_file,
+)
 from recicl.registry import (
     EVAL_KIND_TAG,
     MODEL_NAME_TAG,
     MODEL_VERSION_TAG,
-    client,
-    ensure_experiment,
-    resolve_tracking_uri,
+    Workspace,
 )
 
-InstructionTemplate = Literal["alpaca", "answer"]
-TEMPLATES: tuple[str, ...] = ("alpaca", "answer")
-ALPACA_PREAMBLE = (
-    "Below is an instruction that describes a task, paired with an input that provides further "
-    "context. Write a response that appropriately completes the request."
-)
-ALPACA_CUE = "### Response:\n"
-MAX_RECORD_ERRORS = 5
+log = logging.getLogger(__name__)
+DEFAULT_TEMPLATE = "alpaca"
 
 
-class InstructionFileError(ReciclError):
-    """An instruction-format file that cannot be evaluated (syntax, fields, labels)."""
-
-
-def is_instruction_file(path: str | Path) -> bool:
-    """Whether ``--samples`` names an instruction-format file rather than a samples folder."""
-    path = Path(path)
-    return path.suffix.lower() in (".json", ".jsonl") and not path.is_dir()
-
-
-def _label(output: Any) -> int | None:
-    if not isinstance(output, str):
-        return None
-    word = output.strip().rstrip(".").strip().lower()
-    return {"yes": 1, "no": 0}.get(word)
-
-
-def read_instruction_file(path: str | Path) -> pa.Table:
-    """Records → table (``record``, ``user_id``, ``instruction``, ``input``, ``label``).
-
-    Raises :class:`InstructionFileError` listing up to five bad records by number and field.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InstructionFileError(f"--samples {path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    records: list[Any]
-    try:
-        if path.suffix.lower() == ".jsonl" or not text.lstrip().startswith("["):
-            records = [
-                json.loads(line) for line in text.splitlines() if line.strip()
-            ]  # one record a line
-        else:
-            records = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InstructionFileError(
-            f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); "
-            "expected a JSON array of records or one JSON record per line"
-        ) from None
-    if not isinstance(records, list) or not records:
-        raise InstructionFileError(f"{path}: no records (expected a non-empty JSON array)")
-    problems: list[str] = []
-    rows: dict[str, list[Any]] = {
-        "record": [],
-        "user_id": [],
-        "instruction": [],
-        "input": [],
-        "label": [],
-    }
-    for number, record in enumerate(records):
-        if not isinstance(record, dict):
-            problems.append(f"record {number}: not a JSON object")
-            continue
-        instruction, given, output = (record.get(k) for k in ("instruction", "input", "output"))
-        label = _label(output)
-        if not isinstance(instruction, str) or not instruction.strip():
-            problems.append(f"record {number}: field 'instruction' is missing or not a string")
-        elif given is not None and not isinstance(given, str):
-            problems.append(f"record {number}: field 'input' must be a string (or absent)")
-        elif label is None:
-            problems.append(
-                f"record {number}: field 'output' is {output!r}; it must read 'Yes.' or 'No.'"
-            )
-        else:
-            rows["record"].append(number)
-            rows["user_id"].append(str(record.get("user_id", f"record-{number}")))
-            rows["instruction"].append(instruction)
-            rows["input"].append(given or "")
-            rows["label"].append(label)
-    if problems:
-        shown = "; ".join(problems[:MAX_RECORD_ERRORS])
-        more = len(problems) - MAX_RECORD_ERRORS
-        raise InstructionFileError(
-            f"{path}: {len(problems)} of {len(records)} records cannot be scored: {shown}"
-            + (f"; and {more} more" if more > 0 else "")
-            + ". Fix or remove them (each needs 'instruction', optional 'input', and 'output' "
-            "'Yes.'/'No.')"
-        )
-    if len(set(rows["label"])) < 2:
-        raise InstructionFileError(
-            f"{path}: every record answers {'Yes' if rows['label'][0] else 'No'}; AUC needs both"
-        )
-    return pa.table(
-        {
-            "record": pa.array(rows["record"], pa.int64()),
-            "user_id": pa.array(rows["user_id"], pa.string()),
-            "instruction": pa.array(rows["instruction"], pa.string()),
-            "input": pa.array(rows["input"], pa.string()),
-            "label": pa.array(rows["label"], pa.int8()),
-        }
-    )
-
-
-def render(template: str, instruction: str, given: str) -> str:
-    """The prompt text of one record, ending where the answer token goes."""
-    if template == "alpaca":
-        parts = [ALPACA_PREAMBLE, "", "### Instruction:", instruction.strip(), ""]
-        if given.strip():
-            parts += ["### Input:", given.strip(), ""]
-        return "\n".join(parts) + "\n" + ALPACA_CUE
-    if template == "answer":
-        body = instruction.strip() + ("\n" + given.strip() if given.strip() else "")
-        return body + "\nAnswer:"
-    raise InstructionFileError(f"unknown instruction template {template!r}; use {TEMPLATES}")
-
-
-def answer_cue(template: str) -> tuple[str, tuple[str, str]]:
-    """(cue, (yes word, no word)) whose next-token logits the template is scored on."""
-
-    if template == "alpaca":
-        return ALPACA_CUE, ("Yes", "No")
-    return ANSWER_CUE, (answer_text(1), answer_text(0))
+def tuned_template(model_dir: str | Path) -> str | None:
+    """The instruction template a version was tuned on (None: not tuned on instruction files)."""
+    manifest = read_version_manifest(model_dir)
+    return manifest.instruction_template if manifest is not None else None
 
 
 class ScoreInstructions:
@@ -196,21 +69,12 @@ class ScoreInstructions:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.packaged = load_packaged_model(model_dir, model_cfg=model_cfg, device=device)
         self.template = template
-        cue, words = answer_cue(template)
-        self.answer_tokens = answer_token_ids(self.packaged.tokenizer, cue, words)
+        self.answer_tokens = instruction_answer_tokens(self.packaged.tokenizer, template)
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-
         tokenizer = self.packaged.tokenizer
-        texts = [
-            render(self.template, str(i), str(g))
-            for i, g in zip(batch["instruction"], batch["input"], strict=True)
-        ]
-        # the tokenizer's own special tokens (BOS) lead, as in recicl's prompts
-        ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
-        if tokenizer.eos_token_id is not None:  # a trailing EOS would hide the answer position
-            ids = [row[:-1] if row and row[-1] == tokenizer.eos_token_id else row for row in ids]
+        ids = encode_instructions(tokenizer, self.template, batch["instruction"], batch["input"])
         from recicl.modeling import score_prompts  # torch: in the replica only
 
         scores = score_prompts(
@@ -233,7 +97,7 @@ def score_instructions(
     model_dir: Path,
     table: pa.Table,
     *,
-    template: str = "alpaca",
+    template: str = DEFAULT_TEMPLATE,
     replicas: int = 2,
     batch_size: int = 32,
     use_gpu: bool = False,
@@ -246,8 +110,7 @@ def score_instructions(
 
     from recicl.evaluate.batch import run_scoring_pool
 
-    if template not in TEMPLATES:
-        raise InstructionFileError(f"--template {template!r}: use one of {', '.join(TEMPLATES)}")
+    check_template(template)
     dataset = ray.data.from_arrow(table)
     return run_scoring_pool(
         dataset,
@@ -271,16 +134,29 @@ def evaluate_instructions(
     path: str | Path,
     output: str | Path | None = None,
     *,
-    template: str = "alpaca",
+    template: str | None = None,
     log_to_mlflow: bool = True,
 ) -> dict[str, Any]:
-    """Score an instruction-format file; write and return the report (AUC, UAUC, LogLoss)."""
+    """Score an instruction-format file; write and return the report (AUC, UAUC, LogLoss).
+    ``template``: None = the one the version was tuned on, else ``alpaca``."""
     from recicl.evaluate.batch import resolve_model
     from recicl.raycluster import ensure_ray
 
+    if template is not None:
+        check_template(template)
+    workspace = Workspace.of(cfg)
     path = Path(path).expanduser().resolve()
     table = read_instruction_file(path)
-    source = resolve_model(model_uri, cfg)
+    source = resolve_model(model_uri, workspace)
+    tuned = tuned_template(source.local_dir)
+    template = template or tuned or DEFAULT_TEMPLATE
+    if tuned and template != tuned:
+        log.warning(
+            "%s was tuned on the %s instruction template; scoring it with %s",
+            source.label,
+            tuned,
+            template,
+        )
     ensure_ray(cfg.ray)
     started = time.perf_counter()
     scores = score_instructions(
@@ -310,7 +186,12 @@ def evaluate_instructions(
                 "name": source.name,
                 "version": source.version,
             },
-            "file": {"path": str(path), "records": table.num_rows, "template": template},
+            "file": {
+                "path": str(path),
+                "records": table.num_rows,
+                "template": template,
+                "tuned_template": tuned,
+            },
             "prompts": {"mean_tokens": float(scores["tokens"].to_numpy().mean())},
             "seconds": round(time.perf_counter() - started, 2),
         }
@@ -318,7 +199,7 @@ def evaluate_instructions(
     output = (
         Path(output)
         if output
-        else Path(cfg.workdir)
+        else workspace.folder
         / "reports"
         / (f"instructions-{source.label.replace('/', '-')}-{path.stem}.json")
     )
@@ -326,18 +207,17 @@ def evaluate_instructions(
     output.write_text(json.dumps(report, indent=2) + "\n")
     report["report_path"] = str(output)
     if log_to_mlflow:
-        report["mlflow_run_id"] = _log(cfg, report, output)
+        report["mlflow_run_id"] = _log(workspace, report, output)
     return report
 
 
-def _log(cfg: ReciclConfig, report: dict[str, Any], artifact: Path) -> str:
+def _log(workspace: Workspace, report: dict[str, Any], artifact: Path) -> str:
     from mlflow.entities import Metric
 
-    tracking_uri = resolve_tracking_uri(cfg)
-    mlc = client(tracking_uri)
+    mlc = workspace.client()
     model = report["model"]
     run = mlc.create_run(
-        ensure_experiment(cfg, tracking_uri),
+        workspace.ensure_experiment(),
         tags={
             EVAL_KIND_TAG: "instruction-evaluation",
             MODEL_NAME_TAG: model["name"] or "",
@@ -360,11 +240,4 @@ def _log(cfg: ReciclConfig, report: dict[str, Any], artifact: Path) -> str:
     return run.info.run_id
 
 
-__all__: Sequence[str] = (
-    "InstructionFileError",
-    "evaluate_instructions",
-    "is_instruction_file",
-    "read_instruction_file",
-    "render",
-    "score_instructions",
-)
+__all__: Sequence[str] = ("evaluate_instructions", "score_instructions", "tuned_template")

@@ -165,7 +165,8 @@ def fit_from_samples(
     """Measure on the training periods of ``samples_dir`` (``experiment.train_periods``),
     fit, and write the estimator JSON (default: ``<samples_dir>/demo_quality.json``)."""
     folder = SamplesFolder.at(samples_dir)
-    built = (folder.manifest().get("selection") or {}).get("demo_policy", "recent")
+    manifest = folder.manifest()
+    built = manifest.selection.demo_policy if manifest else "recent"
     if built != "recent":
         raise ConfigError(
             f"{folder.root} was built with demo_policy {built!r}: measure on samples built with "

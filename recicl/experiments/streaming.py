@@ -62,7 +62,7 @@ from recicl.evaluate.metrics import metrics_by_period
 from recicl.evaluate.plots import plot_by_period
 from recicl.experiments.updates import UPDATE_VARIANTS, update_schedule
 from recicl.modeling.importing import ensure_base_model
-from recicl.registry import client, ensure_experiment, resolve_tracking_uri
+from recicl.registry import Workspace
 from recicl.train import train
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ KNOWLEDGE_VARIANTS: dict[str, tuple[bool, bool]] = {
 
 def _train_variant(
     cfg: ReciclConfig,
+    workspace: Workspace,
     base: str,
     prompt_format: str,
     periods: list[int],
@@ -134,7 +135,7 @@ def _train_variant(
     if max_train_samples is not None:
         raw["train"]["max_train_samples"] = max_train_samples
     variant_cfg = ReciclConfig.model_validate(raw)
-    result = train(variant_cfg)
+    result = train(variant_cfg, workspace=workspace)
     if result.model_dir is None:
         raise ConfigError(f"training {run_name} produced no model folder")
     facts = {
@@ -173,7 +174,8 @@ class StreamingExperiment:
             p for p in self.available if p > max(self.train_periods, default=-1)
         ]
         self._check_periods()
-        self.workdir = Path(cfg.workdir).expanduser().resolve()
+        self.workspace = Workspace.of(cfg)
+        self.workdir = self.workspace.folder
         self.output = (
             Path(exp.output).expanduser()
             if exp.output
@@ -230,9 +232,8 @@ class StreamingExperiment:
         """Run every configured variant and return {"rows", "variants", paths}."""
         from mlflow.entities import RunStatus
 
-        tracking_uri = resolve_tracking_uri(self.cfg)
-        self.mlc = client(tracking_uri)
-        self.experiment_id = ensure_experiment(self.cfg, tracking_uri)
+        self.mlc = self.workspace.client()
+        self.experiment_id = self.workspace.ensure_experiment()
         self.parent = self.mlc.create_run(
             self.experiment_id,
             tags={"mlflow.runName": f"streaming-{self.stamp}", "recicl.kind": "streaming"},
@@ -333,6 +334,7 @@ class StreamingExperiment:
         if key not in self._tuned:
             self._tuned[key] = _train_variant(
                 self.cfg,
+                self.workspace,
                 self.base,
                 key.split("+")[0],
                 self.train_periods,
@@ -397,6 +399,7 @@ class StreamingExperiment:
     def _few_shot_variant(self, variant: str) -> _Outcome:
         model_dir, facts = _train_variant(
             self.cfg,
+            self.workspace,
             self.base,
             self.cfg.experiment.few_shot_format,
             self.train_periods,
@@ -440,8 +443,9 @@ class StreamingExperiment:
         versions: dict[str, Any] = {}
         for period in self.eval_periods:
             history = [p for p in self.available if p < period]
+            run_name = f"streaming-{self.stamp}-retrained-{period}"
             model_dir, trained = _train_variant(
-                self.cfg, self.base, "recicl", history, f"streaming-{self.stamp}-retrained-{period}"
+                self.cfg, self.workspace, self.base, "recicl", history, run_name
             )
             versions[str(period)] = trained.get("version")
             table = self.eval_table.filter(pc.equal(self.eval_table["period"], period))
@@ -468,7 +472,7 @@ class StreamingExperiment:
                 model_dir, trained = self._tuned_once(prompt_format)
             else:
                 model_dir, trained = _train_variant(
-                    self.cfg, self.base, prompt_format, update.train,
+                    self.cfg, self.workspace, self.base, prompt_format, update.train,
                     f"streaming-{self.stamp}-{variant}-{update.scores[0]}",
                     init_from=model_dir if update.warm else None,
                 )  # fmt: skip

@@ -112,7 +112,7 @@ def taste_switch_shift(
     from recicl.modeling.prefix_sharing import CandidateScorer
 
     folder = SamplesFolder.at(samples_dir)
-    built = folder.require_manifest()["config"]["samples"]
+    built = folder.require_manifest().samples_config
     demos_n = int(num_demos if num_demos is not None else built["num_demos"])
     history_n = int(history_len if history_len is not None else built["history_len"])
     # the policies the samples were built with, as serving would apply them

@@ -6,9 +6,9 @@ Heavy imports (torch, transformers, peft) happen when a name is first used, so t
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from recicl.lazy import lazy_exports
 from recicl.prompts import AnswerTokenError, AnswerTokens, answer_token_ids
 
 if TYPE_CHECKING:
@@ -37,23 +37,17 @@ __all__ = [
     "training_logits",
 ]
 
-_LAZY = {
-    "ModelLoadError": "loading",
-    "load_model": "loading",
-    "load_tokenizer": "loading",
-    "answer_logits": "scoring",
-    "left_align": "scoring",
-    "p_yes": "scoring",
-    "score_prompts": "scoring",
-    "training_logits": "scoring",
-    "init_tiny_model": "tiny",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'recicl.modeling' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"recicl.modeling.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "ModelLoadError": "loading",
+        "load_model": "loading",
+        "load_tokenizer": "loading",
+        "answer_logits": "scoring",
+        "left_align": "scoring",
+        "p_yes": "scoring",
+        "score_prompts": "scoring",
+        "training_logits": "scoring",
+        "init_tiny_model": "tiny",
+    },
+)

@@ -2,7 +2,7 @@
 
 Why a conversion step instead of loading the GGUF everywhere: transformers can read a GGUF file
 (``from_pretrained(folder, gguf_file=...)``), but it de-quantizes every tensor and converts the
-tokenizer on each load (about 45 s for Gemma 3 270M on 2 cores, 40 s of it the tokenizer), and a
+tokenizer on each load, far slower than loading safetensors (measured: docs/performance.md), and a
 GGUF-loaded model refuses ``save_pretrained``. Training workers, evaluation replicas and Serve
 replicas each load the base model, so we convert once: the model is rebuilt from its config (with
 the GGUF quantization entry dropped), the de-quantized state dict is loaded into it with every key

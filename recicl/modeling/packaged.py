@@ -3,11 +3,13 @@
 A registered version is one folder of run artifacts (uploaded by :mod:`recicl.registry`)::
 
     recicl_model.json   VersionManifest: base model, weights kind, prompt/model/train config, data
+                        (and the instruction template, for a version tuned on instruction files)
     adapter/            LoRA adapter (safetensors + adapter_config.json), or full weights
     tokenizer/          the tokenizer the prompts were encoded with
     base/               the base model itself, only when it is a small local folder (tiny model)
     config.yaml         the whole resolved configuration of the training run
-    template.json       the prompt template's wording (instruction, question, ...)
+    template.json       the prompt template's wording (instruction, question, ...; for a version
+                        tuned on instruction files, that template's preamble, cue and answers)
     item_stats.parquet  the frozen item statistics its prompts show (prompt.item_stats only)
 
 Training writes it, ``package_full_model`` wraps a plain HF folder the same way, and evaluation,
@@ -52,8 +54,12 @@ class VersionData(BaseModel):
     samples_dir: str | None = None
     #: the samples' config hash (``manifest.json`` ``config_hash``)
     manifest_hash: str | None = None
-    #: the samples' content identity (:meth:`SamplesFolder.content_id`)
+    #: the training data's content identity: the samples' (:meth:`SamplesFolder.content_id`),
+    #: or the instruction files' digest for a version tuned on them
     samples_content_id: str | None = None
+    #: the instruction-format files it was tuned and validated on (``train.instructions``)
+    instructions: str | None = None
+    val_instructions: str | None = None
     train_periods: list[int] = Field(default_factory=list)
     val_periods: list[int] = Field(default_factory=list)
     #: the last period the item statistics of its prompts count (prompt.item_stats only)
@@ -106,6 +112,10 @@ class VersionManifest(BaseModel):
     model: dict[str, Any]
     train: dict[str, Any] | None = None
     data: VersionData = Field(default_factory=VersionData)
+    #: tuned on instruction-format records rendered with this template (``alpaca``/``answer``;
+    #: :mod:`recicl.prompts.instructions`) instead of recicl's samples prompts: evaluating it on
+    #: an instruction file uses the same template unless told otherwise. None: samples prompts
+    instruction_template: str | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     ray_checkpoint: str | None = None
 
@@ -139,6 +149,19 @@ def read_version_manifest(model_dir: str | Path) -> VersionManifest | None:
 
 class PackagedModelError(ReciclError):
     """A model folder that cannot be used for scoring."""
+
+
+def require_samples_prompts(manifest: VersionManifest | None, label: str) -> None:
+    """Refuse a version tuned on instruction files (``train.instructions``) where recicl's own
+    sample prompts are rendered: sample evaluation, the promotion gate and serving. It never saw
+    those prompts, so its scores there would be numbers that mean nothing, given without error."""
+    if manifest is not None and manifest.instruction_template is not None:
+        raise PackagedModelError(
+            f"{label} was tuned on instruction files (template "
+            f"{manifest.instruction_template!r}), not on recicl samples: score it on such files "
+            "(`recicl evaluate --model ... --samples FILE.json`); sample evaluation, promotion "
+            "and serving need a version tuned on samples"
+        )
 
 
 @dataclass

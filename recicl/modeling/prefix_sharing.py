@@ -15,9 +15,9 @@ same. So instead of N full prompts of P + S tokens we run:
 
 Why packed rows: with one candidate per row, each row copies the whole prefix cache to run a
 handful of tokens. On small models (and CPUs) those copies and per-row overheads outweigh the
-arithmetic: on the tiny model, 100 candidates scored in 34 ms packed 4 a row against 70 ms one
-a row (``benchmarks/bench_serve.py``). The price is attention over the masked-out neighbours in
-a row, so rows stay short. Attention kernels that build their own masks from 2D
+arithmetic, so packing several candidates into a row scores them faster (measured:
+docs/performance.md, ``benchmarks/bench_serve.py``). The price is attention over the masked-out
+neighbours in a row, so rows stay short. Attention kernels that build their own masks from 2D
 padding (FlashAttention) cannot take the 4D mask; for them, and with ``per_row = 1``, each row
 holds one candidate, right-padded, with the 2D mask "prefix mask + suffix mask".
 

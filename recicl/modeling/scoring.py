@@ -57,7 +57,7 @@ def last_position(ids: torch.Tensor) -> torch.Tensor:
     non-contiguous view, and when the LM head's weight does not require grad (a frozen or merged
     LoRA base) ``torch.matmul`` broadcasts the weight instead of folding the batch: it copies the
     whole ``[vocab, hidden]`` matrix once per row. With Gemma's 262k-token vocabulary that copy
-    cost 3.7x the rest of the forward pass (8 x 400 tokens: 7.6 s vs 2.1 s on 2 cores). An index
+    costs more than the rest of the forward pass (measured: docs/performance.md). An index
     tensor makes the slice a contiguous copy of B hidden vectors, and the head one matmul.
     """
     return torch.tensor([ids.shape[1] - 1], device=ids.device)

@@ -52,7 +52,9 @@ item may go too. A prompt whose instruction + query alone exceed the budget is a
 Modules: :mod:`~recicl.prompts.wording` (templates, safe titles, the answer cue),
 :mod:`~recicl.prompts.answers` (answer token ids), :mod:`~recicl.prompts.encoded` (results and
 counters), :mod:`~recicl.prompts.budget` (trimming arithmetic), :mod:`~recicl.prompts.builder`
-(:class:`PromptBuilder`). Import from ``recicl.prompts``.
+(:class:`PromptBuilder`). Import from ``recicl.prompts``; except
+:mod:`~recicl.prompts.instructions`, the other prompt format: published Alpaca/TALLRec Yes/No
+records, read, rendered and encoded alike for training and evaluation (import from it).
 """
 
 from recicl.prompts.answers import AnswerTokenError, AnswerTokens, answer_token_ids

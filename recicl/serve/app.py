@@ -17,10 +17,11 @@ without retraining.
 **Which model.** The model replicas follow ``serve.alias`` (default ``champion``) and hot-swap
 when it moves (:mod:`recicl.serve.model_deployment`). A request's optional ``model``
 (``"recicl@challenger"``, ``"recicl/3"``) is resolved to a version by the ingress and routed as
-the multiplexed model id. Every score/recommend response carries ``model_version`` and the
-``arm`` that answered: ``serve.traffic`` (and ``PUT /admin/traffic``) can send a share of users to
-a candidate version (split) or score a candidate beside the champion without answering (shadow),
-see :mod:`recicl.serve.traffic`.
+the multiplexed model id, if ``serve.selectable_models`` lists it (default: none, 403). Every
+score/recommend response carries ``model_version`` and the ``arm`` that answered:
+``serve.traffic`` (and ``PUT /admin/traffic``) can send a share of users to a candidate version
+(split) or score a candidate beside the champion without answering (shadow), see
+:mod:`recicl.serve.traffic`.
 
 **Errors.** JSON ``{"error": code, "detail": text naming the field}``, 4xx for bad input, see
 :mod:`recicl.serve.api.errors`. Item ids not in the served version's catalog are 422

@@ -25,10 +25,15 @@ import pyarrow.parquet as pq
 
 from recicl.config import ReciclConfig
 from recicl.data.item_embeddings import EMBEDDINGS_FILE, EmbeddingsError, ItemEmbeddings
+from recicl.data.manifest import SamplesManifest
 from recicl.data.retrieval import DemoQuality
 from recicl.data.samples import Selection
 from recicl.data.samples_folder import CATALOG_FILE, DEMO_QUALITY_FILE, MANIFEST_FILE
-from recicl.modeling.packaged import load_packaged_model
+from recicl.modeling.packaged import (
+    load_packaged_model,
+    read_version_manifest,
+    require_samples_prompts,
+)
 from recicl.prompts import PromptBuilder, PromptError
 from recicl.registry import load_version
 from recicl.serve.api.backend import ModelError, ModelJob, ModelReply
@@ -64,13 +69,13 @@ def _join(base: str, name: str) -> str:
 
 
 def trained_rating_range(
-    samples_manifest: dict[str, Any], cfg: ReciclConfig
+    samples_manifest: SamplesManifest | None, cfg: ReciclConfig
 ) -> tuple[float, float] | None:
     """The rating scale the version was trained on, as its samples build recorded it (the scale
     the readers validated against; null: unchecked). Samples built before the build recorded
     it fall back to the serving config's explicit ``data.rating_range`` (else unchecked)."""
-    if "rating_range" in samples_manifest:
-        recorded = samples_manifest["rating_range"]
+    if samples_manifest is not None and samples_manifest.records_rating_range:
+        recorded = samples_manifest.rating_range
     else:
         recorded = cfg.data.rating_range
         if recorded is None:
@@ -143,6 +148,7 @@ def load_serving_model(
     download = Path(tempfile.mkdtemp(prefix=f"recicl-serve-{name}-{version}-"))
     try:
         folder = load_version(name, version, tracking_uri=tracking_uri, dst=download)
+        require_samples_prompts(read_version_manifest(folder), f"{name}/{version}")
         packaged = load_packaged_model(
             folder, prompt=cfg.prompt, model_cfg=cfg.model, label=f"{name}/{version}", device=device
         )
@@ -164,11 +170,12 @@ def load_serving_model(
             f"cannot read the catalog of {name}/{version} at {catalog_path}: {error}; "
             "set serve.catalog_path"
         ) from error
-    samples_manifest: dict[str, Any] = {}
+    samples_manifest = None
     if samples_dir:
-        text = _read_text(_join(samples_dir, MANIFEST_FILE))
-        samples_manifest = json.loads(text) if text else {}
-    trained = (samples_manifest.get("config") or {}).get("samples") or {}
+        where = _join(samples_dir, MANIFEST_FILE)
+        text = _read_text(where)
+        samples_manifest = SamplesManifest.parse(text, where) if text else None
+    trained = samples_manifest.samples_config if samples_manifest else {}
     num_demos = cfg.serve.num_demos
     if num_demos is None:
         num_demos = int(trained.get("num_demos", cfg.samples.num_demos))

@@ -13,7 +13,7 @@ from typing import Any
 
 from recicl.config import ReciclConfig, build_config
 from recicl.errors import ReciclError
-from recicl.registry import resolve_tracking_uri
+from recicl.registry import Workspace
 
 APP_NAME = "recicl"
 MODEL_DEPLOYMENT = "ReciclModel"
@@ -43,17 +43,17 @@ class ServeSettings:
 def resolve_settings(cfg: ReciclConfig) -> ServeSettings:
     """Resolve ``cfg`` for the replicas (paths made absolute, store URL and token chosen)."""
 
+    workspace = Workspace.of(cfg)
     raw = cfg.model_dump(mode="json")
-    workdir = Path(cfg.workdir).expanduser().resolve()
-    raw["workdir"] = str(workdir)
+    raw["workdir"] = str(workspace.folder)
     catalog = cfg.serve.catalog_path
     if catalog and "://" not in catalog:
         raw["serve"]["catalog_path"] = str(Path(catalog).expanduser().resolve())
     resolved = build_config(raw, "serve settings")
     return ServeSettings(
         config=resolved.model_dump(mode="json"),
-        tracking_uri=resolve_tracking_uri(resolved),
-        model_name=cfg.serve.model_name or cfg.mlflow.registered_model,
+        tracking_uri=workspace.tracking_uri,
+        model_name=cfg.serve.model_name or workspace.registered_model,
         store_url=resolve_store_url(cfg),
         admin_token=cfg.serve.admin_token or os.environ.get("RECICL_ADMIN_TOKEN") or None,
     )
@@ -62,11 +62,10 @@ def resolve_settings(cfg: ReciclConfig) -> ServeSettings:
 def resolve_store_url(cfg: ReciclConfig) -> str:
     """``serve.store_url`` → ``$RECICL_STORE_URL`` → SQLite in the workdir (absolute): the
     store the server writes, and the one ``recicl promote --live`` reads."""
-    workdir = Path(cfg.workdir).expanduser().resolve()
     return (
         cfg.serve.store_url
         or os.environ.get("RECICL_STORE_URL")
-        or "sqlite:///" + str(workdir / "events.db")
+        or "sqlite:///" + str(cfg.work_folder() / "events.db")
     )
 
 

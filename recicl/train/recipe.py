@@ -14,7 +14,7 @@ still have data; validation runs until *every* rank is done, a rank without data
 one-token dummy batch whose output is discarded.
 
 Resume: a checkpoint holds the strategy state (weights, optimizer, scheduler) and the
-:class:`~recicl.train.loop.TrainerState`; the epoch's batches come in the same order on every
+:class:`~recicl.train.contract.TrainerState`; the epoch's batches come in the same order on every
 attempt (seeded by epoch), so skipping the ``micro_in_epoch`` already consumed continues exactly
 where the checkpoint was taken.
 """
@@ -40,10 +40,10 @@ import torch
 import torch.distributed as dist
 
 from recicl.config import ReciclConfig
-from recicl.modeling import answer_token_ids, load_tokenizer
+from recicl.modeling import load_tokenizer
 from recicl.modeling.threads import apply_torch_threads
 from recicl.train.batching import PaddingStats, group_by_length, pad_batch
-from recicl.train.loop import (
+from recicl.train.contract import (
     TRAIN_DATASET,
     TRAINER_STATE_FILE,
     VAL_DATASET,
@@ -52,6 +52,7 @@ from recicl.train.loop import (
     maybe_fault,
 )
 from recicl.train.loss import AnswerLoss
+from recicl.train.sources import answer_tokens
 from recicl.train.strategies import ADAPTER_DIR, Strategy, describe, dump_json, make_strategy
 from recicl.train.tracking import MetricsLogger, MLflowSink
 
@@ -167,7 +168,7 @@ class TrainRecipe:
             rank=self.rank,
             world_size=self.world,
             device=self.device,
-            answer_tokens=answer_token_ids(tokenizer),
+            answer_tokens=answer_tokens(tc, tokenizer),  # the source's (instruction template)
         )
         started = time.perf_counter()
         self.strategy.setup(self.plan.total_steps)

@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -80,8 +81,12 @@ def save_pretrained_weights(model: nn.Module, output: Path) -> None:
     model.save_pretrained(str(output), safe_serialization=True)
 
 
-class Strategy:
-    """What the training loop needs from a parallel strategy."""
+class Strategy(ABC):
+    """What the training loop needs from a parallel strategy.
+
+    Abstract so that a strategy missing one of the loop's operations fails when it is
+    constructed, before any training, rather than mid-run at its first checkpoint or validation.
+    """
 
     name = "base"
 
@@ -102,14 +107,14 @@ class Strategy:
         self.on_gpu = device.type == "cuda"
         self.bf16 = use_bf16(cfg.train, self.on_gpu)
 
+    @abstractmethod
     def setup(self, total_steps: int) -> None:
         """Load the model, wrap it, build optimizer + LR schedule for ``total_steps`` steps."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def model(self) -> nn.Module:
         """The underlying (peft) causal LM, unwrapped."""
-        raise NotImplementedError
 
     def _logits(self, wrapped: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         from recicl.modeling import answer_logits
@@ -127,6 +132,7 @@ class Strategy:
 
         return training_logits(wrapped, ids, mask, self.answer_tokens, demo_positions)
 
+    @abstractmethod
     def train_micro_batch(
         self,
         input_ids: torch.Tensor,
@@ -138,26 +144,26 @@ class Strategy:
         accumulation boundaries. ``demo_positions`` (per row) adds the demonstration answers'
         logits (:func:`recicl.modeling.training_logits`). Returns (loss value, whether an
         optimizer step was taken)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def eval_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[B, 2] answer logits without gradients (every rank calls, same number of times)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def current_lr(self) -> float:
-        raise NotImplementedError
+        """The learning rate the next optimizer step will use (logged with that step)."""
 
+    @abstractmethod
     def save_state(self, directory: Path, client_state: dict[str, Any]) -> None:
         """Optimizer/scheduler/trainable weights into ``directory`` (every rank calls)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load_state(self, directory: Path) -> None:
         """Inverse of :meth:`save_state` (every rank calls)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def save_weights(self, directory: Path) -> None:
         """Trainable weights as safetensors (rank 0 writes; every rank calls)."""
-        raise NotImplementedError
 
 
 def _load_lm(cfg: ReciclConfig) -> nn.Module:
@@ -222,11 +228,12 @@ class DeepSpeedStrategy(Strategy):
         import deepspeed
 
         if not self.on_gpu:
-            # The CPU accelerator JIT-compiles a shared-memory comm op on first init (~40 s, needs
-            # a compiler); gloo does the same job for our sizes. Verified on DeepSpeed 0.19:
-            # TorchBackend.__init__ calls the module-level build_shm_op(), and a None op makes
-            # every collective fall back to torch.distributed. (`import deepspeed.comm.torch as
-            # m` would bind the *torch* package: deepspeed.comm has an attribute named torch.)
+            # The CPU accelerator JIT-compiles a shared-memory comm op on first init (slow, see
+            # docs/performance.md, and it needs a compiler); gloo does the same job for our sizes.
+            # Verified on DeepSpeed 0.19: TorchBackend.__init__ calls the module-level
+            # build_shm_op(), and a None op makes every collective fall back to torch.distributed.
+            # (`import deepspeed.comm.torch as m` would bind the *torch* package: deepspeed.comm
+            # has an attribute named torch.)
             import importlib
 
             ds_comm_torch: Any = importlib.import_module("deepspeed.comm.torch")

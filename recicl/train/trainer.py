@@ -24,24 +24,24 @@ from typing import Any
 
 from recicl import registry
 from recicl.config import ConfigError, ReciclConfig, build_config
-from recicl.data.item_stats import check_no_leak, item_stats_meta, read_item_stats
-from recicl.data.samples_folder import SamplesFolder, configured_samples_dir
+from recicl.data.item_stats import item_stats_meta, read_item_stats
+from recicl.data.samples_folder import configured_samples_dir
 from recicl.errors import ReciclError
 from recicl.modeling import load_tokenizer
 from recicl.modeling import packaged as version
 from recicl.modeling.importing import ensure_base_model
 from recicl.prompts import template_for
-from recicl.registry import resolve_tracking_uri
-from recicl.train import data as train_data
-from recicl.train.loop import (
+from recicl.prompts.instructions import describe_template
+from recicl.train.contract import (
     FAULT_DELAY_ENV,
     FAULT_MARKER_ENV,
     FAULT_STEP_ENV,
     TRAIN_DATASET,
     VAL_DATASET,
     TrainPlan,
-    train_loop_per_worker,
 )
+from recicl.train.loop import train_loop_per_worker
+from recicl.train.sources import TrainingData
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,12 @@ def _is_uri(path: str) -> bool:
     return "://" in path
 
 
-def resolve_train_config(cfg: ReciclConfig) -> ReciclConfig:
+def resolve_train_config(cfg: ReciclConfig, workspace: registry.Workspace) -> ReciclConfig:
     """Absolute paths (workers may run elsewhere / in another cwd), defaults filled in: run
-    name, storage path, samples folder, MLflow tracking URI."""
+    name, storage path, samples folder, MLflow tracking URI (the command's ``workspace``)."""
 
     raw = cfg.model_dump(mode="json")
-    workdir = Path(cfg.workdir).expanduser().resolve()
+    workdir = workspace.folder
     raw["workdir"] = str(workdir)
     model_path = cfg.model.name_or_path
     if model_path and Path(model_path).expanduser().exists():
@@ -88,11 +88,13 @@ def resolve_train_config(cfg: ReciclConfig) -> ReciclConfig:
     source = configured_samples_dir(cfg)
     if source:
         tc["samples_dir"] = source if _is_uri(source) else str(Path(source).expanduser().resolve())
+    for key in ("instructions", "val_instructions"):  # local files, read by the driver
+        if tc[key]:
+            tc[key] = str(Path(tc[key]).expanduser().resolve())
     storage = cfg.train.storage_path or str(workdir / "ray_results")
     tc["storage_path"] = storage if _is_uri(storage) else str(Path(storage).expanduser().resolve())
     tc["run_name"] = cfg.train.run_name or datetime.now().strftime("train-%Y%m%d-%H%M%S")
-    resolved = build_config(raw, "resolved training config")
-    raw["mlflow"]["tracking_uri"] = resolve_tracking_uri(resolved)
+    raw["mlflow"]["tracking_uri"] = workspace.tracking_uri
     return build_config(raw, "resolved training config")
 
 
@@ -106,7 +108,7 @@ def plan_steps(cfg: ReciclConfig, train_rows: int, val_rows: int) -> dict[str, i
         raise ConfigError(
             f"{train_rows} training samples are too few for {tc.num_workers} workers x "
             f"batch_size {tc.batch_size} x grad_accum {tc.grad_accum}: not one optimizer step "
-            "per epoch; lower them or add periods"
+            "per epoch; lower them or add training data"
         )
     total = tc.max_steps if tc.max_steps is not None else tc.epochs * steps_per_epoch
     return {
@@ -130,15 +132,19 @@ def _storage_has_run(storage_path: str, run_name: str) -> bool:
 
 
 def _start_mlflow_run(
-    cfg: ReciclConfig, plan: dict[str, Any], periods: dict[str, list[int]], manifest_hash: str
+    cfg: ReciclConfig,
+    workspace: registry.Workspace,
+    plan: dict[str, Any],
+    periods: dict[str, list[int]],
+    manifest_hash: str,
 ) -> str:
     """New MLflow run (params = whole config + plan), or the run of the same Ray run name when
     resuming."""
 
-    uri = cfg.mlflow.tracking_uri
-    assert uri is not None and cfg.train.run_name is not None and cfg.train.storage_path
-    experiment_id = registry.ensure_experiment(cfg, uri)
-    mlc = registry.client(uri)
+    uri = workspace.tracking_uri
+    assert cfg.train.run_name is not None and cfg.train.storage_path
+    experiment_id = workspace.ensure_experiment()
+    mlc = workspace.client()
     if _storage_has_run(cfg.train.storage_path, cfg.train.run_name):
         tags = {registry.RUN_NAME_TAG: cfg.train.run_name}
         existing = registry.find_run(uri, experiment_id, tags)
@@ -221,6 +227,7 @@ def _build_model_dir(
     if item_stats is not None:  # the version carries the statistics it was tuned with
         shutil.copyfile(item_stats, output / version.ITEM_STATS_FILE)
         stats_until = item_stats_meta(read_item_stats(item_stats)).get("until_period")
+    instructions = cfg.train.instructions  # tuned on instruction files, not samples
     version.VersionManifest(
         base_model=cfg.model.name_or_path,
         base_model_artifact=base_artifact,
@@ -234,19 +241,24 @@ def _build_model_dir(
         model=cfg.model.model_dump(mode="json"),
         train=cfg.train.model_dump(mode="json"),
         data=version.VersionData(
-            samples_dir=cfg.train.samples_dir,
+            samples_dir=None if instructions else cfg.train.samples_dir,
+            instructions=instructions,
+            val_instructions=cfg.train.val_instructions,
             manifest_hash=manifest_hash,
             samples_content_id=samples_content_id,
             item_stats_until=stats_until,
             **periods,
         ),
+        instruction_template=cfg.train.instruction_template if instructions else None,
         metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
         ray_checkpoint=checkpoint.path,
     ).write(
         output,
         config=cfg.redacted_dump(),  # a version is read by whoever can read the registry
         # the exact wording the adapter was tuned on (derived from prompt.domain/format)
-        template=dataclasses.asdict(template_for(cfg.prompt)),
+        template=describe_template(cfg.train.instruction_template)
+        if instructions
+        else dataclasses.asdict(template_for(cfg.prompt)),
     )
     return output
 
@@ -257,14 +269,7 @@ class _Fitted:
     seconds: float
 
 
-def _fit(
-    cfg: ReciclConfig,
-    plan: TrainPlan,
-    samples_dir: Path,
-    train_periods: list[int],
-    val_periods: list[int],
-    val_rows: int,
-) -> _Fitted:
+def _fit(cfg: ReciclConfig, plan: TrainPlan, data: TrainingData) -> _Fitted:
     """Tokenize (Ray Data) and run the TorchTrainer."""
     import ray.data
     import ray.train
@@ -278,9 +283,7 @@ def _fit(
 
     tc = cfg.train
     tokenize_started = time.perf_counter()
-    train_ds, val_ds = train_data.encoded_datasets(
-        cfg, samples_dir, train_periods, val_periods if val_rows else []
-    )
+    train_ds, val_ds = data.datasets(cfg)
     datasets: dict[str, ray.data.Dataset | Callable[[], ray.data.Dataset]] = {
         TRAIN_DATASET: train_ds
     }
@@ -317,8 +320,10 @@ def _fit(
     return _Fitted(result, time.perf_counter() - fit_started)
 
 
-def train(cfg: ReciclConfig) -> TrainResult:
-    """Tune ``cfg.model`` on ICL samples with Ray Train; log to MLflow and register a version.
+def train(cfg: ReciclConfig, *, workspace: registry.Workspace | None = None) -> TrainResult:
+    """Tune ``cfg.model`` on ICL samples (or ``train.instructions`` files) with Ray Train; log
+    to MLflow and register a version.
+    ``workspace``: the calling command's (resolved from ``cfg`` when training is the command).
 
     Returns a :class:`TrainResult`; raises :class:`~recicl.config.ConfigError` for unusable
     settings/data and :class:`TrainError` when the workers fail beyond ``max_failures``.
@@ -336,44 +341,27 @@ def train(cfg: ReciclConfig) -> TrainResult:
         )
 
     ensure_base_model(cfg.model)
-    cfg = resolve_train_config(cfg)
+    workspace = workspace or registry.Workspace.of(cfg)
+    cfg = resolve_train_config(cfg, workspace)
     if cfg.train.init_from:  # before Ray starts: a wrong version is a one-line error
-        cfg = warm_start_config(cfg)
+        cfg = warm_start_config(cfg, workspace)
     tc = cfg.train
     assert tc.run_name and tc.storage_path
-    samples = SamplesFolder.from_config(cfg)
-    samples_dir = samples.root
-    manifest_hash = str(samples.manifest().get("config_hash", "none"))
-    samples_content_id = samples.content_id()  # what the version is tuned on, by content
-    train_periods, val_periods = train_data.choose_periods(tc, samples.periods())
-    periods = {"train_periods": train_periods, "val_periods": val_periods}
-    item_stats = None
-    if cfg.prompt.shows_item_knowledge:  # validating on counted periods reads the answers
-        stats = read_item_stats(samples.item_stats_path)
-        check_no_leak(item_stats_meta(stats).get("until_period"), val_periods, "train.val_periods")
-        item_stats = samples.item_stats_path
-
+    data = TrainingData.of(cfg)  # samples or instruction files, checked before Ray starts
+    periods = data.periods
     ensure_ray(cfg.ray)
-    train_rows = train_data.train_subset_size(
-        tc.max_train_samples, samples.count_rows(train_periods)
-    )
-    val_only = [p for p in val_periods if p not in train_periods]  # the capped ones
-    val_rows = train_data.train_subset_size(
-        tc.max_val_samples, samples.count_rows(val_only)
-    ) + samples.count_rows([p for p in val_periods if p in train_periods])
-    steps = plan_steps(cfg, train_rows, val_rows)
+    steps = plan_steps(cfg, *data.count_rows(tc))
 
     run_id = None
     if cfg.mlflow.tracking_uri:
-        run_id = _start_mlflow_run(cfg, steps, periods, manifest_hash)
+        run_id = _start_mlflow_run(cfg, workspace, steps, periods, data.manifest_hash)
     plan = TrainPlan(
         **steps, tracking_uri=cfg.mlflow.tracking_uri, run_id=run_id, run_name=tc.run_name
     )
     print(
         f"[recicl] training {cfg.model.name_or_path} with {tc.strategy}"
         + (f" ZeRO-{tc.zero_stage}" if tc.strategy == "deepspeed" else "")
-        + f" on {tc.num_workers} {'GPU' if tc.use_gpu else 'CPU'} workers: periods "
-        f"{train_periods} ({train_rows} samples), validation {val_periods} ({val_rows}); "
+        + f" on {tc.num_workers} {'GPU' if tc.use_gpu else 'CPU'} workers: {data.describe(tc)}; "
         f"{steps['total_steps']} steps ({steps['steps_per_epoch']}/epoch); run {tc.run_name}"
         + (f", MLflow run {run_id}" if run_id else ""),
         flush=True,
@@ -383,7 +371,7 @@ def train(cfg: ReciclConfig) -> TrainResult:
     progress_bars = data_context.enable_progress_bars
     data_context.enable_progress_bars = False  # steps are logged instead; restored below
     try:
-        result = _fit(cfg, plan, samples_dir, train_periods, val_periods, val_rows)
+        result = _fit(cfg, plan, data)
     except ray.train.TrainingFailedError as error:
         if run_id and cfg.mlflow.tracking_uri:
             registry.client(cfg.mlflow.tracking_uri).set_terminated(run_id, status="FAILED")
@@ -401,13 +389,14 @@ def train(cfg: ReciclConfig) -> TrainResult:
     if checkpoint is not None:
         model_dir, version = _package_and_register(
             cfg,
+            workspace,
             checkpoint,
             run_id,
             metrics=metrics,
             periods=periods,
-            manifest_hash=manifest_hash,
-            samples_content_id=samples_content_id,
-            item_stats=item_stats,
+            manifest_hash=data.manifest_hash,
+            samples_content_id=data.content_id,
+            item_stats=data.item_stats,
         )
     if run_id and cfg.mlflow.tracking_uri:
         mlc = registry.client(cfg.mlflow.tracking_uri)
@@ -435,11 +424,11 @@ def train(cfg: ReciclConfig) -> TrainResult:
     )
 
 
-def warm_start_config(cfg: ReciclConfig) -> ReciclConfig:
+def warm_start_config(cfg: ReciclConfig, workspace: registry.Workspace) -> ReciclConfig:
     """The config the workers get for ``train.init_from``: the version resolved to a local
     folder whose LoRA adapter they load trainable, after checking that it was tuned from this
     config's base with this LoRA shape, so a warm start never silently trains something else."""
-    source = registry.resolve_model_uri(str(cfg.train.init_from), cfg)
+    source = registry.resolve_model_uri(str(cfg.train.init_from), workspace)
     manifest = version.read_version_manifest(source.local_dir)
     where = f"train.init_from {cfg.train.init_from}"
     if manifest is None:
@@ -487,6 +476,7 @@ def same_base(manifest: version.VersionManifest, cfg: ReciclConfig) -> bool:
 
 def _package_and_register(
     cfg: ReciclConfig,
+    workspace: registry.Workspace,
     checkpoint: Any,
     run_id: str | None,
     *,
@@ -501,7 +491,7 @@ def _package_and_register(
     tc = cfg.train
     assert tc.run_name
     # (not <workdir>/models/: evaluation caches downloaded versions there)
-    output = Path(cfg.workdir) / "trained" / tc.run_name
+    output = workspace.folder / "trained" / tc.run_name
     if output.exists():
         shutil.rmtree(output)
     model_dir = _build_model_dir(
@@ -518,7 +508,7 @@ def _package_and_register(
         return model_dir, None
     tags = {
         "base_model": str(cfg.model.name_or_path),
-        "prompt_format": cfg.prompt.format,
+        "prompt_format": "instructions" if tc.instructions else cfg.prompt.format,
         "prompt_domain": cfg.prompt.domain,
         "data_manifest_hash": manifest_hash,
         "data_samples_content_id": samples_content_id,
@@ -526,6 +516,8 @@ def _package_and_register(
         "strategy": tc.strategy + (f"-zero{tc.zero_stage}" if tc.strategy == "deepspeed" else ""),
         "step": str(metrics.get("step", "")),
     }
+    if tc.instructions:
+        tags["instruction_template"] = tc.instruction_template
     if "val_auc" in metrics:
         tags["val_auc"] = f"{metrics['val_auc']:.6f}"
     version = registry.log_model_version(

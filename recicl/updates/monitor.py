@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recicl.config import ReciclConfig
 from recicl.promotion import alias_history, evaluation_runs
-from recicl.registry import (
-    alias_version,
-    client,
-    resolve_tracking_uri,
-)
+from recicl.registry import Workspace, alias_version
 from recicl.serve.live_metrics import arm_figures
 from recicl.serve.store.feedback import ARM_CHAMPION, FeedbackSettings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 #: Exit codes of `recicl monitor` (and of its Ray job): 0 leaves the champion alone.
 EXIT_CODES = {"ok": 0, "retune": 10, "rollback": 11, "no-data": 12}
@@ -50,9 +49,9 @@ class MonitorDecision:
         return EXIT_CODES[self.decision]
 
 
-def offline_auc(cfg: ReciclConfig, name: str, version: str) -> float | None:
+def offline_auc(mlc: MlflowClient, name: str, version: str) -> float | None:
     """Mean AUC over the periods of ``version``'s latest evaluation run (None: never evaluated)."""
-    runs = evaluation_runs(client(resolve_tracking_uri(cfg)), name, version)
+    runs = evaluation_runs(mlc, name, version)
     if not runs:
         return None
     values = [
@@ -132,10 +131,10 @@ def run_monitor(cfg: ReciclConfig, now: int | None = None) -> MonitorDecision:
     from recicl.registry import registered_model
 
     now = int(time.time()) if now is None else now
-    tracking_uri = resolve_tracking_uri(cfg)
-    mlc = client(tracking_uri)
-    wanted = cfg.serve.model_name or cfg.mlflow.registered_model
-    name = registered_model(mlc, wanted, tracking_uri).name
+    workspace = Workspace.of(cfg)
+    mlc = workspace.client()
+    wanted = cfg.serve.model_name or workspace.registered_model
+    name = registered_model(mlc, wanted, workspace.tracking_uri).name
     alias = cfg.serve.alias
     version = alias_version(mlc, name, alias)
     if version is None:
@@ -144,17 +143,16 @@ def run_monitor(cfg: ReciclConfig, now: int | None = None) -> MonitorDecision:
         current, previous = champion_windows(cfg, version, now)
         moves = [r for r in alias_history(mlc, name, alias) if str(r.get("to")) == version]
         moved = now - int(moves[-1]["when"]) if moves else None
-        decision = decide(cfg, current, previous, offline_auc(cfg, name, version), moved)
+        decision = decide(cfg, current, previous, offline_auc(mlc, name, version), moved)
         decision.figures["version"] = version
-    _log(cfg, decision, name, alias, now)
+    _log(workspace, decision, name, alias, now)
     return decision
 
 
-def _log(cfg: ReciclConfig, decision: MonitorDecision, name: str, alias: str, now: int) -> None:
+def _log(workspace: Workspace, decision: MonitorDecision, name: str, alias: str, now: int) -> None:
     """One MLflow run per decision: the history a team reads when a re-tune fired."""
-    tracking_uri = resolve_tracking_uri(cfg)
-    mlc = client(tracking_uri)
-    experiment = f"{cfg.mlflow.experiment}-monitor"
+    mlc = workspace.client()
+    experiment = f"{workspace.experiment}-monitor"
     found = mlc.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else mlc.create_experiment(experiment)
     run = mlc.create_run(

@@ -48,13 +48,11 @@ from recicl.data.schema import CATALOG, EVENTS
 from recicl.errors import ReciclError
 from recicl.registry import (
     RUN_NAME_TAG,
+    Workspace,
     alias_version,
-    client,
-    ensure_experiment,
     find_run,
     model_uri,
     resolve_model_uri,
-    resolve_tracking_uri,
 )
 
 #: Events read from the store per call; a page that ends inside one timestamp is re-read.
@@ -94,8 +92,8 @@ class RetuneResult:
         (folder / STATE_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
 
-def run_folder(cfg: ReciclConfig, run_name: str) -> Path:
-    return Path(cfg.workdir).expanduser().resolve() / "retune" / run_name
+def run_folder(workspace: Workspace, run_name: str) -> Path:
+    return workspace.folder / "retune" / run_name
 
 
 def default_run_name(champion_version: str) -> str:
@@ -104,10 +102,10 @@ def default_run_name(champion_version: str) -> str:
     return f"retune-v{champion_version}-{time.strftime('%Y%m%d', time.gmtime())}"
 
 
-def champion_of(cfg: ReciclConfig) -> str:
+def champion_of(cfg: ReciclConfig, workspace: Workspace) -> str:
     """The version behind ``serve.alias``, or a RetuneError saying how to get one."""
-    name, alias = cfg.mlflow.registered_model, cfg.serve.alias
-    version = alias_version(client(resolve_tracking_uri(cfg)), name, alias)
+    name, alias = workspace.registered_model, cfg.serve.alias
+    version = alias_version(workspace.client(), name, alias)
     if version is None:
         raise RetuneError(
             f"no champion to re-tune: registered model {name!r} has no alias {alias!r}; "
@@ -116,17 +114,17 @@ def champion_of(cfg: ReciclConfig) -> str:
     return version
 
 
-def check_champion_base(cfg: ReciclConfig, champion: str) -> None:
+def check_champion_base(cfg: ReciclConfig, workspace: Workspace, champion: str) -> None:
     """The champion was tuned from this config's base (and, warm, with its LoRA shape):
     checked before anything is exported or built (ConfigError, one line)."""
     from recicl.modeling.packaged import read_version_manifest
     from recicl.train import same_base, warm_start_config
 
-    uri = model_uri(cfg.mlflow.registered_model, champion)
+    uri = model_uri(workspace.registered_model, champion)
     if cfg.retune.warm:
-        warm_start_config(_with_train(cfg, init_from=uri))
+        warm_start_config(_with_train(cfg, init_from=uri), workspace)
         return
-    manifest = read_version_manifest(resolve_model_uri(uri, cfg).local_dir)
+    manifest = read_version_manifest(resolve_model_uri(uri, workspace).local_dir)
     if manifest is None or not same_base(manifest, cfg):
         raise ConfigError(
             f"the champion {uri} was tuned from "
@@ -241,22 +239,22 @@ def build_retune_samples(cfg: ReciclConfig, folder: Path, boundaries: list[int])
     from recicl.data.pipeline import build_samples
 
     root = folder / "samples"
-    manifest = SamplesFolder(root).manifest()  # {} before the first build
+    manifest = SamplesFolder(root).manifest()  # None before the first build
     wanted = cfg.fingerprint("data", "samples")
-    if manifest.get("config_hash") != wanted or manifest.get("boundaries_ts") != boundaries:
+    if manifest is None or (manifest.config_hash, manifest.boundaries_ts) != (wanted, boundaries):
         build_samples(cfg, boundaries_ts=boundaries)
     return SamplesFolder.at(root)
 
 
-def registered_version_of_run(cfg: ReciclConfig, run_name: str) -> str | None:
+def registered_version_of_run(workspace: Workspace, run_name: str) -> str | None:
     """The version a training run of this name already registered (a resumed re-tune that
     crashed after registering must not register a second one)."""
-    uri = resolve_tracking_uri(cfg)
-    run_id = find_run(uri, ensure_experiment(cfg, uri), {RUN_NAME_TAG: run_name})
+    uri = workspace.tracking_uri
+    run_id = find_run(uri, workspace.ensure_experiment(), {RUN_NAME_TAG: run_name})
     if run_id is None:
         return None
-    name = cfg.mlflow.registered_model
-    found = client(uri).search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    name = workspace.registered_model
+    found = workspace.client().search_model_versions(f"name='{name}' and run_id='{run_id}'")
     return str(max(int(v.version) for v in found)) if found else None
 
 
@@ -274,13 +272,13 @@ def retune_periods(cfg: ReciclConfig, samples: SamplesFolder) -> tuple[list[int]
     return before, newest
 
 
-def enter_candidate(cfg: ReciclConfig, version: str) -> TrafficConfig:
+def enter_candidate(cfg: ReciclConfig, workspace: Workspace, version: str) -> TrafficConfig:
     """Make ``version`` the shadow or split arm of the served alias (the registry tag that
     ``PUT /admin/traffic`` writes), keeping the other arm unless it names the same version."""
     from recicl.serve.traffic import TRAFFIC_TAG, decode_override, encode_override
 
-    mlc = client(resolve_tracking_uri(cfg))
-    name, alias = cfg.mlflow.registered_model, cfg.serve.alias
+    mlc = workspace.client()
+    name, alias = workspace.registered_model, cfg.serve.alias
     tag = f"{TRAFFIC_TAG}.{alias}"
     current = decode_override(mlc.get_registered_model(name).tags.get(tag)) or cfg.serve.traffic
     raw = current.model_dump(mode="json")
@@ -297,10 +295,14 @@ def enter_candidate(cfg: ReciclConfig, version: str) -> TrafficConfig:
 def run_retune(cfg: ReciclConfig, run_name: str | None = None) -> RetuneResult:
     """The whole re-tune (module doc); resumes a run of the same name where it stopped."""
     started = time.perf_counter()
-    champion = champion_of(cfg)
-    run_name = run_name or cfg.train.run_name or default_run_name(champion)
+    workspace = Workspace.of(cfg)
+    run_name = run_name or cfg.train.run_name
+    # the default name needs the champion; a named run that is resumed uses the champion it
+    # pinned, even if the alias has moved (or been removed) since
+    champion = None if run_name else champion_of(cfg, workspace)
+    run_name = run_name or default_run_name(str(champion))
     cfg = _with_train(cfg, run_name=run_name)  # validates the name (it names folders)
-    folder = run_folder(cfg, run_name)
+    folder = run_folder(workspace, run_name)
     state_path = folder / STATE_FILE
     if state_path.is_file():
         state = RetuneResult(**json.loads(state_path.read_text()))
@@ -311,8 +313,9 @@ def run_retune(cfg: ReciclConfig, run_name: str | None = None) -> RetuneResult:
         state.stages_resumed = []
         print(f"[retune] resuming {run_name} (champion v{champion})", flush=True)
     else:
+        champion = champion or champion_of(cfg, workspace)
         state = RetuneResult(run_name=run_name, champion_version=champion, warm=cfg.retune.warm)
-    check_champion_base(cfg, champion)
+    check_champion_base(cfg, workspace, champion)
     _export_stage(cfg, state, folder)
     served_cfg = cfg.model_copy(
         update={
@@ -329,13 +332,13 @@ def run_retune(cfg: ReciclConfig, run_name: str | None = None) -> RetuneResult:
         samples_dir=str(samples.root),
         train_periods=state.train_periods,
         val_periods=[state.newest_period],
-        init_from=model_uri(cfg.mlflow.registered_model, champion) if cfg.retune.warm else None,
+        init_from=model_uri(workspace.registered_model, champion) if cfg.retune.warm else None,
     )
-    _train_stage(train_cfg, state, folder)
+    _train_stage(train_cfg, workspace, state, folder)
     try:
-        _evaluate_and_enter(train_cfg, state, samples)
+        _evaluate_and_enter(train_cfg, workspace, state, samples)
     except BaseException:
-        _unregister(cfg, state)
+        _unregister(workspace, state)
         state.save(folder)
         raise
     state.seconds = round(time.perf_counter() - started, 1)
@@ -352,7 +355,7 @@ def _export_stage(cfg: ReciclConfig, state: RetuneResult, folder: Path) -> None:
     state.cutoff_ts = log.last_event_ts()
     times, state.exported_items = export_served(cfg, state.cutoff_ts, folder / "served")
     state.exported_events = len(times)
-    log_boundaries = [int(b) for b in log.require_manifest().get("boundaries_ts", [])]
+    log_boundaries = log.require_manifest().boundaries_ts
     state.boundaries_ts = retune_boundaries(
         log_boundaries, state.cutoff_ts, times, cfg.retune.holdout_share
     )
@@ -365,53 +368,55 @@ def _export_stage(cfg: ReciclConfig, state: RetuneResult, folder: Path) -> None:
     state.save(folder)
 
 
-def _train_stage(cfg: ReciclConfig, state: RetuneResult, folder: Path) -> None:
+def _train_stage(
+    cfg: ReciclConfig, workspace: Workspace, state: RetuneResult, folder: Path
+) -> None:
     from recicl.train import train
 
     assert cfg.train.run_name is not None
-    existing = registered_version_of_run(cfg, cfg.train.run_name)
+    existing = registered_version_of_run(workspace, cfg.train.run_name)
     if existing is not None:
         state.version = existing
         state.stages_resumed.append("train")
         return
-    result = train(cfg)
+    result = train(cfg, workspace=workspace)
     if result.version is None:
         raise RetuneError(
             f"training run {cfg.train.run_name} registered no version (mlflow.register_version "
             "is off, or no checkpoint): a re-tune needs a version to enter as the candidate"
         )
     state.version = result.version
-    mlc = client(resolve_tracking_uri(cfg))
+    mlc = workspace.client()
     tags = {"recicl.retune.run": state.run_name, "recicl.retune.from": state.champion_version,
             "recicl.retune.warm": str(state.warm).lower()}  # fmt: skip
     for key, value in tags.items():
-        mlc.set_model_version_tag(cfg.mlflow.registered_model, state.version, key, value)
+        mlc.set_model_version_tag(workspace.registered_model, state.version, key, value)
     state.save(folder)
 
 
-def _evaluate_and_enter(cfg: ReciclConfig, state: RetuneResult, samples: SamplesFolder) -> None:
+def _evaluate_and_enter(
+    cfg: ReciclConfig, workspace: Workspace, state: RetuneResult, samples: SamplesFolder
+) -> None:
     from recicl.promotion import evaluation_auc
 
-    name = cfg.mlflow.registered_model
+    name = workspace.registered_model
     assert state.version is not None and state.newest_period is not None
     state.candidate_auc = evaluation_auc(
-        cfg, name, state.version, samples.root, state.newest_period
+        cfg, workspace, name, state.version, samples.root, state.newest_period
     )
     state.champion_auc = evaluation_auc(
-        cfg, name, state.champion_version, samples.root, state.newest_period
+        cfg, workspace, name, state.champion_version, samples.root, state.newest_period
     )
     if cfg.retune.enter_as != "none":
-        enter_candidate(cfg, state.version)
+        enter_candidate(cfg, workspace, state.version)
         state.entered_as, state.share = cfg.retune.enter_as, cfg.retune.share
 
 
-def _unregister(cfg: ReciclConfig, state: RetuneResult) -> None:
+def _unregister(workspace: Workspace, state: RetuneResult) -> None:
     """Delete the version this run registered: a failed re-tune leaves none behind."""
     if state.version is None:
         return
-    client(resolve_tracking_uri(cfg)).delete_model_version(
-        cfg.mlflow.registered_model, state.version
-    )
+    workspace.client().delete_model_version(workspace.registered_model, state.version)
     print(
         f"[retune] failed after registering version {state.version}: deleted it; run again "
         f"with --run-name {state.run_name} to resume",

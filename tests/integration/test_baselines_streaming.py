@@ -55,7 +55,7 @@ def test_every_baseline_has_a_row_per_evaluated_period(streaming):
 
 
 def test_baselines_are_fitted_on_the_training_periods_only(streaming):
-    counts = {p["period"]: p["samples"] for p in streaming.manifest["periods"]}
+    counts = streaming.manifest.sample_counts()
     facts = streaming.result["variants"]
     for variant in ("logistic", "boosted-trees", "mf", "sasrec", "din"):
         assert facts[variant]["train_rows"] == sum(counts[p] for p in TRAIN_PERIODS), variant

@@ -24,6 +24,7 @@ from recicl.modeling.packaged import package_full_model
 from recicl.promotion import evaluation_auc, promote
 from recicl.registry import (
     RegistryError,
+    Workspace,
     alias_version,
     client,
     register_model_folder,
@@ -75,7 +76,7 @@ def test_batch_scores_equal_direct_scorer(world):
     from recicl.modeling.packaged import load_packaged_model
     from recicl.prompts import PromptBuilder
 
-    source = resolve_model(f"models:/recicl/{world['versions'][0]}", world["cfg"])
+    source = resolve_model(f"models:/recicl/{world['versions'][0]}", Workspace.of(world["cfg"]))
     scored = score_samples(source.local_dir, world["samples"], [2], replicas=2)
     packaged = load_packaged_model(source.local_dir)
     table = SamplesFolder.at(world["samples"]).read_table([2]).sort_by("sample_id")
@@ -118,9 +119,9 @@ def test_evaluate_writes_report_plot_and_mlflow_run(world):
 
 def test_unknown_model_is_a_clear_error(world):
     with pytest.raises(EvaluationError, match="cannot resolve models:/recicl/99"):
-        resolve_model("models:/recicl/99", world["cfg"])
+        resolve_model("models:/recicl/99", Workspace.of(world["cfg"]))
     with pytest.raises(EvaluationError, match="neither a models:/"):
-        resolve_model("/no/such/folder", world["cfg"])
+        resolve_model("/no/such/folder", Workspace.of(world["cfg"]))
 
 
 def test_promotion_gate(world):
@@ -200,11 +201,11 @@ def test_capped_evaluation_uses_one_subset_and_the_gate_compares_like_with_like(
     # the same 9 samples for both versions (same like rate, same users)
     assert reports[0]["periods"]["2"]["like_rate"] == reports[1]["periods"]["2"]["like_rate"]
     assert reports[0]["periods"]["2"]["auc"] != reports[1]["periods"]["2"]["auc"]
-    assert evaluation_auc(capped, "recicl", v1, world["samples"], 2) == pytest.approx(
-        reports[1]["periods"]["2"]["auc"]
-    )
+    gated = evaluation_auc(capped, Workspace.of(capped), "recicl", v1, world["samples"], 2)
+    assert gated == pytest.approx(reports[1]["periods"]["2"]["auc"])
     # an uncapped gate does not take the capped number: it finds (or makes) a full evaluation
-    full = evaluation_auc(world["cfg"], "recicl", v1, world["samples"], 2)
+    uncapped = world["cfg"]
+    full = evaluation_auc(uncapped, Workspace.of(uncapped), "recicl", v1, world["samples"], 2)
     table = SamplesFolder.at(world["samples"]).read_table([2])
     assert table.num_rows > 9 and full != pytest.approx(reports[1]["periods"]["2"]["auc"])
 
@@ -214,17 +215,13 @@ def test_instruction_file_scores_and_reports(world, tmp_path):
     is what sklearn says of those scores."""
     from sklearn.metrics import roc_auc_score
 
-    from recicl.evaluate.instructions import (
-        evaluate_instructions,
-        read_instruction_file,
-        render,
-        score_instructions,
-    )
+    from recicl.evaluate.instructions import evaluate_instructions, score_instructions
     from recicl.modeling import score_prompts
     from recicl.modeling.packaged import load_packaged_model
     from recicl.prompts import PromptBuilder, answer_token_ids
+    from recicl.prompts.instructions import read_instruction_file, render
 
-    source = resolve_model(f"models:/recicl/{world['versions'][0]}", world["cfg"])
+    source = resolve_model(f"models:/recicl/{world['versions'][0]}", Workspace.of(world["cfg"]))
     packaged = load_packaged_model(source.local_dir)
     builder = PromptBuilder(
         packaged.prompt, pq.read_table(world["samples"] / "catalog.parquet"), packaged.tokenizer
@@ -283,11 +280,12 @@ def test_gate_does_not_reuse_an_evaluation_of_samples_rebuilt_from_a_grown_log(w
     write_synthetic(SynthSpec(users=30, events_per_user=15, seed=11), root / "log")
     build_samples(cfg)
     before = evaluate_model(cfg, f"models:/recicl/{v0}", root / "s", [2])["periods"]["2"]["auc"]
-    assert evaluation_auc(cfg, "recicl", v0, root / "s", 2) == pytest.approx(before)  # cached
+    workspace = Workspace.of(cfg)
+    assert evaluation_auc(cfg, workspace, "recicl", v0, root / "s", 2) == pytest.approx(before)
 
     write_synthetic(SynthSpec(users=45, events_per_user=15, seed=11), root / "log")  # grown
     build_samples(cfg)
-    after = evaluation_auc(cfg, "recicl", v0, root / "s", 2)
+    after = evaluation_auc(cfg, workspace, "recicl", v0, root / "s", 2)
     assert after != pytest.approx(before)  # not the cached AUC of the old samples ...
     # ... but a new evaluation, of the rebuilt samples, and recorded as such
     mlc = client(resolve_tracking_uri(cfg))
@@ -305,7 +303,7 @@ def test_model_cache_follows_the_registry_not_only_name_and_version(world, tmp_p
     from recicl.modeling.packaged import load_packaged_model
 
     cfg = world["cfg"]
-    first = resolve_model(f"models:/recicl/{world['versions'][0]}", cfg)
+    first = resolve_model(f"models:/recicl/{world['versions'][0]}", Workspace.of(cfg))
     assert world["versions"][0] == "1"
     other_store = build_config(
         {
@@ -317,9 +315,9 @@ def test_model_cache_follows_the_registry_not_only_name_and_version(world, tmp_p
         }
     )
     # version 1 of the new store is the seed-1 model (the old store's version 2)
-    seed1 = resolve_model(f"models:/recicl/{world['versions'][1]}", cfg).local_dir
+    seed1 = resolve_model(f"models:/recicl/{world['versions'][1]}", Workspace.of(cfg)).local_dir
     assert register_model_folder(other_store, seed1) == "1"
-    second = resolve_model("models:/recicl/1", other_store)
+    second = resolve_model("models:/recicl/1", Workspace.of(other_store))
     assert second.local_dir != first.local_dir
     weights = [
         next(load_packaged_model(src).model.parameters()).detach().numpy()

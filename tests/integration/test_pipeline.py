@@ -13,7 +13,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import ray
+from typer.testing import CliRunner
 
+from recicl.cli import app
 from recicl.config import ConfigError, build_config
 from recicl.data.item_embeddings import ItemEmbeddings, unit_rows
 from recicl.data.pipeline import build_samples
@@ -50,7 +52,7 @@ def test_pipeline_equals_reference_and_is_deterministic(synth_dir, tmp_path, ray
     table_a = SamplesFolder.at(tmp_path / "a").read_table().sort_by("sample_id")
     table_b = SamplesFolder.at(tmp_path / "b").read_table().sort_by("sample_id")
     assert table_a.equals(table_b)  # identical rows whatever the parallelism
-    assert first["boundaries"] == second["boundaries"]
+    assert first.boundaries == second.boundaries
 
     events = pq.read_table(synth_dir / "events.parquet").to_pylist()
     for event in events:
@@ -62,18 +64,18 @@ def test_pipeline_equals_reference_and_is_deterministic(synth_dir, tmp_path, ray
         row.pop("sample_id")
     assert got == expected
     assert duplicates == 25
-    assert first["quarantine"]["by_reason"] == {"duplicate_event": 25}
-    assert first["events"] == len(events) - 25
-    assert first["samples"] == len(expected)
+    assert first.quarantine.by_reason == {"duplicate_event": 25}
+    assert first.events == len(events) - 25
+    assert first.samples == len(expected)
 
     # Periods: counts in the manifest match the data, boundaries split them evenly.
-    counts = [p["events"] for p in first["periods"]]
-    assert sum(counts) == first["events"]
-    assert max(counts) - min(counts) <= 0.02 * first["events"]
+    counts = [p.events for p in first.periods]
+    assert sum(counts) == first.events
+    assert max(counts) - min(counts) <= 0.02 * first.events
     sample_counts = np.bincount(list(periods.values()), minlength=5).tolist()
-    assert sample_counts == [p["samples"] for p in first["periods"]]
+    assert sample_counts == [p.samples for p in first.periods]
     ts = np.array([row["timestamp"] for row in got.values()])
-    bounds = first["boundaries_ts"]
+    bounds = first.boundaries_ts
     for sid, row in got.items():
         period = periods[sid]
         assert period == int(np.searchsorted(bounds, row["timestamp"], side="right"))
@@ -128,10 +130,10 @@ def test_retrieval_policies_and_augmentation_equal_the_reference(synth_dir, tmp_
     assert _rows(augmented) == expected
     recent = _reference_rows(synth_dir)  # the policies changed something
     assert sum(expected[s]["demos"] != recent[s]["demos"] for s in recent) > len(recent) // 4
-    assert manifest["selection"]["demo_policy"] == "mixed"
-    assert manifest["selection"]["augmented"] == ["semantic"]
-    assert manifest["selection"]["embeddings"]["items"] == len(ids) - 5
-    assert manifest["content_id"] == folder.content_id()
+    assert manifest.selection.demo_policy == "mixed"
+    assert manifest.selection.augmented == ["semantic"]
+    assert manifest.selection.embeddings["items"] == len(ids) - 5
+    assert manifest.content_id == folder.content_id()
 
     # Training mixes the augmented copy in (training periods only), with its own shuffle keys;
     # validation and `use_augmented: false` read the main samples only.
@@ -141,7 +143,7 @@ def test_retrieval_policies_and_augmentation_equal_the_reference(synth_dir, tmp_
     tiny = init_tiny_model(folder.catalog_path, tmp_path / "tiny")
     train_cfg = cfg.model_copy(deep=True)
     train_cfg.model.name_or_path = str(tiny)
-    counts = {p["period"]: p["samples"] for p in manifest["periods"]}
+    counts = manifest.sample_counts()
     train, val = encoded_datasets(train_cfg, folder.root, [0, 1, 2], [3])
     assert val is not None and val.count() == counts[3]
     rows = train.take_all()
@@ -184,9 +186,9 @@ def test_quality_policy_fitted_with_a_model_builds_the_reference_samples(
     manifest = build_samples(cfg)
     folder = SamplesFolder.at(tmp_path / "quality")
     assert json.loads(folder.demo_quality_path.read_text())["weights"] == list(quality.weights)
-    assert manifest["selection"]["demo_quality"]["weights"] == list(quality.weights)
+    assert manifest.selection.demo_quality["weights"] == list(quality.weights)
     # a tiny random model's help is noise: the build says the estimator explains nothing
-    warned = [w for w in manifest.get("warnings", []) if w.startswith("samples.demo_quality")]
+    warned = [w for w in manifest.warnings if w.startswith("samples.demo_quality")]
     assert len(warned) == (quality.weakness() is not None)
 
     def similarity(a, b):
@@ -229,7 +231,7 @@ def test_explicit_boundaries_and_rerun_replaces_outputs(synth_dir, tmp_path, ray
     assert truth.num_rows == 3600
     cfg = _config(synth_dir, tmp_path / "out", 2, boundaries=["2020-04-01", "2020-08-01"])
     manifest = build_samples(cfg)
-    assert [p["start"] for p in manifest["periods"]] == [
+    assert [p.start for p in manifest.periods] == [
         None, "2020-04-01T00:00:00Z", "2020-08-01T00:00:00Z",
     ]  # fmt: skip
     cfg = _config(synth_dir, tmp_path / "out", 2, periods=2)
@@ -237,7 +239,7 @@ def test_explicit_boundaries_and_rerun_replaces_outputs(synth_dir, tmp_path, ray
     folders = sorted(p.name for p in (tmp_path / "out" / "samples").iterdir())
     assert folders == ["period=0", "period=1"]  # no leftovers from the 3-period build
     saved = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert saved["config_hash"] == manifest["config_hash"]
+    assert saved["config_hash"] == manifest.config_hash
     # the build records the identity of exactly what it wrote (what evaluations are cached by)
     assert saved["content_id"] == SamplesFolder.at(tmp_path / "out").content_id()
     assert not list(tmp_path.glob(".out.*"))  # no staging folder left behind
@@ -272,7 +274,9 @@ def test_a_failed_rebuild_leaves_the_previous_samples_whole(
     assert not list(tmp_path.glob(".out.*"))
 
 
-def test_cli_build_prints_summary_and_rejects_bad_config(synth_dir, tmp_path):
+def test_cli_build_prints_summary_and_rejects_bad_config(
+    synth_dir, tmp_path, ray_local, monkeypatch
+):
     env_python = sys.executable
     bad = tmp_path / "bad.yaml"
     bad.write_text("samples:\n  num_demo: 2\n")
@@ -292,25 +296,27 @@ def test_cli_build_prints_summary_and_rejects_bad_config(synth_dir, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "samples" in result.stdout and "D2" in result.stdout
-    manifest = json.loads((tmp_path / "cli" / "manifest.json").read_text())
-    assert manifest["config"]["samples"]["num_demos"] == 2
+    manifest = SamplesFolder.at(tmp_path / "cli").require_manifest()
+    assert manifest.samples_config["num_demos"] == 2
     demos = SamplesFolder.at(tmp_path / "cli").read_table()["demos"].to_pylist()
     assert max(len(d) for d in demos) == 2
 
     # A retrieval policy from the command line: the build embeds the catalog itself (WordLlama,
-    # offline) and keeps the vectors with the samples.
-    result = subprocess.run(
-        [env_python, "-m", "recicl.cli", "samples", "build", "--source", "parquet",
-         "--path", str(synth_dir), "--output", str(tmp_path / "semantic"), "--periods", "3",
+    # offline) and keeps the vectors with the samples. (In this process, on the session's Ray:
+    # the fresh-process start is the run above.)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = CliRunner().invoke(
+        app,
+        ["samples", "build", "--source", "parquet", "--path", str(synth_dir),
+         "--output", str(tmp_path / "semantic"), "--periods", "3",
          "--demo-policy", "semantic", "--history-policy", "semantic"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "demos semantic, history semantic" in result.stdout
+    assert result.exit_code == 0, result.output[-2000:]
+    assert "demos semantic, history semantic" in result.output
     folder = SamplesFolder.at(tmp_path / "semantic")
-    selection = folder.require_manifest()["selection"]
-    assert selection["embeddings"]["encoder"] == "wordllama"
-    assert len(ItemEmbeddings.load(folder.embeddings_path)) == selection["embeddings"]["items"]
+    vectors = folder.require_manifest().selection.embeddings
+    assert vectors is not None and vectors["encoder"] == "wordllama"
+    assert len(ItemEmbeddings.load(folder.embeddings_path)) == vectors["items"]
     recent = SamplesFolder.at(tmp_path / "cli").read_table().sort_by("sample_id")
     semantic = folder.read_table().sort_by("sample_id")
     assert recent["sample_id"].equals(semantic["sample_id"])  # the same samples...
@@ -329,7 +335,6 @@ def test_a_parquet_read_starts_as_many_footer_readers_as_sized(synth_dir, ray_lo
     read (32 by default); ensure_ray sizes that for the cluster. Counted from Ray's own actor
     table, so a Ray upgrade that renames the knob fails here instead of silently bringing back
     32 processes per read."""
-    import os
 
     from ray.util.state import list_actors
 
@@ -365,9 +370,9 @@ def test_item_stats_count_the_knowledge_periods_only(synth_dir, tmp_path, ray_lo
     manifest = build_samples(_config(synth_dir, tmp_path / "a", 3, item_stats_until=2))
     folder = SamplesFolder.at(tmp_path / "a")
     got = read_item_stats(folder.item_stats_path)
-    bounds = manifest["boundaries_ts"]
+    bounds = manifest.boundaries_ts
     assert item_stats_meta(got) == {"until_period": 2, "until_ts": bounds[2], "code_bits": 8}
-    assert manifest["item_stats"]["until_period"] == 2
+    assert manifest.item_stats["until_period"] == 2
 
     events = pq.read_table(synth_dir / "events.parquet").to_pylist()
     seen, want = set(), {}
@@ -393,7 +398,7 @@ def test_item_stats_count_the_knowledge_periods_only(synth_dir, tmp_path, ray_lo
     want_codes, _ = item_codes(users, items, labels, bits=8, min_events=10)
     got_codes = {r["item_id"]: r["code"] for r in got.to_pylist() if r["code"]}
     assert got_codes == want_codes and len(got_codes) > 1
-    assert manifest["item_stats"]["coded_items"] == len(got_codes)
+    assert manifest.item_stats["coded_items"] == len(got_codes)
 
     # flip every rating after the cut: the statistics do not move
     table = pq.read_table(synth_dir / "events.parquet")

@@ -13,8 +13,8 @@ build samples (Ray Data, from a synthetic log), train (Ray Train, DeepSpeed ZeRO
 2 CPUs: one fits per node, so they land on different nodes) with a fault injected after the
 step-2 checkpoint: Ray Train restarts the worker group, again across the two nodes, and it
 resumes from the checkpoint both workers wrote to shared storage; evaluate; promote; monitor
-(no feedback yet: exit code 12); retune (events stored after the log: a warm candidate in
-shadow). (Resuming
+(no feedback yet: exit code 12); retune (fewer new events stored than it asks for: refused,
+exit 2, nothing registered; the full re-tune is test_retune.py's). (Resuming
 by resubmitting a failed run with the same --run-name is the same restore path, tested on one
 node in test_train.py.) Every path handed to a job is an absolute
 path in one temp folder both nodes see (the "shared storage"), as a real cluster needs.
@@ -222,11 +222,13 @@ def retuned(promoted: Pipeline) -> Pipeline:
         "python", "ray_jobs/monitor.py", "--config", str(promoted.config),
         submission_id="rj-monitor",
     )  # fmt: skip
-    # The re-tune with the train job's settings, for two steps: the stages of a re-tune run as
-    # one submitted job (DeepSpeed on the two nodes again, then scoring on the cluster).
+    # The re-tune job on the cluster, asked for more new events than serving stored: it pins
+    # the champion, checks its base, reads the store on the shared storage from the job's
+    # driver, counts what is new and refuses (exit 2) with nothing registered. (The whole
+    # re-tune, which trains and evaluates, is test_retune.py's, in one process: the same CLI
+    # command that ray_jobs/retune.py wraps.)
     retune_config = yaml.safe_load(promoted.config.read_text())
-    retune_config["train"].update(max_steps=2, checkpoint_every_steps=None, max_failures=0)
-    retune_config["evaluate"]["max_samples"] = 20
+    retune_config["retune"]["min_new_events"] = 10 * len(new)
     retune_file = shared / "retune.yaml"
     retune_file.write_text(yaml.safe_dump(retune_config))
     promoted.jobs["retune"] = promoted.cluster.submit(
@@ -268,10 +270,10 @@ def test_build_samples_job(built: Pipeline) -> None:
 
     output = _ok(built.jobs["build"])
     samples = SamplesFolder.at(built.cluster.shared / "samples")
-    manifest = samples.manifest()
+    manifest = samples.require_manifest()
     assert samples.periods() == [0, 1, 2, 3]
     written = samples.read_table(samples.periods())
-    assert written.num_rows == sum(p["samples"] for p in manifest["periods"]) > 0
+    assert written.num_rows == sum(p.samples for p in manifest.periods) > 0
     assert str(written.num_rows) in output.replace(",", "")  # the command's summary, streamed
     # the job's code came from the uploaded working dir, without outputs, weights or venvs
     head = built.cluster.root / "head" / "session_latest" / "runtime_resources"
@@ -291,7 +293,7 @@ def test_build_samples_job(built: Pipeline) -> None:
 
 
 def test_train_job_two_nodes_fault_and_resume(trained: Pipeline) -> None:
-    from recicl.train.loop import TRAINER_STATE_FILE
+    from recicl.train.contract import TRAINER_STATE_FILE
 
     cluster, shared = trained.cluster, trained.cluster.shared
     output = _ok(trained.jobs["train"])
@@ -359,22 +361,14 @@ def test_monitor_job_exits_with_its_decision(retuned: Pipeline) -> None:
     assert "no-data" in job.output and re.search(r"exit code 12", job.output), job.output[-3000:]
 
 
-def test_retune_job_enters_a_warm_candidate_in_shadow(retuned: Pipeline) -> None:
-    from recicl.serve.traffic import TRAFFIC_TAG, decode_override
-
-    output = _ok(retuned.jobs["retune"])
-    assert "version=2" in output, output[-3000:]
-    mlc = _mlflow(retuned)
-    version = mlc.get_model_version("recicl", "2")
-    assert version.tags["recicl.retune.from"] == "1"
-    assert version.tags["recicl.retune.warm"] == "true"
-    traffic = decode_override(mlc.get_registered_model("recicl").tags[f"{TRAFFIC_TAG}.champion"])
-    assert traffic is not None and traffic.shadow.version == 2
-    assert str(mlc.get_model_version_by_alias("recicl", "champion").version) == "1"
-    state = json.loads(
-        (retuned.cluster.shared / "work" / "retune" / "rj-retune" / "retune.json").read_text()
-    )
-    assert state["exported_events"] == int(retuned.jobs["new_events"].output)
+def test_retune_job_refuses_too_few_new_events(retuned: Pipeline) -> None:
+    job = retuned.jobs["retune"]
+    assert job.rc == 1, job.output[-3000:]  # the job failed: the command's exit 2
+    stored = retuned.jobs["new_events"].output
+    assert f"holds {stored} event(s) after the log ends" in job.output, job.output[-3000:]
+    assert "nothing was registered" in job.output and "Traceback" not in job.output
+    versions = _mlflow(retuned).search_model_versions("name='recicl'")
+    assert [str(v.version) for v in versions] == ["1"]
 
 
 def test_stop_only_this_cluster(cluster: LocalCluster, ray_local) -> None:

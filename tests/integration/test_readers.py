@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recicl.config import build_config
+from recicl.data.manifest import SamplesManifest
 from recicl.data.pipeline import build_samples
 from recicl.data.samples_folder import SamplesFolder
 from recicl.errors import DataError
@@ -27,8 +28,8 @@ def _build(tmp_path, source: str, folder, **data) -> dict:
     return build_samples(cfg)
 
 
-def _reasons(manifest: dict) -> dict:
-    return manifest["quarantine"]["by_reason"]
+def _reasons(manifest: SamplesManifest) -> dict[str, int]:
+    return manifest.quarantine.by_reason
 
 
 def test_movielens_csv_layout(tmp_path, ray_local):
@@ -53,14 +54,14 @@ def test_movielens_csv_layout(tmp_path, ray_local):
         "2,2,4.0,12\n"  # 1970
     )
     manifest = _build(tmp_path, "movielens", folder)
-    assert manifest["source"]["layout"].startswith("movielens:csv")
-    assert manifest["rating_range"] == [0.5, 5.0]  # what serving will range-check against
+    assert manifest.source.layout.startswith("movielens:csv")
+    assert manifest.rating_range == (0.5, 5.0)  # what serving will range-check against
     assert _reasons(manifest) == {
         "duplicate_event": 1, "item_not_in_catalog": 1, "malformed_line": 1,
         "missing_user_id": 1, "rating_out_of_range": 1, "timestamp_out_of_range": 1,
     }  # fmt: skip
-    assert manifest["rows_read"] == 9
-    assert manifest["events"] == 3
+    assert manifest.rows_read == 9
+    assert manifest.events == 3
     catalog = pq.read_table(tmp_path / "out" / "catalog.parquet")
     titles = dict(zip(catalog["item_id"].to_pylist(), catalog["title"].to_pylist(), strict=True))
     assert titles["2"] == "American President, The (1995)"
@@ -85,9 +86,9 @@ def test_movielens_dat_layout_latin1(tmp_path, ray_local):
         "1::1::5::978300760\n1::2::3::978302109\n1::2::x::978302110\n1::1::3\n"
     )
     manifest = _build(tmp_path, "movielens", folder)
-    assert manifest["source"]["layout"].startswith("movielens:dat")
+    assert manifest.source.layout.startswith("movielens:dat")
     assert _reasons(manifest) == {"malformed_line": 1, "unparseable_rating": 1}
-    assert manifest["quarantine"]["catalog"] == {"malformed_line": 1}
+    assert manifest.quarantine.catalog == {"malformed_line": 1}
     catalog = pq.read_table(tmp_path / "out" / "catalog.parquet")
     assert "Amélie (2001)" in catalog["title"].to_pylist()
 
@@ -106,10 +107,10 @@ def test_movielens_100k_layout(tmp_path, ray_local):
     )
     (folder / "u.data").write_text("196\t1\t3\t881250949\n196\t2\t5\t881250950\n196\t2\n")
     manifest = _build(tmp_path, "movielens", folder)
-    assert manifest["source"]["layout"].startswith("movielens:100k")
-    assert manifest["rating_range"] == [1.0, 5.0]
+    assert manifest.source.layout.startswith("movielens:100k")
+    assert manifest.rating_range == (1.0, 5.0)
     assert _reasons(manifest) == {"malformed_line": 1}
-    assert manifest["events"] == 2
+    assert manifest.events == 2
     catalog = pq.read_table(tmp_path / "out" / "catalog.parquet")
     assert dict(catalog["attributes"].to_pylist()[0]) == {"genres": "Action"}
 
@@ -157,10 +158,10 @@ def test_amazon_2018_gzipped(tmp_path, ray_local):
         ],
     )
     manifest = _build(tmp_path, "amazon", folder)
-    assert manifest["source"]["layout"] == "amazon:2018"
-    assert manifest["rating_range"] == [1.0, 5.0]
+    assert manifest.source.layout == "amazon:2018"
+    assert manifest.rating_range == (1.0, 5.0)
     assert _reasons(manifest) == {"malformed_json": 1, "unparseable_rating": 1}
-    assert manifest["events"] == 2
+    assert manifest.events == 2
     catalog = pq.read_table(tmp_path / "out" / "catalog.parquet")
     assert dict(catalog["attributes"].to_pylist()[0]) == {"category": "Books|Sci-Fi"}
 
@@ -179,7 +180,7 @@ def test_amazon_2023_milliseconds(tmp_path, ray_local):
         + json.dumps({"parent_asin": "P2", "title": "Kite", "main_category": "Toys"}) + "\n"
     )  # fmt: skip
     manifest = _build(tmp_path, "amazon", folder)
-    assert manifest["source"]["layout"] == "amazon:2023"
+    assert manifest.source.layout == "amazon:2023"
     assert _reasons(manifest) == {"item_not_in_catalog": 1}
     samples = SamplesFolder.at(tmp_path / "out").read_table()
     assert samples["timestamp"].to_pylist() == [1600000500]  # ms → s
@@ -200,7 +201,7 @@ def test_generic_csv_with_column_mapping(tmp_path, ray_local):
         catalog_columns={"item_id": "id", "title": "name"}, timestamp_unit="iso",
     )  # fmt: skip
     assert _reasons(manifest) == {"missing_rating": 1, "unparseable_timestamp": 1}
-    assert manifest["events"] == 2
+    assert manifest.events == 2
     samples = SamplesFolder.at(tmp_path / "out").read_table()
     assert samples.to_pylist()[0]["label"] == 0
 
@@ -231,7 +232,7 @@ def test_generic_parquet_native_timestamps(tmp_path, ray_local):
         folder / "catalog.parquet",
     )
     manifest = _build(tmp_path, "parquet", folder)
-    assert manifest["events"] == 2 and manifest["quarantine"]["total"] == 0
+    assert manifest.events == 2 and manifest.quarantine.total == 0
     samples = SamplesFolder.at(tmp_path / "out").read_table()
     assert samples["timestamp"].to_pylist() == [1_600_000_100]
     assert samples["demos"].to_pylist()[0][0]["item_id"] == "a"
@@ -267,11 +268,11 @@ def test_invalid_utf8_byte_in_a_csv_row_and_title_is_quarantined(tmp_path, ray_l
     )
     manifest = _build(tmp_path, "movielens", folder)
     assert _reasons(manifest) == {"invalid_utf8": 1}
-    assert manifest["events"] == 3 and manifest["catalog_items"] == 2
+    assert manifest.events == 3 and manifest.catalog_items == 2
     (bad,) = _quarantine(tmp_path)
     assert _where([bad]) == {("invalid_utf8", "ratings.csv", 3)}
     assert bad["raw"] == "1,3,5.0,96498\\xff2704"  # the bad byte shown, the rest readable
-    assert manifest["quarantine"]["catalog"] == {"invalid_utf8": 1}
+    assert manifest.quarantine.catalog == {"invalid_utf8": 1}
     assert _where(_quarantine(tmp_path, "catalog")) == {("invalid_utf8", "movies.csv", 3)}
 
 
@@ -292,7 +293,7 @@ def test_ragged_csv_rows_are_quarantined_with_their_line(tmp_path, ray_local):
         columns={"user_id": "user", "item_id": "item", "rating": "rating", "timestamp": "ts"},
     )  # fmt: skip
     assert _reasons(manifest) == {"malformed_line": 2}
-    assert manifest["events"] == 3
+    assert manifest.events == 3
     assert _where(_quarantine(tmp_path)) == {
         ("malformed_line", "events.csv", 3), ("malformed_line", "events.csv", 4),
     }  # fmt: skip
@@ -321,12 +322,12 @@ def test_amazon_bad_byte_and_broken_json_line_are_quarantined(tmp_path, ray_loca
     )
     manifest = _build(tmp_path, "amazon", folder)
     assert _reasons(manifest) == {"invalid_utf8": 1, "malformed_json": 1}
-    assert manifest["events"] == 3
+    assert manifest.events == 3
     assert _where(_quarantine(tmp_path)) == {
         ("invalid_utf8", "Toys.jsonl", 2), ("malformed_json", "Toys.jsonl", 4),
     }  # fmt: skip
     assert _where(_quarantine(tmp_path, "catalog")) == {("invalid_utf8", "meta_Toys.jsonl", 2)}
-    assert manifest["catalog_items"] == 2
+    assert manifest.catalog_items == 2
 
 
 def test_only_newlines_split_lines(tmp_path, ray_local):
@@ -349,14 +350,14 @@ def test_only_newlines_split_lines(tmp_path, ray_local):
         newline="",
     )
     manifest = _build(tmp_path, "movielens", folder)
-    assert manifest["catalog_items"] == 4
-    assert manifest["quarantine"]["catalog"] == {}
+    assert manifest.catalog_items == 4
+    assert manifest.quarantine.catalog == {}
     catalog = pq.read_table(tmp_path / "out" / "catalog.parquet")
     assert catalog["title"].to_pylist() == [
         "Toy\u2028Story (1995)", "Heat\x85 (1995)", "Se7en\rTwo (1995)",
         "Up\x1c\x1d\x1e\x0b (2009)",
     ]  # fmt: skip
-    assert manifest["events"] == 4
+    assert manifest.events == 4
     assert _reasons(manifest) == {"item_not_in_catalog": 1}  # one line, not two malformed halves
     assert _where(_quarantine(tmp_path)) == {("item_not_in_catalog", "ratings.csv", 6)}
     # latin-1 sources: the byte 0x85 decodes to NEL, which must not split a line either
@@ -365,7 +366,7 @@ def test_only_newlines_split_lines(tmp_path, ray_local):
     (dat / "movies.dat").write_bytes(b"1::Toy Story\x85 (1995)::Animation\n2::Heat::Action\n")
     (dat / "ratings.dat").write_bytes(b"1\x85a::1::5::978300760\n1\x85a::2::3::978302109\n")
     manifest = _build(tmp_path, "movielens", dat)
-    assert manifest["catalog_items"] == 2 and manifest["quarantine"]["catalog"] == {}
-    assert manifest["events"] == 2 and manifest["quarantine"]["total"] == 0
+    assert manifest.catalog_items == 2 and manifest.quarantine.catalog == {}
+    assert manifest.events == 2 and manifest.quarantine.total == 0
     samples = SamplesFolder.at(tmp_path / "out").read_table()
     assert samples["user_id"].to_pylist() == ["1\x85a"]

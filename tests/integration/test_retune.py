@@ -13,7 +13,6 @@ Real Ray Data, Ray Train (DDP, one CPU worker), MLflow (SQLite) and the SQLite s
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 from recicl.cli import app
 from recicl.config import ConfigError, ReciclConfig, TinyModelSettings, build_config
+from recicl.data.samples_folder import SamplesFolder
 from recicl.data.synth import GENRE_WORDS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -208,7 +208,11 @@ def test_warm_retune_learns_the_change_and_enters_as_shadow(world, monkeypatch) 
     assert _versions(cfg) == before
     monkeypatch.undo()
 
+    # Resumed by name, it keeps the champion it pinned, even with the alias gone meanwhile
+    mlc = client(resolve_tracking_uri(cfg))
+    mlc.delete_registered_model_alias("recicl", "champion")
     result = retune_module.run_retune(cfg, "retune-1")
+    mlc.set_registered_model_alias("recicl", "champion", world["champion"])
     assert "export" in result.stages_resumed  # the same frozen export, not a second one
     assert result.exported_events == len(world["served"])
     served = pq.read_table(Path(cfg.workdir) / "retune" / "retune-1" / "served" / "events.parquet")
@@ -216,16 +220,15 @@ def test_warm_retune_learns_the_change_and_enters_as_shadow(world, monkeypatch) 
         e["timestamp"] for e in world["served"]
     )
 
-    manifest = json.loads((Path(result.samples_dir) / "manifest.json").read_text())
-    log_manifest = json.loads((world["root"] / "samples" / "manifest.json").read_text())
-    assert manifest["boundaries_ts"][:2] == log_manifest["boundaries_ts"]  # the log's periods
-    assert manifest["events"] == log_manifest["events"] + len(world["served"])
-    assert manifest["quarantine"]["total"] == 0
-    newest = [e for e in world["served"] if e["timestamp"] >= manifest["boundaries_ts"][-1]]
+    manifest = SamplesFolder(Path(result.samples_dir)).require_manifest()
+    log_manifest = SamplesFolder(world["root"] / "samples").require_manifest()
+    assert manifest.boundaries_ts[:2] == log_manifest.boundaries_ts  # the log's periods
+    assert manifest.events == log_manifest.events + len(world["served"])
+    assert manifest.quarantine.total == 0
+    newest = [e for e in world["served"] if e["timestamp"] >= manifest.boundaries_ts[-1]]
     assert result.newest_period == 4 and result.train_periods == [2, 3]
-    assert manifest["periods"][4]["events"] == len(newest)
+    assert manifest.periods[4].events == len(newest)
 
-    mlc = client(resolve_tracking_uri(cfg))
     version = mlc.get_model_version("recicl", result.version)
     assert version.tags["recicl.retune.from"] == world["champion"]
     params = mlc.get_run(version.run_id).data.params

@@ -90,6 +90,8 @@ def build_world(root: Path, **serve: object) -> SimpleNamespace:
             "max_string_length": 64,
             "candidate_pool_size": 30,
             "num_cpus": 1.5,  # Ray alone would run the replica's torch on 1 thread
+            # what requests may name besides the served alias (99 and nope: unknown to MLflow)
+            "selectable_models": ["1", "99", "nope"],
             **serve,
         },
     }
@@ -324,6 +326,7 @@ def test_refusals_that_need_the_real_backend(world, server, http):
     cases = [
         ("/v1/score", {**ok, "model": f"{NAME}/99"}, 404, "model_not_found", "model"),
         ("/v1/score", {**ok, "model": f"{NAME}@nope"}, 404, "model_not_found", "model"),
+        ("/v1/score", {**ok, "model": f"{NAME}/7"}, 403, "model_not_selectable", "model"),
         ("/v1/score", {**ok, "candidates": [item, "ghost"]}, 422, "unknown_items", "candidates"),
         ("/v1/score", {**ok, "history": [{"item_id": "ghost", "label": 1}]}, 422,
          "unknown_items", "history"),

@@ -89,7 +89,7 @@ def test_tallrec_with_demos_reuses_the_tallrec_version_with_icl_prompts(protocol
 
 def test_a_few_shot_variant_tunes_on_its_share_of_the_samples(protocols):
     facts = protocols.result["variants"]
-    rows = sum(p["samples"] for p in protocols.manifest["periods"] if p["period"] in (0, 1, 2))
+    rows = sum(p.samples for p in protocols.manifest.periods if p.period in (0, 1, 2))
     assert facts["recicl@50%"]["train_samples"] == round(rows * 0.5) < rows
     # its own version, tuned on the recicl format
     assert facts["recicl@50%"]["version"] not in (facts["tallrec"]["version"], None)
@@ -161,7 +161,7 @@ def test_recicl_with_knowledge_carries_its_frozen_statistics_and_codes(protocols
     folder = SamplesFolder.at(protocols.cfg.samples.output)
     assert carried.equals(read_item_stats(folder.item_stats_path))
     assert carried["code"].null_count < carried.num_rows  # some items have taste codes
-    assert item_stats_meta(carried)["until_ts"] == protocols.manifest["boundaries_ts"][2]
+    assert item_stats_meta(carried)["until_ts"] == protocols.manifest.boundaries_ts[2]
     # the statistics are in its prompts: longer than the same format without them
     assert (
         facts["mean_prompt_tokens"]

@@ -390,7 +390,9 @@ def test_fault_restarts_and_resumes_from_checkpoint(
 FULL_FT_STEPS = 4
 
 
-@pytest.mark.parametrize("stage", [2, 3], ids=["zero2", "zero3"])
+# ZeRO-3 only: it is the stage where a rank holds shards that must be gathered for the save; the
+# ZeRO-2 save path (whole parameters on every rank) is the LoRA runs' above.
+@pytest.mark.parametrize("stage", [3], ids=["zero3"])
 def test_full_fine_tuning_under_deepspeed_registers_complete_weights(
     ray_local, assets: tuple[Path, Path], tmp_path: Path, stage: int
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import LlamaConfig
 
-from benchmarks.bench_serve import forward_flops, sharing_flop_ideal
+from benchmarks.flops import forward_flops, sharing_flop_ideal
 
 
 def llama(hidden: int, inter: int, heads: int = 4) -> LlamaConfig:

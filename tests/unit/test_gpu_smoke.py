@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import gpu_smoke, gpu_smoke_model
-from benchmarks.bench_serve import forward_flops
+from benchmarks.flops import forward_flops, lora_step_flops, peak_bf16_tflops, throughput
 
 QWEN25_7B_PARAMS = 7_615_616_512  # Qwen/Qwen2.5-7B-Instruct's safetensors hold this many
 
@@ -48,26 +48,26 @@ def test_lora_step_flops_are_two_forwards_of_the_linears_and_three_of_attention(
     assert forward_flops(config, 1, 0) == 2 * linear_weights  # ~2 x 6.5B per token
     tokens, pairs = 1000, 1000 * 1001 / 2
     attention = forward_flops(config, 0, pairs)
-    assert gpu_smoke_model.lora_step_flops(config, tokens, pairs) == pytest.approx(
+    assert lora_step_flops(config, tokens, pairs) == pytest.approx(
         2 * forward_flops(config, tokens, 0) + 3 * attention
     )
     # a frozen-base LoRA step costs 2/3 of the 6·N·T of full fine-tuning (non-embedding N)
-    per_token = gpu_smoke_model.lora_step_flops(config, 1, 0)
+    per_token = lora_step_flops(config, 1, 0)
     assert per_token == pytest.approx(4 * linear_weights)
 
 
 def test_throughput_and_mfu():
     config = gpu_smoke_model.model_config("qwen2.5-7b")
     lengths = [1000, 1000]
-    numbers = gpu_smoke_model.throughput(
+    numbers = throughput(
         config, 20.0, lengths, world=8, samples_per_step=128, peak_tflops=989.0, recompute=True
     )
-    per_sample = gpu_smoke_model.lora_step_flops(config, 1000, 1000 * 1001 / 2)
+    per_sample = lora_step_flops(config, 1000, 1000 * 1001 / 2)
     assert numbers.tokens_per_s == pytest.approx(20_000)
     assert numbers.step_seconds == pytest.approx(6.4)
     assert numbers.mfu == pytest.approx(20 * per_sample / 8 / 989e12)
     assert 1.0 < numbers.hfu / numbers.mfu < 1.5  # one recomputed forward of ~2/3 the step
-    unknown = gpu_smoke_model.throughput(
+    unknown = throughput(
         config, 20.0, lengths, world=8, samples_per_step=128, peak_tflops=None, recompute=False
     )
     assert unknown.mfu is None and unknown.hfu is None
@@ -104,7 +104,7 @@ def test_steady_rate_leaves_out_warm_up_and_averages_time_not_rates():
     ],
 )
 def test_peak_lookup(name, tflops):
-    assert gpu_smoke_model.peak_bf16_tflops(name) == tflops
+    assert peak_bf16_tflops(name) == tflops
 
 
 def test_refuses_without_a_gpu_and_names_the_dry_run(monkeypatch, capsys):

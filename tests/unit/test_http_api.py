@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from recicl.config import TrafficConfig, build_config
+from recicl.data.manifest import SamplesManifest
 from recicl.serve.api.backend import (
     ModelError,
     ModelJob,
@@ -144,6 +145,8 @@ def _config(**serve: Any) -> Any:
         "max_body_bytes": 65_536,
         "max_string_length": 64,
         "candidate_pool_size": 5,
+        # the versions and aliases these tests name (the allow-list: test_http_hardening.py)
+        "selectable_models": ["1", "2", "3", "99", "challenger", "nope"],
     }
     return build_config({"serve": {**limits, **serve}})
 
@@ -491,12 +494,15 @@ def test_served_scale_is_the_scale_the_samples_build_recorded(recorded: Any, exp
     from recicl.serve.serving_model import trained_rating_range
 
     serving_cfg = build_config({"data": {"rating_range": [0, 100]}})
-    assert trained_rating_range({"rating_range": recorded}, serving_cfg) == expected
+    manifest = SamplesManifest.model_validate({"rating_range": recorded})
+    assert trained_rating_range(manifest, serving_cfg) == expected
 
 
 def test_samples_without_a_recorded_scale_use_the_serving_configs_explicit_one() -> None:
     from recicl.serve.serving_model import trained_rating_range
 
-    assert trained_rating_range({}, build_config({})) is None  # unknown: unchecked, warned
+    old = SamplesManifest.model_validate({})  # built before the scale was recorded
+    assert trained_rating_range(old, build_config({})) is None  # unknown: unchecked, warned
     explicit = build_config({"data": {"source": "parquet", "rating_range": [1, 3]}})
-    assert trained_rating_range({}, explicit) == (1.0, 3.0)
+    assert trained_rating_range(old, explicit) == (1.0, 3.0)
+    assert trained_rating_range(None, explicit) == (1.0, 3.0)  # no manifest at all

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recicl.evaluate.instructions import (
+from recicl.prompts.instructions import (
     ALPACA_CUE,
     InstructionFileError,
     answer_cue,

@@ -266,7 +266,7 @@ def test_the_offline_gate_still_decides_on_samples(world: Any, tmp_path: Path, m
     (samples / "samples").mkdir(parents=True)
     (samples / "manifest.json").write_text(json.dumps({"periods": [{"period": 2, "samples": 9}]}))
     aucs = {"2": 0.80, "3": 0.70, "4": 0.85}
-    monkeypatch.setattr(promotion, "evaluation_auc", lambda c, n, v, s, p: aucs[v])
+    monkeypatch.setattr(promotion, "evaluation_auc", lambda c, w, n, v, s, p: aucs[v])
     assert promote(cfg, NAME, "2", "staging").promoted
     refused = promote(cfg, NAME, "3", "staging", samples_dir=samples)
     assert not refused.promoted and "0.7000" in refused.message()

@@ -109,8 +109,8 @@ def test_offline_auc_is_the_latest_evaluation_of_that_version(world):
     from recicl.registry import EVAL_KIND_TAG, MODEL_NAME_TAG, MODEL_VERSION_TAG
     from recicl.updates.monitor import offline_auc
 
-    cfg, mlc, _, _ = world
-    assert offline_auc(cfg, "recicl", "1") is None  # never evaluated
+    _, mlc, _, _ = world
+    assert offline_auc(mlc, "recicl", "1") is None  # never evaluated
     experiment = mlc.create_experiment("evals")
     for version, aucs in (("1", (0.70, 0.80)), ("2", (0.50, 0.50))):
         tags = {EVAL_KIND_TAG: "evaluation", MODEL_NAME_TAG: "recicl", MODEL_VERSION_TAG: version}
@@ -118,4 +118,4 @@ def test_offline_auc_is_the_latest_evaluation_of_that_version(world):
         mlc.log_metric(run, "p6_auc", aucs[0])
         mlc.log_metric(run, "p7_auc", aucs[1])
         mlc.log_metric(run, "p7_logloss", 0.9)  # not an AUC: left out
-    assert offline_auc(cfg, "recicl", "1") == pytest.approx(0.75)
+    assert offline_auc(mlc, "recicl", "1") == pytest.approx(0.75)

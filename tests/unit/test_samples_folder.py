@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recicl.config import ConfigError, build_config
+from recicl.data.manifest import SamplesManifest
 from recicl.data.samples_folder import SamplesFolder, configured_samples_dir
 from recicl.data.schema import SAMPLES
 
@@ -61,7 +62,7 @@ def test_periods_tables_and_the_newest_period(tmp_path: Path):
 
 def test_without_a_manifest_periods_come_from_disk(tmp_path: Path):
     folder = SamplesFolder.at(make_folder(tmp_path, {1: 2, 3: 1}, manifest=False))
-    assert folder.manifest() == {} and folder.sample_counts() == {}
+    assert folder.manifest() is None and folder.sample_counts() == {}
     assert folder.newest_period() == 3
     with pytest.raises(ConfigError, match=r"has no manifest\.json: run `recicl samples build"):
         folder.require_manifest()
@@ -136,3 +137,52 @@ def test_replace_outputs_swaps_every_build_output_and_keeps_other_files(tmp_path
     # a staging folder left by a crashed build is emptied by the next one
     (target.staging().root / "junk").write_text("x")
     assert not any(target.staging().root.iterdir())
+
+
+def test_the_manifest_reads_old_partial_and_newer_builds(tmp_path: Path):
+    """Typed, yet lenient where builds changed: an old manifest (no rating scale, no last
+    event, no boundaries) loads with the documented defaults; a newer one keeps keys this
+    version does not know; the rating scale remembers whether it was recorded at all."""
+    root = make_folder(tmp_path, {0: 2, 1: 3}, manifest=False)
+    old = {
+        "config_hash": "h1",
+        "source": {"name": "movielens", "path": "/data", "layout": "movielens:csv"},
+        "events": 9,
+        "periods": [
+            {"period": 0, "samples": 2, "last_event": "2020-01-02T00:00:00Z"},
+            {"period": 1, "samples": 3, "last_event": "2020-03-04T05:06:07Z"},
+        ],
+        "config": {"samples": {"num_demos": 3}},
+    }
+    (root / "manifest.json").write_text(json.dumps(old))
+    manifest = SamplesFolder.at(root).require_manifest()
+    assert (manifest.source.layout, manifest.events, manifest.config_hash) == (
+        "movielens:csv", 9, "h1",
+    )  # fmt: skip
+    assert manifest.selection.demo_policy == "recent" and manifest.boundaries_ts == []
+    assert manifest.samples_config == {"num_demos": 3}
+    assert not manifest.records_rating_range and manifest.rating_range is None
+    assert manifest.sample_counts() == {0: 2, 1: 3}
+    # no last_event_ts: the newest period's ISO last event stands in
+    assert SamplesFolder(root).last_event_ts() == 1583298367
+
+    newer = {**old, "rating_range": None, "last_event_ts": 77, "added_later": {"x": 1}}
+    (root / "manifest.json").write_text(json.dumps(newer))
+    manifest = SamplesFolder(root).require_manifest()
+    assert manifest.records_rating_range and manifest.rating_range is None  # null: unchecked
+    assert manifest.model_extra == {"added_later": {"x": 1}}
+    assert SamplesFolder(root).last_event_ts() == 77
+    # what a build writes reads back equal
+    manifest.write(tmp_path / "again.json")
+    assert SamplesManifest.read(tmp_path / "again.json") == manifest
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [("{not json", "Expecting property name"), ('{"events": "many"}', "events")],
+)
+def test_a_broken_manifest_is_one_error_naming_the_rebuild(tmp_path: Path, text, field):
+    root = make_folder(tmp_path, {0: 1}, manifest=False)
+    (root / "manifest.json").write_text(text)
+    with pytest.raises(ConfigError, match=f"not a samples manifest.*{field}.*recicl samples build"):
+        SamplesFolder(root).manifest()

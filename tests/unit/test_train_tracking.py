@@ -137,7 +137,7 @@ def test_a_training_run_logs_no_secret(tmp_path: Path) -> None:
     """The run's params (readable by anyone with registry access) carry the whole config, with
     the admin token, the store's password and the tracking server's password masked."""
     from recicl.config import build_config
-    from recicl.registry import client
+    from recicl.registry import Workspace, client
     from recicl.train.trainer import _start_mlflow_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -150,7 +150,8 @@ def test_a_training_run_logs_no_secret(tmp_path: Path) -> None:
             "train": {"run_name": "r", "storage_path": str(tmp_path / "ray")},
         }
     )
-    run_id = _start_mlflow_run(cfg, {"total_steps": 1}, {"train_periods": [0]}, "hash")
+    plan, periods = {"total_steps": 1}, {"train_periods": [0]}
+    run_id = _start_mlflow_run(cfg, Workspace.of(cfg), plan, periods, "hash")
     params = client(uri).get_run(run_id).data.params
     logged = " ".join(params.values())
     assert "s3cret-token" not in logged and "hunter2" not in logged

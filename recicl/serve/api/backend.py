@@ -64,6 +64,7 @@ class ModelError:
     detail: str
     field: str | None = None
     unknown: tuple[str, ...] = ()
+    model_version: str | None = None  # the version at fault, when one is
 
     def extra(self) -> dict[str, Any]:
         """The optional members of the error body (only those that are set)."""
@@ -72,6 +73,8 @@ class ModelError:
             out["field"] = self.field
         if self.unknown:
             out["unknown"] = list(self.unknown)
+        if self.model_version is not None:
+            out["model_version"] = self.model_version
         return out
 
 

@@ -1,9 +1,15 @@
 """Error responses: every error is JSON ``{"error": code, "detail": text naming the field}``.
 
-4xx for bad input (400 malformed JSON, 401/403/404 admin auth, 404 unknown route/model, 405,
-413 body too large, 415 not JSON, 422 validation/unknown items); 5xx only for server faults
-(500) or no model loaded yet (503). Handlers here turn FastAPI's and Starlette's own errors into
-that shape, so a client parses one format whatever went wrong.
+4xx for bad input (400 malformed JSON, 401/403/404 admin auth, 403 a model not in
+``serve.selectable_models``, 404 unknown route/model, 405, 413 body too large, 415 not JSON,
+422 validation/unknown items); 5xx only for server faults (500), no model loaded yet or a version
+that returned scores that are not probabilities (503), or the interaction store unreachable (503
+with ``Retry-After``). Handlers here turn FastAPI's and Starlette's own errors into that shape,
+so a client parses one format whatever went wrong.
+
+Server faults are logged with their exception and answered without it: a store's or a library's
+message names hosts, paths and URLs (a Redis URL may hold its password), which are the operator's
+business, not the client's.
 """
 
 from __future__ import annotations
@@ -18,7 +24,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from recicl.serve.store import StoreUnavailableError
+
 log = logging.getLogger("recicl.serve")
+
+#: ``Retry-After`` (seconds) of a 503 for an unreachable interaction store: long enough for a
+#: Redis failover or a restarted pod, short enough that clients come back soon after.
+STORE_RETRY_AFTER_SECONDS = 5
 
 #: Error codes of plain HTTP statuses (routes raise more specific ones through ApiError).
 STATUS_CODES = {
@@ -107,13 +119,25 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=getattr(error, "headers", None),
         )
 
-    async def unexpected(_request: Request, error: Exception) -> JSONResponse:
-        log.exception("unhandled error")
+    async def store_unavailable(request: Request, error: Exception) -> JSONResponse:
+        log.warning("%s %s: %s", request.method, request.url.path, error)  # the cause: here only
+        detail = (
+            f"the interaction store is unavailable; retry after {STORE_RETRY_AFTER_SECONDS} "
+            "seconds (a retried event is stored once, however often it is sent)"
+        )
         return JSONResponse(
-            error_body("internal_error", f"{type(error).__name__}: {error}"), status_code=500
+            error_body("store_unavailable", detail),
+            status_code=503,
+            headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
         )
 
+    async def unexpected(_request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        detail = "internal error: the server logged it; report the time and the X-Request-ID"
+        return JSONResponse(error_body("internal_error", detail), status_code=500)
+
     app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(StoreUnavailableError, store_unavailable)
     app.add_exception_handler(RequestValidationError, request_validation)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)

@@ -15,9 +15,15 @@ class _BodyTooLarge(Exception):
 
 
 class BodyGuard:
-    """413 for bodies over ``max_bytes`` (declared or streamed), 415 for a POST whose
-    Content-Type is not JSON. Checking here, not in the routes, keeps a huge body from ever
-    being buffered: a declared size is refused before reading, a streamed one while reading."""
+    """413 for bodies over ``max_bytes`` (declared or streamed), 415 for a POST/PUT/PATCH body
+    sent without ``Content-Type: application/json``. Checking here, not in the routes, keeps a
+    huge body from ever being buffered: a declared size is refused before reading, a streamed one
+    while reading.
+
+    Why the header is required, not guessed: a browser page on another site can POST a form or
+    ``text/plain`` to the API without a CORS preflight (a "simple request"), but not
+    ``application/json``; refusing every other type (or none) keeps such cross-site writes out.
+    A POST without a body (``/admin/reload``) needs no Content-Type."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -57,14 +63,16 @@ class BodyGuard:
                     f"body: {size} bytes is over the limit of {self.max_bytes} bytes",
                 )
                 return
+        has_body = (declared is not None and int(declared) > 0) or b"transfer-encoding" in headers
         content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
         media = content_type.split(";", 1)[0].strip()
-        if media and not (media == "application/json" or media.endswith("+json")):
+        if (media or has_body) and media != "application/json":
+            got = f"got {media!r}" if media else "none was sent"
             await self._reply(
                 send,
                 415,
                 "unsupported_media_type",
-                f"Content-Type: send JSON with 'Content-Type: application/json' (got {media!r})",
+                f"Content-Type: send JSON with 'Content-Type: application/json' ({got})",
             )
             return
         received = 0

@@ -8,6 +8,7 @@ way because they call the same checks, here.
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from recicl.config import ReciclConfig
-from recicl.serve.api.backend import ApiBackend, ModelError, ModelJob, ModelReply
+from recicl.serve.api.backend import ApiBackend, ModelError, ModelJob, ModelRef, ModelReply
 from recicl.serve.api.errors import ApiError, field_error, validation_error
 from recicl.serve.api.parsing import duplicates, parse_model_ref, validated
 from recicl.serve.api.schemas import EventIn, request_schemas
@@ -24,6 +25,8 @@ from recicl.serve.api.traffic import TrafficRouter
 #: Events may be stamped at most this far in the future (clock skew); later ones are refused,
 #: as training quarantines them (they would sort after "now", the time of every query).
 FUTURE_SKEW_SECONDS = 86_400
+
+log = logging.getLogger("recicl.serve")
 
 
 class RouteContext:
@@ -103,7 +106,9 @@ class RouteContext:
         return int(rating >= self.cfg.data.like_threshold)
 
     async def resolve_model(self, text: str | None) -> str | None:
-        """``model`` → a version number (None = the served alias's version)."""
+        """``model`` → a version number (None = the served alias's version); 404 for another
+        registered model or a reference the registry does not know, 403 for one that
+        ``serve.selectable_models`` does not list."""
         if text is None:
             return None
         backend = self.backend
@@ -116,6 +121,7 @@ class RouteContext:
             )
         if ref.alias == self.sc.alias:
             return None  # the served alias: the replicas' hot-swapped pointer
+        self.check_selectable(ref)
         version = await backend.lookup_version(ref)
         if version is None:
             kind, what = ("alias", ref.alias) if ref.alias is not None else ("version", ref.version)
@@ -126,14 +132,65 @@ class RouteContext:
             )
         return version
 
+    def check_selectable(self, ref: ModelRef) -> None:
+        """403 unless ``serve.selectable_models`` lists the alias or version ``ref`` names.
+
+        Checked before the registry lookup and before any replica sees the request: a named
+        version is loaded on the model replicas (evicting others, minutes of GPU time for a large
+        model), so which versions clients may reach is the operator's decision, not theirs."""
+        allowed = self.sc.selectable_models
+        wanted = ref.alias if ref.alias is not None else str(int(ref.version or "0"))
+        if wanted in allowed:
+            return
+        name = self.backend.model_name
+        listed = [f"{name}@{self.sc.alias}"] + [
+            f"{name}/{a}" if a.isdigit() else f"{name}@{a}" for a in allowed
+        ]
+        raise ApiError(
+            403,
+            "model_not_selectable",
+            f"model: {ref.text!r} may not be requested on this server; allowed: "
+            f"{', '.join(listed)} (leave `model` out for the served alias; the operator lists "
+            "more in serve.selectable_models)",
+            field="model",
+            allowed=listed,
+        )
+
     @staticmethod
     def check_unique(candidates: list[str]) -> None:
         repeated = duplicates(candidates)
         if repeated:
             raise field_error("candidates", f"duplicate item ids {repeated[:20]}")
 
-    async def scored(self, job: ModelJob, version: str | None) -> ModelReply:
+    async def score(self, job: ModelJob, version: str | None) -> ModelReply | ModelError:
+        """``backend.score``, with a reply holding a score that is not a probability (NaN,
+        infinite, outside [0, 1]: a broken version or a numeric fault) turned into a 503
+        ``invalid_scores`` naming the version. Such a score must never reach a client (JSON has
+        no NaN; a ranking by it is meaningless) nor the feedback log (which refuses it), and as
+        a refusal it makes a split candidate fall back to the champion like any other."""
         reply = await self.backend.score(job, version)
+        if isinstance(reply, ModelError):
+            return reply
+        bad = [item for item, score in reply.scores if not 0.0 <= score <= 1.0]  # NaN too
+        if not bad:
+            return reply
+        log.error(
+            "version %s returned %d score(s) outside [0, 1] or not finite (e.g. item %r): refused",
+            reply.model_version,
+            len(bad),
+            bad[0],
+        )
+        return ModelError(
+            503,
+            "invalid_scores",
+            f"model version {reply.model_version} returned {len(bad)} score(s) that are not "
+            "probabilities (NaN, infinite or outside [0, 1]); nothing was served or logged. "
+            "Retry later or leave `model` out; the operator has the details in the server log",
+            model_version=reply.model_version,
+        )
+
+    async def scored(self, job: ModelJob, version: str | None) -> ModelReply:
+        reply = await self.score(job, version)
         if isinstance(reply, ModelError):
             raise ApiError(reply.status, reply.code, reply.detail, **reply.extra())
         return reply

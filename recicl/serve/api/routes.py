@@ -56,11 +56,13 @@ def create_api(
         code: {"model": ErrorResponse, "description": text}
         for code, text in {
             400: "Malformed JSON",
+            403: "Model not in serve.selectable_models",
             404: "Unknown route / model",
             413: "Body too large",
-            415: "Not JSON",
+            415: "No 'Content-Type: application/json' on a body",
             422: "Invalid field, unknown item ids or rating off the scale",
-            503: "No model loaded",
+            503: "No model loaded, scores that are not probabilities, or the interaction store "
+            "unavailable (with Retry-After)",
         }.items()
     }
     app = FastAPI(

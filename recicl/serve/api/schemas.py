@@ -273,7 +273,8 @@ def request_schemas(cfg: ReciclConfig) -> RequestSchemas:
             None,
             max_length=sc.max_string_length,
             pattern=MODEL_REF_PATTERN,
-            description="'name@alias' or 'name/<version>'; default = the served alias.",
+            description="'name@alias' or 'name/<version>'; default = the served alias. Only "
+            "the served alias and what serve.selectable_models lists may be named (else 403).",
         ),
     )
     item_list: Any = types.GenericAlias(list, (item_id,))

@@ -76,7 +76,7 @@ class TrafficRouter:
             return Answer(await self.ctx.scored(job, version), ARM_EXPLICIT, traffic)
         candidate, arm = split_route(traffic, job.user_id)
         if candidate is not None:
-            reply = await self.ctx.backend.score(job, candidate)
+            reply = await self.ctx.score(job, candidate)
             if isinstance(reply, ModelReply):
                 return Answer(reply, arm, traffic)
             self.counts["candidate_fallback"] += 1
@@ -124,7 +124,7 @@ class TrafficRouter:
         self, job: ModelJob, version: str, request_id: str, served_at: int
     ) -> None:
         try:
-            reply = await self.ctx.backend.score(job, version)
+            reply = await self.ctx.score(job, version)
             if isinstance(reply, ModelError):
                 self.counts["shadow_failed"] += 1
                 log.warning("shadow v%s skipped request %s: %s", version, request_id, reply.detail)

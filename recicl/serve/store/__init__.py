@@ -1,11 +1,13 @@
 """The durable interaction store (see :mod:`recicl.serve.store.base` for the guarantees).
 
 Split by concern: :mod:`~recicl.serve.store.base` holds the event record, its validation and
-order, the :class:`InteractionStore` contract and :func:`open_store`; the feedback log's records
-and join rule are :mod:`~recicl.serve.store.feedback`; catalog items added while serving are
+order and the :class:`InteractionStore` contract; the feedback log's records and join rule are
+:mod:`~recicl.serve.store.feedback`; catalog items added while serving are
 :mod:`~recicl.serve.store.items`; the two backends live in
-:mod:`~recicl.serve.store.sqlite_store` and :mod:`~recicl.serve.store.redis_store`. Everything
-a caller needs is importable from here.
+:mod:`~recicl.serve.store.sqlite_store` and :mod:`~recicl.serve.store.redis_store`, and
+:func:`open_store` (:mod:`~recicl.serve.store.factory`) picks one by URL. Imports run one way,
+base ← feedback/items ← backends ← factory, so no module here imports one that imports it.
+Everything a caller needs is importable from here.
 """
 
 from recicl.serve.store.base import (
@@ -18,8 +20,8 @@ from recicl.serve.store.base import (
     StoreUnavailableError,
     StoreURLError,
     event_order_key,
-    open_store,
 )
+from recicl.serve.store.factory import open_store
 from recicl.serve.store.feedback import (
     FeedbackCounts,
     FeedbackRow,
