@@ -38,6 +38,8 @@ def test_bad_value_names_the_field(tmp_path):
 def test_invalid_yaml_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="is not a file: pass --config with a YAML file"):
+        load_config(tmp_path)  # a folder (or /dev/null) exists but is no config
     path = tmp_path / "c.yaml"
     path.write_text("samples: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):

@@ -113,7 +113,9 @@ def test_a_config_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
         sys.executable, ROOT / "ray_jobs" / "promote.py", "--version", "1", "--config", missing
     )
     assert job.returncode == 2
-    assert job.stderr.strip() == f"error: config file {missing} does not exist"
+    assert job.stderr.strip() == (
+        f"error: config file {missing} does not exist: pass --config with a YAML file"
+    )
 
 
 @pytest.mark.parametrize("invocation", documented_invocations())
