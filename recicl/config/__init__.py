@@ -9,12 +9,15 @@ Import everything from here (``from recicl.config import ReciclConfig``); the mo
 
 - :mod:`~recicl.config.base`: the strict base model, :class:`ConfigError`, period syntax;
 - :mod:`~recicl.config.data`, :mod:`~recicl.config.embeddings`, :mod:`~recicl.config.model`,
-  :mod:`~recicl.config.train`, :mod:`~recicl.config.services`: the sections, grouped by stage;
+  :mod:`~recicl.config.train`, :mod:`~recicl.config.services`,
+  :mod:`~recicl.config.experiment`: the sections, grouped by stage
+  (:mod:`~recicl.config.access`: ``serve.access``, the API's credentials, rates and quotas);
 - :mod:`~recicl.config.root`: :class:`ReciclConfig`, one field per section;
 - :mod:`~recicl.config.loading`: YAML files and flag overrides → a validated config;
 - :mod:`~recicl.config.reference`: the generated key/default/meaning table.
 """
 
+from recicl.config.access import AccessConfig
 from recicl.config.base import ConfigError, StrictModel, parse_periods
 from recicl.config.data import (
     BUNDLED_MOVIELENS,
@@ -26,6 +29,7 @@ from recicl.config.data import (
     TimestampUnit,
 )
 from recicl.config.embeddings import EmbeddingsConfig, EncoderName
+from recicl.config.experiment import ExperimentConfig, PerturbationName, StreamingVariant
 from recicl.config.loading import build_config, load_config, with_overrides
 from recicl.config.model import (
     ITEM_STATS_META_KEY,
@@ -38,7 +42,6 @@ from recicl.config.reference import reference_markdown, reference_rows
 from recicl.config.root import ReciclConfig
 from recicl.config.services import (
     EvaluateConfig,
-    ExperimentConfig,
     FeedbackConfig,
     LivePromotionConfig,
     MLflowConfig,
@@ -48,14 +51,14 @@ from recicl.config.services import (
     ServeConfig,
     ShadowConfig,
     SplitConfig,
-    StreamingVariant,
     TrafficConfig,
 )
-from recicl.config.train import TrainConfig
+from recicl.config.train import PerturbConfig, TrainConfig
 
 __all__ = [
     "BUNDLED_MOVIELENS",
     "ITEM_STATS_META_KEY",
+    "AccessConfig",
     "CatalogMapping",
     "ColumnMapping",
     "ConfigError",
@@ -70,6 +73,8 @@ __all__ = [
     "MLflowConfig",
     "ModelConfig",
     "MonitorConfig",
+    "PerturbConfig",
+    "PerturbationName",
     "PromptConfig",
     "RayConfig",
     "ReciclConfig",

@@ -13,10 +13,10 @@ from pydantic import Field
 from recicl.config.base import StrictModel
 from recicl.config.data import DataConfig, SamplesConfig
 from recicl.config.embeddings import EmbeddingsConfig
+from recicl.config.experiment import ExperimentConfig
 from recicl.config.model import ModelConfig, PromptConfig
 from recicl.config.services import (
     EvaluateConfig,
-    ExperimentConfig,
     MLflowConfig,
     MonitorConfig,
     RayConfig,

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from recicl.config.access import AccessConfig
 from recicl.config.base import StrictModel
 
 
@@ -197,6 +198,14 @@ class ServeConfig(StrictModel):
         description="How often each model replica checks the alias and hot-swaps to a newly "
         "promoted version (in-flight requests finish on the old one).",
     )
+    registry_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How long the ingress waits for one MLflow registry call (model "
+        "references, the traffic tag, the versions listing) before serving its last known "
+        "answer, or 503 registry_unavailable for a reference it never resolved; a late answer "
+        "is still taken. Refreshes run in the background every alias_poll_seconds.",
+    )
     selectable_models: list[str] = Field(
         default_factory=list,
         max_length=64,
@@ -272,10 +281,14 @@ class ServeConfig(StrictModel):
         1_048_576, ge=1024, description="Largest accepted request body (bytes); larger = 413."
     )
     max_string_length: int = Field(256, ge=8, description="Longest user/item id (characters).")
+    access: AccessConfig = Field(
+        default_factory=AccessConfig, description="Write credential, client rates, quotas."
+    )
     admin_token: str | None = Field(
         None,
         description="Bearer token for /admin routes; null = $RECICL_ADMIN_TOKEN, and with "
-        "neither the admin routes are disabled (404).",
+        "neither the admin routes are disabled (404). Several separated by ',' are all valid "
+        "(rotation: add the new one, move callers, drop the old).",
     )
     recent_window_seconds: int = Field(
         7 * 86_400,
@@ -507,89 +520,4 @@ class EvaluateConfig(StrictModel):
     live: LivePromotionConfig = Field(
         default_factory=LivePromotionConfig,
         description="`recicl promote --live`: the gate on joined live feedback.",
-    )
-
-
-StreamingVariant = Literal[
-    "zero-shot",
-    "tallrec",
-    "tallrec+demos",
-    "recicl",
-    "recicl+stats",
-    "recicl+codes",
-    "recicl+stats+codes",
-    "classical",
-    "demo-rate",
-    "retrained",
-    # update strategies (recicl/experiments/updates.py): re-tuned every experiment.update_every
-    "tallrec-full",
-    "tallrec-warm",
-    "recicl-full",
-    "recicl-warm",
-    # the baselines of recicl/evaluate/baselines.py (BASELINES), and each refitted per period
-    "logistic",
-    "boosted-trees",
-    "mf",
-    "sasrec",
-    "din",
-    "logistic-retrained",
-    "boosted-trees-retrained",
-    "mf-retrained",
-    "sasrec-retrained",
-    "din-retrained",
-]
-#: Typed once here so that the default list is checked against :data:`StreamingVariant`.
-DEFAULT_STREAMING_VARIANTS: tuple[StreamingVariant, ...] = (
-    "zero-shot",
-    "tallrec",
-    "recicl",
-    "classical",
-)
-
-
-class ExperimentConfig(StrictModel):
-    """The streaming protocol: train once on early periods, evaluate every later one unchanged."""
-
-    train_periods: str | list[int] = Field(
-        "0-5", description="Periods the variants are tuned on (e.g. '0-5')."
-    )
-    eval_periods: str | list[int] | None = Field(
-        None, description="Periods evaluated without any update; null = every later period."
-    )
-    variants: list[StreamingVariant] = Field(
-        default_factory=lambda: list(DEFAULT_STREAMING_VARIANTS),
-        description="Variants side by side: zero-shot, tallrec, tallrec+demos (the "
-        "TALLRec-tuned model given the same demonstrations at inference), recicl, recicl+stats "
-        "(recicl with frozen item statistics in its prompts, prompt.item_stats), recicl+codes and "
-        "recicl+stats+codes (taste codes, prompt.item_codes, alone or with them), classical, "
-        "demo-rate (no model: the share of Yes among the sample's demonstrations, i.e. the "
-        "user's recent like rate), retrained (recicl re-tuned up to each period: the costly "
-        "upper bound); tallrec-full, recicl-full, tallrec-warm and recicl-warm (update "
-        "strategies, see update_every); non-LLM baselines fitted on the training periods "
-        "(docs/baselines.md): "
-        "logistic and boosted-trees (leak-free like-rate signals), mf (matrix factorization), "
-        "sasrec, din; '<baseline>-retrained' refits one per evaluated period on every period "
-        "before it.",
-    )
-    update_every: int = Field(
-        1,
-        ge=1,
-        description="Update strategies (tallrec-full, recicl-full, tallrec-warm, recicl-warm): "
-        "evaluated periods between two re-tunes (full: from the base on every earlier period; "
-        "warm: from the previous adapter on the periods it has not seen).",
-    )
-    few_shot: list[int | float] = Field(
-        default_factory=list,
-        description="Extra variants tuned on only this many training samples each (counts, or "
-        "fractions in (0, 1); train.max_train_samples), e.g. [16, 64, 256, 0.1]: rows "
-        "'<format>@16' ... in the table.",
-    )
-    few_shot_format: Literal["recicl", "tallrec"] = Field(
-        "recicl", description="Prompt format the few-shot variants are tuned on."
-    )
-    max_eval_samples: int | None = Field(
-        None, ge=1, description="Cap on evaluated samples per period (random, seeded); null = all."
-    )
-    output: str | None = Field(
-        None, description="Folder for the table/plot; null = <workdir>/experiments/streaming."
     )

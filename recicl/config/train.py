@@ -13,6 +13,42 @@ from pydantic import Field, field_validator, model_validator
 from recicl.config.base import StrictModel, parse_periods
 
 
+class PerturbConfig(StrictModel):
+    """Perturbed in-context samples (LRGD robustness; recicl/data/perturb.py): what is done to
+    a sample's demonstrations and history. Shares are exact counts, round(share * n)."""
+
+    share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of the training samples whose context is perturbed, drawn by a "
+        "seeded hash of the sample id (validation samples never are); 0 = off.",
+    )
+    demo_dropout: float = Field(
+        0.0, ge=0, le=1, description="Share of a sample's demonstrations dropped."
+    )
+    shuffle: bool = Field(
+        False, description="Demonstrations in a random order instead of time order."
+    )
+    label_flip: float = Field(
+        0.0, ge=0, le=1, description="Share of the demonstrations whose label is flipped."
+    )
+    foreign_demos: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Probability that a sample's demonstrations are replaced by another "
+        "user's (from the same batch, only events older than the sample's target).",
+    )
+    history_drop: float = Field(0.0, ge=0, le=1, description="Share of the history items dropped.")
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is perturbed at all."""
+        changes = (self.demo_dropout, self.shuffle, self.label_flip, self.foreign_demos)
+        return self.share > 0 and (any(changes) or self.history_drop > 0)
+
+
 class TrainConfig(StrictModel):
     """How to tune the model on ICL samples with Ray Train (DeepSpeed ZeRO or DDP)."""
 
@@ -134,6 +170,11 @@ class TrainConfig(StrictModel):
         description="Also train on the augmented copies a samples folder holds "
         "(samples.augment: the same samples with other demonstration policies, mixed in as "
         "ReLLa's retrieval-enhanced tuning). Validation uses the main samples only.",
+    )
+    perturb: PerturbConfig = Field(
+        default_factory=PerturbConfig,
+        description="Perturb the context of a share of the training samples (robust "
+        "in-context tuning); off by default.",
     )
     epochs: int = Field(1, ge=1, description="Passes over the training periods.")
     max_steps: int | None = Field(

@@ -3,17 +3,20 @@
 :class:`IngressBackend` implements :class:`~recicl.serve.api.backend.ApiBackend`: it calls the
 model deployment by handle (explicit versions as multiplexed model ids), reads and writes the
 interaction store, and looks model references up in the registry. Small caches keep the hot path
-cheap: the served catalog (keyed by its path, refreshed when a reply names another one), model
-references (one alias-poll interval) and the recent-popular pool (``serve.recent_cache_seconds``).
+cheap: the served catalog (keyed by its path, refreshed when a reply names another one), the
+recent-popular pool (``serve.recent_cache_seconds``) and the registry's answers (model
+references, the versions listing, the traffic tag: :mod:`recicl.serve.registry_cache`, served
+while revalidated every alias-poll interval, so MLflow is off the request path and an MLflow
+outage leaves serving on the last known versions, reported by ``/healthz``).
 It also keeps the feedback log (served scores, joined with the events that answer them) and
 exports live metrics as Prometheus metrics (:mod:`recicl.serve.metrics_export`). The admin traffic
 setting (shadow/split, :mod:`recicl.serve.traffic`) is a tag of the registered model, read again
-every alias-poll interval, so all ingress replicas follow one ``PUT /admin/traffic``. Catalog
-items added while serving (``POST /admin/items``) are written to the store and known to this
-ingress at once; other ingress replicas read them from the store when an event names an id they
-do not know, and every job carries the store revision its events were validated against, so the
-model replica that scores it catches up first (it checks the candidates itself, with the same
-rule: :mod:`recicl.serve.catalog_items`).
+every alias-poll interval (the same cache), so all ingress replicas follow one
+``PUT /admin/traffic``. Catalog items added while serving (``POST /admin/items``) are written to
+the store and known to this ingress at once; other ingress replicas read them from the store
+when an event names an id they do not know, and every job carries the store revision its events
+were validated against, so the model replica that scores it catches up first (it checks the
+candidates itself, with the same rule: :mod:`recicl.serve.catalog_items`).
 """
 
 from __future__ import annotations
@@ -30,17 +33,27 @@ from ray import serve
 
 from recicl.config import TrafficConfig
 from recicl.registry import client
+from recicl.serve.api.access import AccessGuard, counter_storage_uri
 from recicl.serve.api.backend import (
     ModelError,
     ModelJob,
     ModelRef,
     ModelReply,
     ModelStatus,
+    RegistryListing,
     ServedVersion,
 )
 from recicl.serve.api.routes import create_api
 from recicl.serve.live_metrics import live_report
 from recicl.serve.metrics_export import LiveMetricsExporter
+from recicl.serve.registry_cache import (
+    RegistryCache,
+    RegistryStatus,
+    RegistryUnavailableError,
+    read_model_tag,
+    read_version,
+    read_versions,
+)
 from recicl.serve.settings import API_DEPLOYMENT, ServeSettings
 from recicl.serve.store import CatalogItem, Event, open_store
 from recicl.serve.store.feedback import (
@@ -65,32 +78,6 @@ def _catalog_ids(path: str) -> frozenset[str]:
 
     column = pq.read_table(path, columns=["item_id"]).column("item_id").to_pylist()
     return frozenset(str(i) for i in column if i is not None)
-
-
-def registry_versions(tracking_uri: str, name: str) -> list[dict[str, Any]]:
-    """The registry's versions of ``name`` with their aliases, newest first (an error row when
-    the registry does not answer: the listing is informative, not worth a 500)."""
-
-    mlc = client(tracking_uri)
-    try:
-        found = mlc.search_model_versions(f"name='{name}'", max_results=100)
-        # search results carry no aliases: the registered model has the alias → version map
-        by_version: dict[str, list[str]] = {}
-        for alias, version in (mlc.get_registered_model(name).aliases or {}).items():
-            by_version.setdefault(str(version), []).append(alias)
-    except Exception as error:
-        return [{"error": f"{type(error).__name__}: {error}"}]
-    rows = [
-        {
-            "version": str(v.version),
-            "aliases": sorted(by_version.get(str(v.version), [])),
-            "run_id": v.run_id,
-            "created": v.creation_timestamp,
-            "tags": dict(v.tags or {}),
-        }
-        for v in found
-    ]
-    return sorted(rows, key=lambda r: -int(r["version"]))
 
 
 class IngressBackend:
@@ -119,13 +106,17 @@ class IngressBackend:
         self._items_revision: int | None = None  # None: not read yet
         self._added: set[str] = set()
         self._known: tuple[str, int, frozenset[str]] | None = None
-        self._refs: dict[str, _Cached] = {}
         self._recent: _Cached | None = None
-        self._traffic: _Cached | None = None  # the admin setting (None inside: the config's)
-        self._traffic_refresh: asyncio.Task[None] | None = None
+        # model references, the versions listing and the traffic tag, off the request path
+        self._registry = RegistryCache(
+            self.sc.alias_poll_seconds, timeout_s=self.sc.registry_timeout_seconds
+        )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self, self.cfg, admin_token=self.settings.admin_token)
+        access = AccessGuard(
+            self.sc.access, self.settings.write_token, counter_storage_uri(self.settings.store_url)
+        )
+        return create_api(self, self.cfg, admin_token=self.settings.admin_token, access=access)
 
     # -- ApiBackend ------------------------------------------------------------------------
 
@@ -189,24 +180,19 @@ class IngressBackend:
         return {"items_revision": revision, "served": reply}
 
     async def lookup_version(self, ref: ModelRef) -> str | None:
-        cached = self._refs.get(ref.text)
-        if cached and cached.expires > time.monotonic():
-            return str(cached.value) if cached.value is not None else None
-        version = await asyncio.to_thread(self._lookup_version, ref)
-        if version is not None:  # an unknown ref is asked again: it may be registered soon
-            self._refs[ref.text] = _Cached(version, time.monotonic() + self.sc.alias_poll_seconds)
-        return version
-
-    def _lookup_version(self, ref: ModelRef) -> str | None:
-        from mlflow.exceptions import MlflowException
-
-        mlc = client(self.settings.tracking_uri)
-        try:
-            if ref.alias is not None:
-                return str(mlc.get_model_version_by_alias(self.model_name, ref.alias).version)
-            return str(mlc.get_model_version(self.model_name, str(ref.version)).version)
-        except MlflowException:
-            return None
+        """From the registry cache: an unknown reference is held for a short time (it may be
+        registered soon), a known one for an alias poll; MLflow down with nothing known for
+        ``ref`` raises :class:`RegistryUnavailableError` (503 with ``Retry-After``)."""
+        uri, name = self.settings.tracking_uri, self.model_name
+        if ref.alias is not None:
+            alias = ref.alias
+            return await self._registry.get(
+                f"alias:{alias}", lambda: read_version(uri, name, alias=alias)
+            )
+        number = str(int(ref.version or "0"))  # one key for "7" and "007"
+        return await self._registry.get(
+            f"version:{number}", lambda: read_version(uri, name, version=number)
+        )
 
     async def score(self, job: ModelJob, version: str | None) -> ModelReply | ModelError:
         if self._items_revision:  # the replica must know the added items this job was checked on
@@ -242,10 +228,17 @@ class IngressBackend:
         await self._note_info(info)
         return ModelStatus(info.get("model_version"), info)
 
-    async def registry_versions(self) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(
-            registry_versions, self.settings.tracking_uri, self.model_name
-        )
+    async def registry_versions(self) -> RegistryListing:
+        uri, name = self.settings.tracking_uri, self.model_name
+        rows = await self._registry.get("versions", lambda: read_versions(uri, name))
+        return RegistryListing(rows, self._registry.age("versions") or 0.0)
+
+    async def registry_status(self) -> RegistryStatus:
+        """Also revalidates the traffic tag when due, never waiting: with no scoring traffic,
+        the health probes alone keep the registry's state current (and never call MLflow on
+        their own path)."""
+        self._registry.revalidate(self._traffic_key, self._read_traffic_tag, none_ttl_s=self._poll)
+        return self._registry.status()
 
     async def store_healthy(self) -> bool:
         return await asyncio.to_thread(self.store.health)
@@ -288,52 +281,49 @@ class IngressBackend:
     def _traffic_tag(self) -> str:
         return f"{TRAFFIC_TAG}.{self.sc.alias}"
 
-    async def traffic_override(self) -> TrafficConfig | None:
-        """Every request asks, so the registry is read off the request's path: the first time
-        (nothing to route by yet), then in the background once the value is older than an
-        alias poll, answering with the value held until the new one is in."""
-        if self._traffic is None:
-            await self._reread_traffic()
-        elif self._traffic.expires <= time.monotonic() and self._traffic_refresh is None:
-            task = asyncio.get_running_loop().create_task(self._reread_traffic())
-            self._traffic_refresh = task
-            task.add_done_callback(lambda _: setattr(self, "_traffic_refresh", None))
-        assert self._traffic is not None
-        return decode_override(self._traffic.value)
+    @property
+    def _traffic_key(self) -> str:
+        return f"tag:{self._traffic_tag}"
 
-    async def _reread_traffic(self) -> None:
-        try:
-            text = await asyncio.to_thread(self._read_traffic_tag)
-        except Exception as error:  # keep routing as before rather than fail requests
-            log.warning("traffic setting not re-read: %s: %s", type(error).__name__, error)
-            text = None if self._traffic is None else self._traffic.value
-        self._traffic = _Cached(text, time.monotonic() + self.sc.alias_poll_seconds)
+    @property
+    def _poll(self) -> float:
+        return self.sc.alias_poll_seconds
 
     def _read_traffic_tag(self) -> str | None:
-        model = client(self.settings.tracking_uri).get_registered_model(self.model_name)
-        value = (model.tags or {}).get(self._traffic_tag)
-        return None if value is None else str(value)
+        return read_model_tag(self.settings.tracking_uri, self.model_name, self._traffic_tag)
+
+    async def traffic_override(self) -> TrafficConfig | None:
+        """Every request asks, so the tag comes from the registry cache: read on the first
+        request (nothing to route by yet, at most the registry timeout), then revalidated in
+        the background once older than an alias poll, the held value answering meanwhile. An
+        absent tag is held as long as a set one (it is the usual case); a registry that never
+        answered routes by ``serve.traffic`` until it does."""
+        try:
+            text = await self._registry.get(
+                self._traffic_key, self._read_traffic_tag, none_ttl_s=self._poll
+            )
+        except RegistryUnavailableError:
+            return None
+        return decode_override(text)
 
     async def set_traffic_override(self, traffic: TrafficConfig | None) -> None:
-        mlc = client(self.settings.tracking_uri)
+        """Written to MLflow directly (an admin call, not the request path: its failure is the
+        admin's 500), then held as the registry's answer so this ingress follows at once."""
+        mlc, tag = client(self.settings.tracking_uri), self._traffic_tag
         if traffic is None:
             text = None
             if await asyncio.to_thread(self._read_traffic_tag) is not None:
-                await asyncio.to_thread(
-                    mlc.delete_registered_model_tag, self.model_name, self._traffic_tag
-                )
+                await asyncio.to_thread(mlc.delete_registered_model_tag, self.model_name, tag)
         else:
             text = encode_override(traffic, int(time.time()))
-            await asyncio.to_thread(
-                mlc.set_registered_model_tag, self.model_name, self._traffic_tag, text
-            )
-        self._traffic = _Cached(text, time.monotonic() + self.sc.alias_poll_seconds)
+            await asyncio.to_thread(mlc.set_registered_model_tag, self.model_name, tag, text)
+        self._registry.put(self._traffic_key, text, none_ttl_s=self._poll)
 
     async def reload(self, force: bool) -> dict[str, Any] | ModelError:
         reply: dict[str, Any] | ModelError = await self.model.reload.remote(force)
         if not isinstance(reply, ModelError):
             self._last_version = reply.get("model_version") or self._last_version
-            self._refs.clear()
+            self._registry.expire()  # revalidated, the last known answers served meanwhile
             self._served = None  # the alias may point elsewhere now: ask the replica again
         return reply
 

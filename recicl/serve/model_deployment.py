@@ -173,13 +173,18 @@ class ModelServer:
         if requested and (model is None or model.version != requested):
             try:
                 model = await self.explicit_version(requested)
-            except Exception as error:
-                detail = f"model: cannot load version {requested} of {self.name}: {error}"
-                return [ModelError(404, "model_not_found", detail)] * len(jobs)
+            except Exception as error:  # the registry named it (the ingress checked): a fault
+                # here, not a bad request; the cause (URLs, paths) goes to the log only
+                log.warning("version %s not loaded: %s: %s", requested, type(error).__name__, error)
+                detail = (
+                    f"model: version {requested} of {self.name} could not be loaded on this "
+                    "replica; retry later or leave `model` out (the server log has the cause)"
+                )
+                return [ModelError(503, "model_unavailable", detail)] * len(jobs)
         if model is None:
             detail = (
-                f"no version of {self.name} is loaded (alias {self.alias!r}: "
-                f"{self.last_error or 'not checked yet'}); register and promote one"
+                f"no version of {self.name} is loaded yet (alias {self.alias!r}); register and "
+                "promote one (GET /v1/models shows the last load error)"
             )
             return [ModelError(503, "model_unavailable", detail)] * len(jobs)
         if behind(model, jobs):  # added items it has not read (one store read)

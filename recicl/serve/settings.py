@@ -28,13 +28,14 @@ class ServeError(ReciclError):
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Everything replicas need (config with absolute paths, registry, store, admin token)."""
+    """Everything replicas need (config with absolute paths, registry, store, tokens)."""
 
     config: dict[str, Any]  # ReciclConfig as JSON: validated again in each replica
     tracking_uri: str
     model_name: str
     store_url: str
     admin_token: str | None
+    write_token: str | None = None  # serve.access.write_token or $RECICL_WRITE_TOKEN
 
     def recicl_config(self) -> ReciclConfig:
         return ReciclConfig.model_validate(self.config)
@@ -50,12 +51,22 @@ def resolve_settings(cfg: ReciclConfig) -> ServeSettings:
     if catalog and "://" not in catalog:
         raw["serve"]["catalog_path"] = str(Path(catalog).expanduser().resolve())
     resolved = build_config(raw, "serve settings")
+    access = cfg.serve.access
+    write_token = access.write_token or os.environ.get("RECICL_WRITE_TOKEN") or None
+    if access.require_token_for_writes and not write_token:
+        raise ServeError(
+            "serve.access.require_token_for_writes is true but no write token is set: export "
+            "RECICL_WRITE_TOKEN on the cluster (e.g. from the recicl-secrets Secret, "
+            "infra/README.md) or set serve.access.write_token; event writes stay closed "
+            "rather than open to anyone"
+        )
     return ServeSettings(
         config=resolved.model_dump(mode="json"),
         tracking_uri=workspace.tracking_uri,
         model_name=cfg.serve.model_name or workspace.registered_model,
         store_url=resolve_store_url(cfg),
         admin_token=cfg.serve.admin_token or os.environ.get("RECICL_ADMIN_TOKEN") or None,
+        write_token=write_token,
     )
 
 

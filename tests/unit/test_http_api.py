@@ -27,11 +27,13 @@ from recicl.serve.api.backend import (
     ModelRef,
     ModelReply,
     ModelStatus,
+    RegistryListing,
     ServedVersion,
 )
 from recicl.serve.api.parsing import duplicates
 from recicl.serve.api.routes import create_api
 from recicl.serve.live_metrics import live_report
+from recicl.serve.registry_cache import RegistryStatus
 from recicl.serve.store import CatalogItem, Event, InteractionStore, SQLiteStore
 from recicl.serve.store.feedback import FeedbackCounts, ServedScore
 
@@ -112,8 +114,11 @@ class FakeBackend:
         version = "1" if self.loaded else None
         return ModelStatus(version, {"alias": "champion", "model": f"{NAME}/1"})
 
-    async def registry_versions(self) -> list[dict[str, Any]]:
-        return [{"version": "1", "aliases": ["champion"]}]
+    async def registry_versions(self) -> RegistryListing:
+        return RegistryListing([{"version": "1", "aliases": ["champion"]}], 1.0)
+
+    async def registry_status(self) -> RegistryStatus:
+        return RegistryStatus("ok", 1.0)
 
     async def store_healthy(self) -> bool:
         return True

@@ -309,8 +309,7 @@ def test_admin_traffic_setting_is_shared_through_the_registry(world: Any) -> Non
     async def settled(backend: IngressBackend) -> Any:
         """The value once the background re-read that an old value starts is done."""
         await backend.traffic_override()
-        while backend._traffic_refresh is not None:
-            await asyncio.sleep(0.01)
+        await backend._registry.drain()
         return await backend.traffic_override()
 
     async def run() -> tuple[Any, Any, Any, Any]:

@@ -85,9 +85,15 @@ def test_a_config_that_trains_on_gpus_also_scores_on_gpus(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", SERVE_CONFIGS, ids=relative)
-def test_serve_config_is_valid_for_ray_serve_and_recicl(path: Path) -> None:
+def test_serve_config_is_valid_for_ray_serve_and_recicl(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
+
+    # the cluster's secret (production.yaml refuses to build without a write token:
+    # tests/unit/test_http_access.py)
+    monkeypatch.setenv("RECICL_WRITE_TOKEN", "from-the-cluster-secret")
 
     schema = ServeDeploySchema.model_validate(read_yaml(path))  # what `serve run/deploy` checks
     assert schema.applications

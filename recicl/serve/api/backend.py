@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from recicl.config import TrafficConfig
+from recicl.serve.registry_cache import RegistryStatus
 from recicl.serve.store import CatalogItem, Event
 from recicl.serve.store.feedback import FeedbackCounts, ServedScore
 
@@ -110,9 +111,20 @@ class ModelStatus:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RegistryListing:
+    """The registry's versions (``GET /v1/models``) as last answered: while MLflow is down the
+    listing it gave ``age_s`` seconds ago is shown rather than an error."""
+
+    versions: list[dict[str, Any]]
+    age_s: float
+
+
 class ApiBackend(Protocol):
-    """Everything stateful the routes use. Methods may raise only for server faults (→ 500);
-    expected refusals come back as values (:class:`ModelError`, ``None``)."""
+    """Everything stateful the routes use. Methods may raise only for server faults (→ 500),
+    an unreachable store (``StoreUnavailableError``) or registry
+    (:class:`~recicl.serve.registry_cache.RegistryUnavailableError`) (→ 503 with
+    ``Retry-After``); expected refusals come back as values (:class:`ModelError`, ``None``)."""
 
     @property
     def model_name(self) -> str:
@@ -137,7 +149,9 @@ class ApiBackend(Protocol):
 
     async def lookup_version(self, ref: ModelRef) -> str | None:
         """The registry version ``ref`` names (an alias other than the served one, or a version
-        number); None when the registry has no such alias or version."""
+        number); None when the registry has no such alias or version. Answered from a cache
+        off the request path; ``RegistryUnavailableError`` when the registry is unreachable
+        and has never answered for ``ref`` (a last known answer is served instead)."""
         ...
 
     async def score(self, job: ModelJob, version: str | None) -> ModelReply | ModelError:
@@ -164,8 +178,14 @@ class ApiBackend(Protocol):
         """The answering model replica's status."""
         ...
 
-    async def registry_versions(self) -> list[dict[str, Any]]:
-        """The registry's versions of the served model, newest first."""
+    async def registry_versions(self) -> RegistryListing:
+        """The registry's versions of the served model, newest first, as last answered;
+        ``RegistryUnavailableError`` when the registry never answered."""
+        ...
+
+    async def registry_status(self) -> RegistryStatus:
+        """Whether the registry answers lately and since when (``/healthz``); never waits on
+        the registry."""
         ...
 
     async def store_healthy(self) -> bool:

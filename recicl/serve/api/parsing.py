@@ -46,8 +46,11 @@ async def read_json(request: Request) -> Any:
         raise ApiError(400, "invalid_json", f"body: not valid JSON ({error})") from None
 
 
-def validated(adapter: TypeAdapter[Body], payload: Any) -> Body:
+def validated(adapter: TypeAdapter[Body], payload: Any, *, strict: bool | None = None) -> Body:
+    """``payload`` as ``adapter``'s class, or a 422 naming the fields; ``strict=True`` also
+    refuses what pydantic would coerce (``false`` or ``"0.5"`` for a number, ``2.0`` for an
+    integer), for classes that are lax because they also read YAML configs."""
     try:
-        return adapter.validate_python(payload)
+        return adapter.validate_python(payload, strict=strict)
     except PydanticValidationError as error:
         raise validation_error(error.errors()) from None

@@ -7,7 +7,6 @@ way because they call the same checks, here.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +15,7 @@ from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from recicl.config import ReciclConfig
+from recicl.serve.api.access import AccessGuard, bearer_token, token_accepted
 from recicl.serve.api.backend import ApiBackend, ModelError, ModelJob, ModelRef, ModelReply
 from recicl.serve.api.errors import ApiError, field_error, validation_error
 from recicl.serve.api.parsing import duplicates, parse_model_ref, validated
@@ -38,9 +38,15 @@ class RouteContext:
         cfg: ReciclConfig,
         admin_token: str | None,
         clock: Callable[[], float],
+        access: AccessGuard | None = None,
     ) -> None:
         self.backend, self.cfg, self.sc = backend, cfg, cfg.serve
         self.admin_token = admin_token
+        #: serve.access: the write credential, client rates, event quotas (counted in memory
+        #: unless the caller shares a Redis: see recicl.serve.api.access)
+        self.access = access or AccessGuard(
+            cfg.serve.access, cfg.serve.access.write_token, "memory://"
+        )
         self.clock = clock
         self.schemas = request_schemas(cfg)
         self.score_body = TypeAdapter(self.schemas.score)
@@ -202,12 +208,12 @@ class RouteContext:
                 "admin_disabled",
                 "admin routes are disabled: set serve.admin_token or RECICL_ADMIN_TOKEN",
             )
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        token = bearer_token(authorization)
+        if token is None:
             raise ApiError(
                 401, "unauthorized", "Authorization: send 'Authorization: Bearer <admin token>'"
             )
-        if not hmac.compare_digest(token.strip().encode(), self.admin_token.encode()):
+        if not token_accepted(token, self.admin_token):
             raise ApiError(403, "forbidden", "Authorization: wrong admin token")
 
     def parse_events(self, payload: Any) -> tuple[list[EventIn], bool]:

@@ -18,10 +18,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI, Header, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from recicl.config import ReciclConfig
+from recicl.serve.api.access import AccessGuard
 from recicl.serve.api.backend import ApiBackend, ModelError, ModelJob
 from recicl.serve.api.errors import ApiError, error_body, install_error_handlers
 from recicl.serve.api.feedback import add_feedback_routes, log_served, request_id_of
@@ -37,6 +38,7 @@ from recicl.serve.api.schemas import (
     ScoreResponse,
 )
 from recicl.serve.api.traffic import add_traffic_routes
+from recicl.serve.registry_cache import RegistryUnavailableError
 from recicl.serve.store import Event
 
 
@@ -46,21 +48,26 @@ def create_api(
     *,
     admin_token: str | None,
     clock: Callable[[], float] = time.time,
+    access: AccessGuard | None = None,
 ) -> FastAPI:
     """The FastAPI app of one ingress: routes validate, ``backend`` does the rest.
 
     ``clock`` (unix seconds) stamps events without a timestamp and served scores, and ends the
-    windows of the feedback log; tests pass their own to step through those windows."""
-    ctx = RouteContext(backend, cfg, admin_token, clock)
+    windows of the feedback log; tests pass their own to step through those windows.
+    ``access``: ``serve.access`` with the resolved write token and shared counters (default:
+    the config's token, counters in memory)."""
+    ctx = RouteContext(backend, cfg, admin_token, clock, access)
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorResponse, "description": text}
         for code, text in {
             400: "Malformed JSON",
-            403: "Model not in serve.selectable_models",
+            401: "No write token on an event write (serve.access.write_token)",
+            403: "Model not in serve.selectable_models, or a wrong token",
             404: "Unknown route / model",
             413: "Body too large",
             415: "No 'Content-Type: application/json' on a body",
             422: "Invalid field, unknown item ids or rating off the scale",
+            429: "Over a client rate or an event quota of serve.access (with Retry-After)",
             503: "No model loaded, scores that are not probabilities, or the interaction store "
             "unavailable (with Retry-After)",
         }.items()
@@ -71,6 +78,7 @@ def create_api(
         description="Real-time personalized scoring with an in-context-learning recommender. "
         "Errors are JSON {error, detail} naming the field.",
         responses=errors,
+        dependencies=[Depends(ctx.access.limit_client)],  # every route but /healthz
     )
     app.state.route_context = ctx  # e.g. tests wait for its shadow scorings (ctx.traffic.drain)
     app.add_middleware(BodyGuard, max_bytes=ctx.sc.max_body_bytes)
@@ -94,8 +102,14 @@ def add_event_routes(app: FastAPI, ctx: RouteContext) -> None:
         tags=["events"],
         openapi_extra=ctx.body_of("EventIn", array_of="EventIn"),
     )
-    async def post_events(request: Request) -> Any:
+    async def post_events(
+        request: Request,
+        authorization: str | None = Header(
+            None, description="'Bearer <write token>' when serve.access has one"
+        ),
+    ) -> Any:
         """Store one event or a list (atomically); they shape the user's next scores."""
+        ctx.access.check_write(authorization)
         events, is_list = ctx.parse_events(await read_json(request))
         prefix = [f"[{i}]." if is_list else "" for i in range(len(events))]
         await ctx.check_served(
@@ -118,6 +132,7 @@ def add_event_routes(app: FastAPI, ctx: RouteContext) -> None:
             )
             for p, e in zip(prefix, events, strict=True)
         ]
+        await ctx.access.take_events([e.user_id for e in records])  # 429 stores nothing
         new = await ctx.backend.append_events(records)
         # after the append: an event is joined only once it is stored (a failed append joins
         # nothing), and a retried POST finds its score already joined (a counted duplicate)
@@ -223,26 +238,39 @@ def add_scoring_routes(app: FastAPI, ctx: RouteContext) -> None:
 
 def add_status_routes(app: FastAPI, ctx: RouteContext) -> None:
     """``GET /v1/models``, ``GET /healthz`` and ``POST /admin/reload`` (the admin traffic
-    routes: :mod:`recicl.serve.api.traffic`)."""
+    routes: :mod:`recicl.serve.api.traffic`).
+
+    Both read routes report the registry (``registry``: ok / unreachable / unknown,
+    ``registry_last_answer_s``) without waiting on it: the backend answers from its cache."""
     backend = ctx.backend
 
     @app.get("/v1/models", tags=["models"])
     async def get_models() -> Any:
         """The served alias/version (of the replica that answers), the traffic arms (each with
-        its version and share) and the registry's versions."""
+        its version and share) and the registry's versions as last answered
+        (``versions_age_s`` old; null while the registry never answered)."""
         status = await backend.model_status()
+        try:
+            listing = await backend.registry_versions()
+            versions, age = listing.versions, round(listing.age_s, 3)
+        except RegistryUnavailableError:  # informative only: not worth a 5xx
+            versions, age = None, None
         return {
             "model_version": status.model_version,
             "registered_model": backend.model_name,
             "alias": status.details.get("alias"),
             "served": {"model_version": status.model_version, **status.details},
             "traffic": await ctx.traffic.view(status.model_version),
-            "versions": await backend.registry_versions(),
+            "versions": versions,
+            "versions_age_s": age,
+            **(await backend.registry_status()).to_json(),
         }
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> Any:
-        """200 when the store answers and a model version is loaded, else 503."""
+        """200 when the store answers and a model version is loaded, else 503. The registry is
+        reported, not required: while MLflow is down the replicas keep their versions and the
+        ingress its last known answers, so serving goes on."""
         store_ok = await backend.store_healthy()
         try:
             status = await asyncio.wait_for(backend.model_status(), timeout=10)
@@ -255,6 +283,7 @@ def add_status_routes(app: FastAPI, ctx: RouteContext) -> None:
             "model_version": version,
             "model": model,
             "store": "ok" if store_ok else "unavailable",
+            **(await backend.registry_status()).to_json(),
         }
         if store_ok and version:
             return body

@@ -115,12 +115,25 @@ class CatalogItemIn(_Strict):
             raise ValueError("give a non-empty one-line title (the text the item's prompts quote)")
         return title
 
+    # the store refuses a blank id and NUL characters (recicl.serve.store.items.checked_items):
+    # refused here first, as a 422 naming the field, not a 500 from the store
+    @field_validator("item_id")
+    @classmethod
+    def _id_not_blank(cls, item_id: str) -> str:
+        if not item_id.strip():
+            raise ValueError("give a non-blank item id (not only spaces)")
+        return item_id
+
     @field_validator("attributes")
     @classmethod
     def _keys(cls, attributes: dict[str, str]) -> dict[str, str]:
-        for key in attributes:
-            if not key.strip() or len(key) > 64:
-                raise ValueError(f"attribute name {key!r}: use 1 to 64 characters, not blank")
+        for key, value in attributes.items():
+            if not key.strip() or len(key) > 64 or "\x00" in key:
+                raise ValueError(
+                    f"attribute name {key!r}: use 1 to 64 characters, not blank, no NUL"
+                )
+            if "\x00" in value:
+                raise ValueError(f"attribute {key!r}: its value contains a NUL character")
         return attributes
 
 

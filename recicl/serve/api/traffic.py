@@ -166,7 +166,9 @@ def add_traffic_routes(app: FastAPI, ctx: RouteContext) -> None:
         """Set shadow and split now (the fields of ``serve.traffic``; this setting wins over
         the config until DELETE). Every ingress follows within one alias poll."""
         ctx.check_admin(authorization)
-        traffic = validated(ctx.traffic_body, await read_json(request))
+        # strict: TrafficConfig is lax for YAML configs, but a JSON body must have the types
+        # the schema documents (no `false` or "0.2" for a share), like every other request body
+        traffic = validated(ctx.traffic_body, await read_json(request), strict=True)
         wanted = [v for v in (traffic.shadow.version, traffic.split.version) if v is not None]
         known = set()
         for version in wanted:

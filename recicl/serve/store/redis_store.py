@@ -267,6 +267,12 @@ class RedisStore(InteractionStore):
             return fn(*args)
         except (self._redis.ConnectionError, self._redis.TimeoutError) as e:
             raise self._unavailable(e) from e
+        except self._redis.exceptions.OutOfMemoryError as e:  # maxmemory with noeviction:
+            # full, nothing evicted, nothing of this write applied (MULTI/EXEC refuses it whole)
+            raise StoreUnavailableError(
+                f"Redis at {self.url} is full (maxmemory): the write was refused and nothing "
+                "stored was evicted; raise maxmemory or lower serve.max_events_per_user"
+            ) from e
         except self._redis.RedisError as e:
             raise StoreError(f"Redis at {self.url} refused the operation: {e}") from e
 
