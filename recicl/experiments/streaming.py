@@ -200,6 +200,10 @@ class StreamingExperiment:
         self.stamp = time.strftime("%Y%m%d-%H%M%S")
         self._base: str | None = None
         self._tuned: dict[str, tuple[Path, dict[str, Any]]] = {}
+        #: how each variant scored the whole evaluated draw (model, prompt, forced): what its
+        #: perturbed rows (experiment.perturbations) are scored with
+        self._scored_with: dict[str, tuple[Path, Any, bool]] = {}
+        self._perturbed: dict[str, pa.Table] = {}
         self.runners: dict[str, Any] = {
             "zero-shot": self._zero_shot,
             "tallrec": self._tuned_variant,
@@ -264,7 +268,27 @@ class StreamingExperiment:
                 facts[variant]["mean_prompt_tokens"] = tokens
             facts[variant]["seconds"] = round(time.perf_counter() - started, 1)
             self._log_child(variant, reports[variant], facts[variant])
+            for name in self.cfg.experiment.perturbations if variant in self._scored_with else ():
+                row = f"{variant}~{name}"
+                started = time.perf_counter()
+                reports[row] = self._perturbed_report(variant, name)
+                facts[row] = {"of": variant, "perturbation": name,
+                              "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+                self._log_child(row, reports[row], facts[row])
         return self._write(reports, facts)
+
+    def _perturbed_report(self, variant: str, name: str) -> dict[str, Any]:
+        """``variant``'s model on the evaluated draw with every context perturbed by ``name``
+        (recicl/data/perturb.py PRESETS): the same samples, targets and labels as its clean
+        rows, so the difference is what the perturbation costs."""
+        from recicl.data.perturb import PRESETS, perturb_table
+
+        if name not in self._perturbed:
+            self._perturbed[name] = perturb_table(self.eval_table, PRESETS[name], self.seed)
+        model_dir, prompt, force = self._scored_with[variant]
+        return self._llm_report(
+            model_dir, prompt, self._perturbed[name], f"{variant}~{name}", force
+        )
 
     def _log_child(self, variant: str, report: dict[str, Any], facts: dict[str, Any]) -> None:
         child = self.mlc.create_run(
@@ -353,6 +377,8 @@ class StreamingExperiment:
     ) -> dict[str, Any]:
         import ray.data
 
+        if table is self.eval_table:
+            self._scored_with[label] = (model_dir, prompt_override, force)
         evaluate = self.cfg.evaluate
         scores = score_samples(
             model_dir,

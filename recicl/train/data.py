@@ -196,6 +196,17 @@ def encoded_datasets(
     if val_ids is not None:  # the capped validation draw (train.max_val_samples)
         keep_val = functools.partial(_keep_subset, train_ids=val_ids, train_periods=val_only)
         samples = samples.map_batches(keep_val, batch_format="numpy", num_cpus=0.25)
+    perturb = cfg.train.perturb
+    if perturb.active and rest:  # training rows only: validation reads clean contexts
+        from recicl.data.perturb import perturb_batch
+
+        samples = samples.map_batches(
+            functools.partial(perturb_batch, spec=perturb, seed=cfg.train.seed, periods=rest),
+            batch_format="pyarrow",
+            batch_size=1024,  # the pool another user's demonstrations are drawn from
+            num_cpus=0.25,
+        )
+        log.info("perturbing the context of %.0f%% of the training samples", 100 * perturb.share)
     catalog_path = str(folder.catalog_path)
     encoded = _encoded(samples, settings, catalog_path, cfg.train.seed)
     policies = folder.augmented_policies() if cfg.train.use_augmented and rest else []

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +17,7 @@ import ray
 from typer.testing import CliRunner
 
 from recicl.cli import app
-from recicl.config import ConfigError, build_config
+from recicl.config import ConfigError, PerturbConfig, build_config
 from recicl.data.item_embeddings import ItemEmbeddings, unit_rows
 from recicl.data.pipeline import build_samples
 from recicl.data.samples_folder import SamplesFolder
@@ -150,8 +151,22 @@ def test_retrieval_policies_and_augmentation_equal_the_reference(synth_dir, tmp_
     assert len(rows) == 2 * (counts[0] + counts[1] + counts[2])
     assert len({int(r["shuffle_key"]) for r in rows}) == len(rows)
     train_cfg.train.use_augmented = False
-    train, _ = encoded_datasets(train_cfg, folder.root, [0, 1, 2], [3])
+    train, clean_val = encoded_datasets(train_cfg, folder.root, [0, 1, 2], [3])
     assert train.count() == counts[0] + counts[1] + counts[2]
+
+    # train.perturb: every training demonstration's label flipped (the answer tokens the loss
+    # reads after each demonstration flip Yes <-> No); validation keeps its clean contexts
+    def answers(rows: list[dict]) -> Counter:
+        return Counter(int(r["input_ids"][p]) for r in rows for p in r["demo_answers"])
+
+    clean = answers(train.take_all())
+    train_cfg.train.perturb = PerturbConfig(share=1.0, label_flip=1.0)
+    flipped_train, flipped_val = encoded_datasets(train_cfg, folder.root, [0, 1, 2], [3])
+    flipped = answers(flipped_train.take_all())
+    yes, no = sorted(clean)  # the two answer token ids
+    assert clean[yes] != clean[no]  # so that a flip is visible in the counts
+    assert (flipped[yes], flipped[no]) == (clean[no], clean[yes])
+    assert answers(flipped_val.take_all()) == answers(clean_val.take_all())
 
 
 def test_quality_policy_fitted_with_a_model_builds_the_reference_samples(
