@@ -18,7 +18,14 @@ import yaml
 from fastapi.testclient import TestClient
 
 from recicl.config import ConfigError, build_config, load_config, with_overrides
-from recicl.serve.api.backend import ModelError, ModelJob, ModelRef, ModelReply
+from recicl.serve.api.backend import (
+    ModelError,
+    ModelJob,
+    ModelRef,
+    ModelReply,
+    ModelStatus,
+    RegistryListing,
+)
 from recicl.serve.api.errors import STORE_RETRY_AFTER_SECONDS
 from recicl.serve.api.routes import create_api
 from recicl.serve.store import Event, StoreUnavailableError
@@ -238,3 +245,49 @@ def test_a_body_without_a_json_content_type_is_a_415_naming_the_header() -> None
     assert refused_stored == [] and backend.traffic is None
     assert without_body.status_code == 200, without_body.text
     assert with_charset.status_code == 200 and len(backend.events) == 1
+
+
+# -- what the public status routes show ------------------------------------------------------
+
+
+class DetailedBackend(FakeBackend):
+    """A replica and a registry with the operator's details: a path, a load error naming a
+    host, run ids and tags (what a real ingress gets from its replica and MLflow)."""
+
+    async def model_status(self) -> ModelStatus:
+        version = "1" if self.loaded else None
+        details = {
+            "alias": "champion",
+            "model": f"{NAME}/1" if self.loaded else None,
+            "catalog_path": "/srv/recicl/samples/catalog.parquet",
+            "last_error": None if self.loaded else SECRET_CAUSE,
+            "torch_threads": 2,
+        }
+        return ModelStatus(version, details)
+
+    async def registry_versions(self) -> RegistryListing:
+        row = {"version": "1", "aliases": ["champion"], "run_id": "abc123", "tags": {"k": "v"}}
+        return RegistryListing([row], 1.0)
+
+
+@pytest.mark.parametrize("loaded", [True, False])
+def test_paths_errors_and_run_ids_are_shown_to_the_operator_only(loaded: bool) -> None:
+    with _client(DetailedBackend(loaded=loaded)) as http:
+        public = http.get("/v1/models").json()
+        operator = http.get("/v1/models", headers=ADMIN).json()
+        wrong = http.get("/v1/models", headers={"Authorization": "Bearer nope"}).json()
+        health = http.get("/healthz")
+        operator_health = http.get("/healthz", headers=ADMIN)
+    for body in (public, wrong):  # a wrong token is no token: no 403, no details
+        assert "catalog_path" not in body["served"] and "last_error" not in body["served"]
+        assert body["versions"] == [{"version": "1", "aliases": ["champion"]}]
+        assert body["served"]["torch_threads"] == 2  # the rest stays public
+        assert "hunter2" not in str(body) and "/srv/" not in str(body)
+    assert operator["served"]["catalog_path"] == "/srv/recicl/samples/catalog.parquet"
+    assert operator["versions"][0]["run_id"] == "abc123"
+    if loaded:
+        assert health.status_code == 200
+        return
+    assert health.status_code == operator_health.status_code == 503
+    assert "redis.internal" not in health.text and "admin token" in health.json()["detail"]
+    assert "redis.internal" in operator_health.json()["detail"]

@@ -201,6 +201,12 @@ class RouteContext:
             raise ApiError(reply.status, reply.code, reply.detail, **reply.extra())
         return reply
 
+    def is_admin(self, authorization: str | None) -> bool:
+        """Whether ``authorization`` carries a valid admin token (routes that show more to the
+        operator than to clients; no error for anyone else)."""
+        token = bearer_token(authorization)
+        return bool(self.admin_token and token and token_accepted(token, self.admin_token))
+
     def check_admin(self, authorization: str | None) -> None:
         if not self.admin_token:
             raise ApiError(

@@ -245,21 +245,30 @@ def add_status_routes(app: FastAPI, ctx: RouteContext) -> None:
     backend = ctx.backend
 
     @app.get("/v1/models", tags=["models"])
-    async def get_models() -> Any:
+    async def get_models(
+        authorization: str | None = Header(
+            None, description="'Bearer <admin token>' adds the operator's details"
+        ),
+    ) -> Any:
         """The served alias/version (of the replica that answers), the traffic arms (each with
         its version and share) and the registry's versions as last answered
-        (``versions_age_s`` old; null while the registry never answered)."""
+        (``versions_age_s`` old; null while the registry never answered). Paths, run ids, tags
+        and load errors only with the admin token (:data:`OPERATOR_FIELDS`)."""
+        operator = ctx.is_admin(authorization)
         status = await backend.model_status()
         try:
             listing = await backend.registry_versions()
             versions, age = listing.versions, round(listing.age_s, 3)
         except RegistryUnavailableError:  # informative only: not worth a 5xx
             versions, age = None, None
+        details = status.details if operator else public_view(status.details)
+        if versions is not None and not operator:
+            versions = [public_view(row) for row in versions]
         return {
             "model_version": status.model_version,
             "registered_model": backend.model_name,
             "alias": status.details.get("alias"),
-            "served": {"model_version": status.model_version, **status.details},
+            "served": {"model_version": status.model_version, **details},
             "traffic": await ctx.traffic.view(status.model_version),
             "versions": versions,
             "versions_age_s": age,
@@ -267,7 +276,11 @@ def add_status_routes(app: FastAPI, ctx: RouteContext) -> None:
         }
 
     @app.get("/healthz", tags=["ops"])
-    async def healthz() -> Any:
+    async def healthz(
+        authorization: str | None = Header(
+            None, description="'Bearer <admin token>' adds why no version is loaded"
+        ),
+    ) -> Any:
         """200 when the store answers and a model version is loaded, else 503. The registry is
         reported, not required: while MLflow is down the replicas keep their versions and the
         ingress its last known answers, so serving goes on."""
@@ -287,11 +300,12 @@ def add_status_routes(app: FastAPI, ctx: RouteContext) -> None:
         }
         if store_ok and version:
             return body
-        detail = (
-            "store: unavailable"
-            if not store_ok
-            else f"model: no version loaded ({problem or 'starting'})"
-        )
+        if not store_ok:
+            detail = "store: unavailable"
+        elif ctx.is_admin(authorization):
+            detail = f"model: no version loaded ({problem or 'starting'})"
+        else:  # the cause may name hosts, paths, URLs: the operator's, with the admin token
+            detail = "model: no version loaded yet (the admin token shows why)"
         return JSONResponse({**error_body("unavailable", detail), **body}, status_code=503)
 
     @app.post("/admin/reload", tags=["admin"])
@@ -305,6 +319,16 @@ def add_status_routes(app: FastAPI, ctx: RouteContext) -> None:
         if isinstance(reply, ModelError):
             raise ApiError(reply.status, reply.code, reply.detail, **reply.extra())
         return reply
+
+
+#: What ``GET /v1/models`` shows only with the admin token: filesystem paths, the last load
+#: error (hosts, URLs), the registry's run ids and tags. Everything else is public.
+OPERATOR_FIELDS = frozenset({"catalog_path", "last_error", "run_id", "tags"})
+
+
+def public_view(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` without :data:`OPERATOR_FIELDS`."""
+    return {key: value for key, value in row.items() if key not in OPERATOR_FIELDS}
 
 
 def install_openapi(app: FastAPI, schemas: RequestSchemas) -> None:
