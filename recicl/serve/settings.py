@@ -88,5 +88,5 @@ def model_user_config(cfg: ReciclConfig) -> dict[str, Any]:
         "alias_poll_seconds": sc.alias_poll_seconds,
         "max_batch_size": sc.max_batch_size,
         "batch_wait_timeout_s": sc.batch_wait_timeout_s,
-        "reload_token": None,
+        "reload_token": None,  # nosec B105: an empty default, set by /admin/reload
     }

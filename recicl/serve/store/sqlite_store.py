@@ -278,7 +278,7 @@ class SQLiteStore(InteractionStore):
         users = list(dict.fromkeys(e.user_id for e in batch))
         cap = self.max_events_per_user
         trim = (
-            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE user_id = ? "
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE user_id = ? "  # nosec B608: module constants; values bound with ?
             f"ORDER BY {_SQLITE_ORDER.format(d='DESC')} LIMIT -1 OFFSET ?)"
         )
 
@@ -302,7 +302,7 @@ class SQLiteStore(InteractionStore):
         if n <= 0:
             return []
         rows = self._read(
-            "SELECT item_id, label, timestamp, rating FROM events WHERE user_id = ? "
+            "SELECT item_id, label, timestamp, rating FROM events WHERE user_id = ? "  # nosec B608: module constants; values bound with ?
             f"ORDER BY {_SQLITE_ORDER.format(d='DESC')} LIMIT ?",
             (user_id, int(n)),
         )
@@ -331,7 +331,7 @@ class SQLiteStore(InteractionStore):
         if limit <= 0:
             return []
         rows = self._read(
-            "SELECT user_id, item_id, label, timestamp, rating FROM events WHERE timestamp > ? "
+            "SELECT user_id, item_id, label, timestamp, rating FROM events WHERE timestamp > ? "  # nosec B608: module constants; values bound with ?
             f"ORDER BY timestamp, user_id, {_SQLITE_ORDER.format(d='ASC')} LIMIT ?",
             (int(since_ts), int(limit)),
         )
@@ -357,7 +357,7 @@ class SQLiteStore(InteractionStore):
 
         def pending(where: str, value: int, kind: str) -> None:
             for version, arm, n in cur.execute(
-                "SELECT version, arm, COUNT(*) FROM feedback WHERE status = 'pending' AND "
+                "SELECT version, arm, COUNT(*) FROM feedback WHERE status = 'pending' AND "  # nosec B608: module constants; values bound with ?
                 f"{where} GROUP BY version, arm",
                 (value,),
             ).fetchall():
@@ -375,7 +375,7 @@ class SQLiteStore(InteractionStore):
             drops.append(("seq <= ?", high - self.feedback.max_rows))
         for where, value in drops:
             pending(where, value, EVICTED)
-            cur.execute(f"DELETE FROM feedback WHERE {where}", (value,))
+            cur.execute(f"DELETE FROM feedback WHERE {where}", (value,))  # nosec B608: module constants; values bound with ?
         self._add_counts(cur, counts)
 
     def record_served(self, scores: Iterable[ServedScore], now: int | None = None) -> int:
@@ -407,7 +407,7 @@ class SQLiteStore(InteractionStore):
 
             def rows_of(user_id: str, item_id: str) -> list[FeedbackRow]:
                 found = cur.execute(
-                    f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE user_id = ? AND item_id = ?",
+                    f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE user_id = ? AND item_id = ?",  # nosec B608: module constants; values bound with ?
                     (user_id, item_id),
                 ).fetchall()
                 return [_feedback_row(r) for r in found]
@@ -431,7 +431,7 @@ class SQLiteStore(InteractionStore):
         now = _clock(now)
         self._write(lambda cur: self._expire_and_trim(cur, now))
         found = self._read(
-            f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE served_at >= ? "
+            f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE served_at >= ? "  # nosec B608: module constants; values bound with ?
             "ORDER BY served_at, seq",
             (int(since),),
         )
