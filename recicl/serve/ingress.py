@@ -30,6 +30,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 
 from recicl.config import TrafficConfig
 from recicl.registry import client
@@ -65,6 +66,9 @@ from recicl.serve.store.feedback import (
 from recicl.serve.traffic import TRAFFIC_TAG, decode_override, encode_override
 
 log = logging.getLogger(__name__)
+
+#: ``Retry-After`` of a 503 ``overloaded``: Serve's queues drain in a batch or two.
+OVERLOADED_RETRY_AFTER_SECONDS = 1
 
 
 @dataclass
@@ -198,7 +202,17 @@ class IngressBackend:
         if self._items_revision:  # the replica must know the added items this job was checked on
             job = dataclasses.replace(job, items_revision=self._items_revision)
         handle = self.model if not version else self.model.options(multiplexed_model_id=version)
-        reply: ModelReply | ModelError = await handle.score.remote(job)
+        try:
+            reply: ModelReply | ModelError = await handle.score.remote(job)
+        except BackPressureError:  # load shedding (max_queued_requests): a refusal that passes
+            return ModelError(
+                503,
+                "overloaded",
+                "the model replicas are busy (their queue is full); retry after "
+                f"{OVERLOADED_RETRY_AFTER_SECONDS} s",
+                model_version=version,
+                retry_after=OVERLOADED_RETRY_AFTER_SECONDS,
+            )
         if isinstance(reply, ModelReply):
             self._last_version = reply.model_version
             if version is None:  # the served alias answered: its catalog may have moved

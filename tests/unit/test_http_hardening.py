@@ -291,3 +291,52 @@ def test_paths_errors_and_run_ids_are_shown_to_the_operator_only(loaded: bool) -
     assert health.status_code == operator_health.status_code == 503
     assert "redis.internal" not in health.text and "admin token" in health.json()["detail"]
     assert "redis.internal" in operator_health.json()["detail"]
+
+
+# -- load shedding ---------------------------------------------------------------------------
+
+
+class OverloadedBackend(FakeBackend):
+    """Every scoring refused as the ingress refuses it when Serve's queue is full."""
+
+    async def score(self, job: ModelJob, version: str | None) -> ModelReply | ModelError:
+        return ModelError(503, "overloaded", "busy", retry_after=1)
+
+
+def test_full_queues_are_a_503_with_retry_after_not_a_500() -> None:
+    with _client(OverloadedBackend()) as http:
+        reply = http.post("/v1/score", json={"user_id": "u", "candidates": ["i0"]})
+    assert reply.status_code == 503, reply.text
+    assert reply.json()["error"] == "overloaded" and reply.headers["Retry-After"] == "1"
+
+
+def test_the_ingress_turns_serve_back_pressure_into_the_overloaded_refusal(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from ray.serve.exceptions import BackPressureError
+
+    from recicl.serve.ingress import IngressBackend
+    from recicl.serve.settings import resolve_settings
+
+    class FullQueue:
+        """A model handle whose queue is full (what Serve raises past max_queued_requests)."""
+
+        def __init__(self) -> None:
+            self.score = self
+
+        def options(self, **_: Any) -> FullQueue:
+            return self
+
+        async def remote(self, job: ModelJob) -> ModelReply:
+            raise BackPressureError(num_queued_requests=256, max_queued_requests=256)
+
+    cfg = build_config({"workdir": str(tmp_path)})
+    backend = IngressBackend(FullQueue(), resolve_settings(cfg))
+    job = ModelJob("u", (), ("i0",))
+    for version in (None, "2"):
+        reply = asyncio.run(backend.score(job, version))
+        assert isinstance(reply, ModelError), reply
+        assert (reply.status, reply.code, reply.retry_after) == (503, "overloaded", 1)
+        assert reply.model_version == version

@@ -114,8 +114,9 @@ class AccessGuard:
 
     async def limit_client(self, request: Request) -> None:
         """429 when the client is over ``client_rate`` (a FastAPI dependency of every route)."""
-        if not self.client_rates or request.url.path in UNLIMITED_PATHS:
-            return
+        path = request.url.path.rstrip("/")
+        if not self.client_rates or any(path.endswith(p) for p in UNLIMITED_PATHS):
+            return  # (ends with: behind serve.route_prefix the path carries the prefix)
         client = self.client_of(request)
         keys = ("client", client)
         await self._check(self.client_rates, keys, 1, f"client {client!r}", None)

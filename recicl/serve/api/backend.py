@@ -66,6 +66,11 @@ class ModelError:
     field: str | None = None
     unknown: tuple[str, ...] = ()
     model_version: str | None = None  # the version at fault, when one is
+    retry_after: int | None = None  # seconds, for a refusal that passes (full queues)
+
+    def headers(self) -> dict[str, str] | None:
+        """The response headers of the refusal (``Retry-After`` when it passes)."""
+        return None if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
     def extra(self) -> dict[str, Any]:
         """The optional members of the error body (only those that are set)."""

@@ -6,7 +6,8 @@
 ``Retry-After``); 5xx only for server faults (500), no model loaded yet or a version
 that returned scores that are not probabilities (503), the interaction store unreachable (503
 with ``Retry-After``), or the model registry unreachable for a ``model`` reference it never
-answered (503 ``registry_unavailable`` with ``Retry-After``; a last known answer is served).
+answered (503 ``registry_unavailable`` with ``Retry-After``; a last known answer is served), or
+the model replicas' queues full (503 ``overloaded`` with ``Retry-After``: Serve's load shedding).
 Handlers here turn FastAPI's and Starlette's own errors into that shape, so a client parses one
 format whatever went wrong.
 

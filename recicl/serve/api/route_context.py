@@ -198,7 +198,9 @@ class RouteContext:
     async def scored(self, job: ModelJob, version: str | None) -> ModelReply:
         reply = await self.score(job, version)
         if isinstance(reply, ModelError):
-            raise ApiError(reply.status, reply.code, reply.detail, **reply.extra())
+            raise ApiError(
+                reply.status, reply.code, reply.detail, headers=reply.headers(), **reply.extra()
+            )
         return reply
 
     def is_admin(self, authorization: str | None) -> bool:

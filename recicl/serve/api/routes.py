@@ -68,8 +68,9 @@ def create_api(
             415: "No 'Content-Type: application/json' on a body",
             422: "Invalid field, unknown item ids or rating off the scale",
             429: "Over a client rate or an event quota of serve.access (with Retry-After)",
-            503: "No model loaded, scores that are not probabilities, or the interaction store "
-            "unavailable (with Retry-After)",
+            503: "No model loaded, scores that are not probabilities, the model replicas' "
+            "queues full (overloaded), or the interaction store or registry unavailable (the "
+            "last three with Retry-After)",
         }.items()
     }
     app = FastAPI(
@@ -317,7 +318,9 @@ def add_status_routes(app: FastAPI, ctx: RouteContext) -> None:
         ctx.check_admin(authorization)
         reply = await backend.reload(force)
         if isinstance(reply, ModelError):
-            raise ApiError(reply.status, reply.code, reply.detail, **reply.extra())
+            raise ApiError(
+                reply.status, reply.code, reply.detail, headers=reply.headers(), **reply.extra()
+            )
         return reply
 
 
