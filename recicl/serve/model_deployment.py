@@ -163,8 +163,29 @@ class ModelServer:
     # -- requests --------------------------------------------------------------------------
 
     async def score(self, job: ModelJob) -> ModelReply | ModelError:
+        requested = serve.get_multiplexed_model_id()
+        current = self.current
+        if requested and (current is None or current.version != requested):
+            # Load (download, minutes for a large model) here, per request, not inside the
+            # batch below: @serve.batch runs one batch at a time, so a load there would hold
+            # every other batch of this replica, the served alias's included. Loaded, the
+            # batch finds it in the multiplexed cache.
+            try:
+                await self.explicit_version(requested)
+            except Exception as error:
+                return self._not_loaded(requested, error)
         reply: ModelReply | ModelError = await self._score_batch(job)
         return reply
+
+    def _not_loaded(self, requested: str, error: Exception) -> ModelError:
+        """503 for a version the registry names but this replica could not load: a fault here,
+        not a bad request; the cause (URLs, paths) goes to the log only."""
+        log.warning("version %s not loaded: %s: %s", requested, type(error).__name__, error)
+        detail = (
+            f"model: version {requested} of {self.name} could not be loaded on this replica; "
+            "retry later or leave `model` out (the server log has the cause)"
+        )
+        return ModelError(503, "model_unavailable", detail)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _score_batch(self, jobs: list[ModelJob]) -> list[ModelReply | ModelError]:
@@ -173,14 +194,8 @@ class ModelServer:
         if requested and (model is None or model.version != requested):
             try:
                 model = await self.explicit_version(requested)
-            except Exception as error:  # the registry named it (the ingress checked): a fault
-                # here, not a bad request; the cause (URLs, paths) goes to the log only
-                log.warning("version %s not loaded: %s: %s", requested, type(error).__name__, error)
-                detail = (
-                    f"model: version {requested} of {self.name} could not be loaded on this "
-                    "replica; retry later or leave `model` out (the server log has the cause)"
-                )
-                return [ModelError(503, "model_unavailable", detail)] * len(jobs)
+            except Exception as error:  # evicted since score() loaded it, and failing now
+                return [self._not_loaded(requested, error)] * len(jobs)
         if model is None:
             detail = (
                 f"no version of {self.name} is loaded yet (alias {self.alias!r}); register and "
