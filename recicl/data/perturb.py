@@ -94,7 +94,8 @@ def perturb_table(
     """``table`` (SAMPLES rows) with the contexts of a seeded ``spec.share`` of its rows (of
     ``periods`` only, when given) perturbed; the schema and row order are kept. A row is chosen
     and perturbed by its sample id alone, so the result does not depend on how rows are batched,
-    except which other rows a ``foreign_demos`` replacement can come from."""
+    except which other rows a ``foreign_demos`` replacement can come from. Also the Ray Data
+    UDF of ``train.perturb`` (``batch_format="pyarrow"``)."""
     if not spec.active or table.num_rows == 0:
         return table
     rows = table.to_pylist()
@@ -112,10 +113,3 @@ def perturb_table(
         for row, key, pick in zip(rows, keys, chosen, strict=True)
     ]
     return pa.Table.from_pylist(out, schema=table.schema)
-
-
-def perturb_batch(
-    batch: pa.Table, spec: PerturbConfig, seed: int, periods: list[int] | None = None
-) -> pa.Table:
-    """Ray Data UDF (``batch_format="pyarrow"``) of :func:`perturb_table`."""
-    return perturb_table(batch, spec, seed, periods)

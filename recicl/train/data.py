@@ -198,10 +198,10 @@ def encoded_datasets(
         samples = samples.map_batches(keep_val, batch_format="numpy", num_cpus=0.25)
     perturb = cfg.train.perturb
     if perturb.active and rest:  # training rows only: validation reads clean contexts
-        from recicl.data.perturb import perturb_batch
+        from recicl.data.perturb import perturb_table
 
         samples = samples.map_batches(
-            functools.partial(perturb_batch, spec=perturb, seed=cfg.train.seed, periods=rest),
+            functools.partial(perturb_table, spec=perturb, seed=cfg.train.seed, periods=rest),
             batch_format="pyarrow",
             batch_size=1024,  # the pool another user's demonstrations are drawn from
             num_cpus=0.25,
