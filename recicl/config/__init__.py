@@ -53,7 +53,7 @@ from recicl.config.services import (
     SplitConfig,
     TrafficConfig,
 )
-from recicl.config.train import PerturbConfig, TrainConfig
+from recicl.config.train import PerturbConfig, TrainConfig, TrainStage
 
 __all__ = [
     "BUNDLED_MOVIELENS",
@@ -90,6 +90,7 @@ __all__ = [
     "TinyModelSettings",
     "TrafficConfig",
     "TrainConfig",
+    "TrainStage",
     "build_config",
     "load_config",
     "parse_periods",

@@ -49,6 +49,46 @@ class PerturbConfig(StrictModel):
         return self.share > 0 and (any(changes) or self.history_drop > 0)
 
 
+#: Doc shared by the two places a regularisation weight is set (stage 1 and later stages).
+_CONSISTENCY_DOC = (
+    "Weight of a consistency loss (Jensen-Shannon divergence between the Yes/No predictions "
+    "on a sample's clean context and on its perturbed twin, `perturb`; the clean side is the "
+    "target and gets no gradient from it). Needs an active `perturb`: the model then trains on "
+    "the clean samples, and the twins only through this term. 0 = off: the perturbed contexts "
+    "replace the clean ones instead."
+)
+_ANCHOR_DOC = (
+    "Weight of an L2 penalty (the mean squared change of the tuned weights) keeping them near the "
+    "weights the stage started from (LRGD: a robustness stage must not forget what the "
+    "stage before it learned; in stage 1, the base or the `init_from` version). 0 = off. "
+    "Not with ZeRO-3, which never holds a whole tensor on one rank."
+)
+
+
+class TrainStage(StrictModel):
+    """A later stage of the same training run (``train.stages``): it starts from the weights
+    the stage before ended with, with its own steps, LR schedule, perturbation and
+    regularisation (LRGD's two-stage optimisation: stage 1 tunes in-context learning, stage 2
+    makes it robust to its demonstrations). One run, one registered version."""
+
+    name: str = Field(
+        "robust",
+        pattern=r"^[a-z0-9_-]{1,32}$",
+        description="Label of the stage in logs (lowercase letters, digits, _ and -).",
+    )
+    max_steps: int = Field(..., ge=1, description="Optimizer steps of this stage.")
+    lr: float = Field(..., gt=0, description="Peak learning rate of this stage.")
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Share of the stage's steps warming its LR up from 0."
+    )
+    perturb: PerturbConfig = Field(
+        default_factory=PerturbConfig,
+        description="Perturbed contexts in this stage (the same for every stage that perturbs).",
+    )
+    consistency_weight: float = Field(0.0, ge=0, description=_CONSISTENCY_DOC)
+    anchor_weight: float = Field(0.0, ge=0, description=_ANCHOR_DOC)
+
+
 class TrainConfig(StrictModel):
     """How to tune the model on ICL samples with Ray Train (DeepSpeed ZeRO or DDP)."""
 
@@ -176,6 +216,16 @@ class TrainConfig(StrictModel):
         description="Perturb the context of a share of the training samples (robust "
         "in-context tuning); off by default.",
     )
+    consistency_weight: float = Field(0.0, ge=0, description=_CONSISTENCY_DOC)
+    anchor_weight: float = Field(0.0, ge=0, description=_ANCHOR_DOC)
+    stages: list[TrainStage] = Field(
+        default_factory=list,
+        description="Later stages of the same run, after the first (whose settings are this "
+        "section's own: max_steps or epochs, lr, warmup_ratio, perturb, consistency_weight, "
+        "anchor_weight). E.g. LRGD's robustness stage: [{name: robust, max_steps: 50, lr: "
+        "1.0e-4, perturb: {share: 0.5, label_flip: 0.25}, consistency_weight: 1.0, "
+        "anchor_weight: 0.01}]. [] = one stage.",
+    )
     epochs: int = Field(1, ge=1, description="Passes over the training periods.")
     max_steps: int | None = Field(
         None,
@@ -276,6 +326,47 @@ class TrainConfig(StrictModel):
     log_every_steps: int = Field(
         1, ge=1, description="Log loss/LR to MLflow every N optimizer steps."
     )
+
+    @property
+    def perturbation(self) -> PerturbConfig | None:
+        """The one perturbation of the run's stages (each perturbed sample has one twin
+        context, encoded once), or None when no stage perturbs."""
+        specs = [spec for spec in (self.perturb, *(s.perturb for s in self.stages)) if spec.active]
+        return specs[0] if specs else None
+
+    @model_validator(mode="after")
+    def _stages_are_consistent(self) -> TrainConfig:
+        stages: list[tuple[str, PerturbConfig, float, float]] = [
+            ("train", self.perturb, self.consistency_weight, self.anchor_weight),
+            *(
+                (f"train.stages[{k}]", s.perturb, s.consistency_weight, s.anchor_weight)
+                for k, s in enumerate(self.stages)
+            ),
+        ]
+        active = [spec for _, spec, _, _ in stages if spec.active]
+        if any(spec != active[0] for spec in active):
+            raise ValueError(
+                "the stages perturb differently: every stage that perturbs must use the same "
+                "`perturb` settings (each sample has one perturbed twin, encoded once)"
+            )
+        for where, spec, consistency, anchor in stages:
+            if consistency and not spec.active:
+                raise ValueError(
+                    f"{where}.consistency_weight is set but {where}.perturb perturbs nothing: "
+                    "set perturb.share and what to perturb (e.g. label_flip: 0.25), or drop it"
+                )
+            if anchor and self.strategy == "deepspeed" and self.zero_stage == 3:
+                raise ValueError(
+                    f"{where}.anchor_weight needs whole weights on each rank: use zero_stage 2 "
+                    "or strategy ddp, or set it to 0"
+                )
+        if (active or self.stages) and self.instructions:
+            raise ValueError(
+                "train.instructions trains on an instruction file, which has no in-context "
+                "samples to perturb or stage: drop train.perturb/train.stages, or train on a "
+                "samples folder"
+            )
+        return self
 
     @model_validator(mode="after")
     def _val_instructions_need_instructions(self) -> TrainConfig:

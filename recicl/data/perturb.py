@@ -85,6 +85,20 @@ def perturb_row(
     return {**row, "demos": demos, "history": history}
 
 
+def _chosen(table: pa.Table, spec: PerturbConfig, seed: int, periods: list[int] | None) -> Any:
+    """(keys, mask): the seeded per-row keys and which rows ``spec.share`` perturbs."""
+    # keys of their own: the training order sorts by sample_keys(ids, seed), and the perturbed
+    # rows must not be the first ones trained on
+    keys = sample_keys(table["sample_id"].to_numpy(zero_copy_only=False), seed ^ _SALT)
+    if spec.share >= 1.0:
+        chosen = np.ones(table.num_rows, dtype=bool)
+    else:
+        chosen = keys < np.uint64(min(int(spec.share * 2.0**64), 2**64 - 1))
+    if periods is not None:
+        chosen &= np.isin(table["period"].to_numpy(), periods)
+    return keys, chosen
+
+
 def perturb_table(
     table: pa.Table,
     spec: PerturbConfig,
@@ -94,22 +108,40 @@ def perturb_table(
     """``table`` (SAMPLES rows) with the contexts of a seeded ``spec.share`` of its rows (of
     ``periods`` only, when given) perturbed; the schema and row order are kept. A row is chosen
     and perturbed by its sample id alone, so the result does not depend on how rows are batched,
-    except which other rows a ``foreign_demos`` replacement can come from. Also the Ray Data
-    UDF of ``train.perturb`` (``batch_format="pyarrow"``)."""
+    except which other rows a ``foreign_demos`` replacement can come from."""
     if not spec.active or table.num_rows == 0:
         return table
     rows = table.to_pylist()
-    # keys of their own: the training order sorts by sample_keys(ids, seed), and the perturbed
-    # rows must not be the first ones trained on
-    keys = sample_keys(table["sample_id"].to_numpy(zero_copy_only=False), seed ^ _SALT)
-    if spec.share >= 1.0:
-        chosen = np.ones(len(rows), dtype=bool)
-    else:
-        chosen = keys < np.uint64(min(int(spec.share * 2.0**64), 2**64 - 1))
-    if periods is not None:
-        chosen &= np.isin(table["period"].to_numpy(), periods)
+    keys, chosen = _chosen(table, spec, seed, periods)
     out = [
         perturb_row(row, spec, np.random.default_rng([seed, int(key)]), rows) if pick else row
         for row, key, pick in zip(rows, keys, chosen, strict=True)
     ]
     return pa.Table.from_pylist(out, schema=table.schema)
+
+
+#: Columns :func:`with_twins` adds: the perturbed context beside the clean one.
+TWIN_COLUMNS = ("twin_demos", "twin_history", "has_twin")
+
+
+def with_twins(
+    table: pa.Table,
+    spec: PerturbConfig,
+    seed: int,
+    periods: list[int] | None = None,
+) -> pa.Table:
+    """``table`` with each row's perturbed **twin** context beside its clean one:
+    ``twin_demos``/``twin_history`` (what :func:`perturb_table` makes of the row) and
+    ``has_twin`` (whether the row was chosen; if not, the twin columns repeat the clean ones).
+    The Ray Data UDF of ``train.perturb`` (``batch_format="pyarrow"``): training encodes both,
+    and each stage reads the clean context, the twin instead of it, or both (the consistency
+    loss)."""
+    perturbed = perturb_table(table, spec, seed, periods)
+    _, chosen = _chosen(table, spec, seed, periods)
+    if not spec.active:
+        chosen = np.zeros(table.num_rows, dtype=bool)
+    return (
+        table.append_column("twin_demos", perturbed["demos"])
+        .append_column("twin_history", perturbed["history"])
+        .append_column("has_twin", pa.array(chosen, type=pa.bool_()))
+    )

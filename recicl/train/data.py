@@ -87,14 +87,45 @@ def _builder(settings: str, catalog_path: str) -> Any:
     return builder
 
 
+#: The twin context's encoded columns (rows without a twin: no tokens, length 0).
+TWIN_ENCODED_COLUMNS = ["twin_input_ids", "twin_demo_answers", "twin_length"]
+
+
+def _encode_twins(builder: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The ``twin_*`` columns of :func:`encode_samples`: the perturbed contexts of the rows
+    that have one (``has_twin``, from :func:`recicl.data.perturb.with_twins`), encoded by the
+    same builder as the clean ones."""
+    n = len(batch["has_twin"])
+    rows = np.flatnonzero(np.asarray(batch["has_twin"], dtype=bool))
+    ids = np.empty(n, dtype=object)
+    answers = np.empty(n, dtype=object)
+    for row in range(n):
+        ids[row] = np.zeros(0, dtype=np.int32)
+        answers[row] = np.zeros(0, dtype=np.int32)
+    length = np.zeros(n, dtype=np.int32)
+    if len(rows):
+        twins = {key: np.asarray(values)[rows] for key, values in batch.items()}
+        twins["demos"], twins["history"] = twins["twin_demos"], twins["twin_history"]
+        encoded = builder.encode_batch(twins)
+        for k, index in enumerate(rows.tolist()):
+            ids[index] = encoded["input_ids"][k]
+            answers[index] = encoded["demo_answers"][k]
+        length[rows] = encoded["length"]
+    return {"twin_input_ids": ids, "twin_demo_answers": answers, "twin_length": length}
+
+
 def encode_samples(
     batch: dict[str, np.ndarray], settings: str, catalog_path: str, seed: int = 0
 ) -> dict[str, np.ndarray]:
     """Ray Data UDF: sample rows → ``input_ids``/``demo_answers``/``length``/``label``/``period``
-    and ``shuffle_key``. ``settings``: JSON of the ``prompt`` and ``model`` config sections."""
-    encoded = _builder(settings, catalog_path).encode_batch(batch)
+    and ``shuffle_key`` (and the ``twin_*`` columns when the rows carry perturbed twins).
+    ``settings``: JSON of the ``prompt`` and ``model`` config sections."""
+    builder = _builder(settings, catalog_path)
+    encoded = builder.encode_batch(batch)
     out = {key: encoded[key] for key in [*ENCODED_COLUMNS, "period"]}
     out["shuffle_key"] = sample_keys(np.asarray(batch["sample_id"]), seed)
+    if "has_twin" in batch:
+        out.update(_encode_twins(builder, batch))
     return out
 
 
@@ -149,7 +180,21 @@ def _tag_policy(batch: dict[str, np.ndarray], policy: str) -> dict[str, np.ndarr
     return {**batch, "sample_id": np.char.add(ids, f"@{policy}").astype(object)}
 
 
-def _encoded(samples: ray.data.Dataset, settings: str, catalog_path: str, seed: int) -> Any:
+def _encoded(
+    samples: ray.data.Dataset, settings: str, catalog_path: str, tc: TrainConfig, rest: list[int]
+) -> Any:
+    """Tokenized rows; with a perturbation in some stage (``train.perturbation``), the
+    training rows (of ``rest``) chosen by its share also get their perturbed twin."""
+    seed, spec = tc.seed, tc.perturbation
+    if spec is not None and rest:  # training rows only: validation reads clean contexts
+        from recicl.data.perturb import with_twins
+
+        samples = samples.map_batches(
+            functools.partial(with_twins, spec=spec, seed=seed, periods=rest),
+            batch_format="pyarrow",
+            batch_size=1024,  # the pool another user's demonstrations are drawn from
+            num_cpus=0.25,
+        )
     return samples.map_batches(
         functools.partial(encode_samples, settings=settings, catalog_path=catalog_path, seed=seed),
         batch_format="numpy",
@@ -196,19 +241,11 @@ def encoded_datasets(
     if val_ids is not None:  # the capped validation draw (train.max_val_samples)
         keep_val = functools.partial(_keep_subset, train_ids=val_ids, train_periods=val_only)
         samples = samples.map_batches(keep_val, batch_format="numpy", num_cpus=0.25)
-    perturb = cfg.train.perturb
-    if perturb.active and rest:  # training rows only: validation reads clean contexts
-        from recicl.data.perturb import perturb_table
-
-        samples = samples.map_batches(
-            functools.partial(perturb_table, spec=perturb, seed=cfg.train.seed, periods=rest),
-            batch_format="pyarrow",
-            batch_size=1024,  # the pool another user's demonstrations are drawn from
-            num_cpus=0.25,
-        )
-        log.info("perturbing the context of %.0f%% of the training samples", 100 * perturb.share)
+    spec = cfg.train.perturbation
+    if spec is not None and rest:
+        log.info("a perturbed twin context for %.0f%% of the training samples", 100 * spec.share)
     catalog_path = str(folder.catalog_path)
-    encoded = _encoded(samples, settings, catalog_path, cfg.train.seed)
+    encoded = _encoded(samples, settings, catalog_path, cfg.train, rest)
     policies = folder.augmented_policies() if cfg.train.use_augmented and rest else []
     for policy in policies:  # the same (sub)set of samples, with other demonstrations
         extra = folder.read_dataset(rest, policy=policy)
@@ -218,7 +255,7 @@ def encoded_datasets(
             functools.partial(_tag_policy, policy=policy), batch_format="numpy", num_cpus=0.25
         )
         # Unioned once tokenized: the encoded columns have one type whatever the source.
-        encoded = encoded.union(_encoded(extra, settings, catalog_path, cfg.train.seed))
+        encoded = encoded.union(_encoded(extra, settings, catalog_path, cfg.train, rest))
     if policies:
         log.info("training also on the augmented samples of policies %s", policies)
     if cfg.train.materialize_data:

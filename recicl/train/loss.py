@@ -6,16 +6,23 @@ The model is read at the answer position only (two logits, ``[no, yes]``; see
 over the vocabulary. ``train.class_weights`` re-weights the classes (rare likes);
 ``train.demo_loss_weight`` adds the demonstrations' loss: a prompt with k solved examples then
 teaches k + 1 decisions, each conditioned on the demonstrations before it.
+
+Robust in-context tuning (LRGD; ``train.consistency_weight``, ``train.anchor_weight``,
+``train.stages``) adds two regularisers, computed here and logged as their own curves:
+:func:`consistency_divergence` pulls the prediction on a perturbed context towards the one on
+the clean context, and :func:`anchor_penalty` keeps the tuned weights near where the stage began.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from recicl.config import TrainConfig
+from recicl.config import PerturbConfig, TrainConfig
 from recicl.modeling.scoring import TrainingLogits
 
 
@@ -48,3 +55,70 @@ class AnswerLoss:
             demos = F.cross_entropy(logits.demos, logits.demo_labels, weight=self.class_weights)
             loss = loss + self.demo_weight * demos
         return loss
+
+
+def consistency_divergence(clean: torch.Tensor, twin: torch.Tensor) -> torch.Tensor:
+    """Mean Jensen-Shannon divergence (nats, in [0, ln 2]) between the Yes/No distributions of
+    ``clean`` and ``twin`` ([N, 2] logits, row k of each the same sample); 0 for N = 0.
+
+    Why JS on the clean prediction *detached*: the clean context is what the model should
+    answer from, so it is the target; a symmetric pull would also move the clean prediction
+    towards the perturbed one and cost clean accuracy. JS (not KL) stays bounded when the two
+    disagree completely, as they may on a context with flipped labels."""
+    if not len(twin):
+        return twin.new_zeros(())
+    log_p = F.log_softmax(clean.detach().float(), dim=-1)
+    log_q = F.log_softmax(twin.float(), dim=-1)
+    log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
+    js = 0.5 * (log_p.exp() * (log_p - log_m)).sum(-1) + 0.5 * (log_q.exp() * (log_q - log_m)).sum(
+        -1
+    )
+    return js.clamp_min(0.0).mean()  # rounding can leave equal predictions a hair below 0
+
+
+def anchor_penalty(
+    params: Sequence[torch.nn.Parameter], anchor: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Mean squared difference between ``params`` and their ``anchor`` copies (fp32), over
+    every tuned element: the L2-SP penalty that keeps a stage near the weights it started
+    from, so a robustness stage cannot undo what in-context tuning learned. A mean, not a sum,
+    so that one ``anchor_weight`` means the same for a LoRA adapter and for a whole model."""
+    total = torch.zeros((), dtype=torch.float32, device=params[0].device if params else "cpu")
+    count = 0
+    for param, start in zip(params, anchor, strict=True):
+        total = total + (param.float() - start).pow(2).sum()
+        count += start.numel()
+    return total / max(count, 1)
+
+
+@dataclass(frozen=True)
+class StageObjective:
+    """What one stage of a run trains on (``train`` itself, then each ``train.stages``):
+
+    * ``perturb`` inactive: the clean contexts;
+    * ``perturb`` active, no consistency: the perturbed twin **replaces** the clean context of
+      the rows that have one (plain perturbed tuning);
+    * ``perturb`` active with ``consistency_weight``: the clean contexts, plus each twin in the
+      same forward pass, pulled towards its clean prediction."""
+
+    name: str
+    perturb: PerturbConfig
+    consistency_weight: float
+    anchor_weight: float
+
+    @property
+    def replaces(self) -> bool:
+        return self.perturb.active and not self.consistency_weight
+
+    @property
+    def pairs(self) -> bool:
+        return self.perturb.active and self.consistency_weight > 0
+
+    @classmethod
+    def of(cls, tc: TrainConfig) -> list[StageObjective]:
+        first = cls("tune", tc.perturb, tc.consistency_weight, tc.anchor_weight)
+        later = [
+            cls(stage.name, stage.perturb, stage.consistency_weight, stage.anchor_weight)
+            for stage in tc.stages
+        ]
+        return [first, *later]

@@ -21,7 +21,6 @@ where the checkpoint was taken.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ import torch.distributed as dist
 
 from recicl.config import ReciclConfig
 from recicl.modeling import load_tokenizer
+from recicl.modeling.scoring import TrainingLogits
 from recicl.modeling.threads import apply_torch_threads
 from recicl.train.batching import PaddingStats, group_by_length, pad_batch
 from recicl.train.contract import (
@@ -51,14 +51,24 @@ from recicl.train.contract import (
     TrainPlan,
     maybe_fault,
 )
-from recicl.train.loss import AnswerLoss
+from recicl.train.loss import AnswerLoss, StageObjective, anchor_penalty, consistency_divergence
+from recicl.train.schedule import stage_starts
 from recicl.train.sources import answer_tokens
-from recicl.train.strategies import ADAPTER_DIR, Strategy, describe, dump_json, make_strategy
+from recicl.train.strategies import (
+    ADAPTER_DIR,
+    Strategy,
+    describe,
+    dump_json,
+    make_strategy,
+    trainable_parameters,
+)
 from recicl.train.tracking import MetricsLogger, MLflowSink
 
 log = logging.getLogger(__name__)
 #: Validation batches between two progress lines in the job's log.
 _VAL_LOG_EVERY = 20
+#: Weights a stage's anchor penalty measures against, in checkpoints taken during that stage.
+ANCHOR_FILE = "anchor.pt"
 
 Batch = dict[str, np.ndarray]
 _REDUCE_OPS = {"min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX, "sum": dist.ReduceOp.SUM}
@@ -127,6 +137,11 @@ class TrainRecipe:
         self.done = False  # the run's last optimizer step is taken
         self.last_reported_step = -1  # step of the latest checkpoint reported (or resumed)
         self.window_loss: list[float] = []  # micro-batch losses of the current optimizer step
+        self.window_terms: dict[str, list[float]] = {}  # the loss's parts, the same micro-batches
+        self.objectives = StageObjective.of(self.tc)
+        self.stage_starts = stage_starts(self.tc, plan.total_steps)
+        # (stage index, the tuned weights when it began) while a stage with an anchor runs
+        self.anchor: tuple[int, list[torch.Tensor]] | None = None
         self.step_started = time.perf_counter()
         self.step_samples = 0
         self.eval_batch = self.tc.eval_batch_size or 2 * self.tc.batch_size
@@ -191,6 +206,11 @@ class TrainRecipe:
         with checkpoint.as_directory() as directory:
             self.strategy.load_state(Path(directory))
             saved = json.loads((Path(directory) / TRAINER_STATE_FILE).read_text())
+            anchor_file = Path(directory) / ANCHOR_FILE
+            if anchor_file.exists():
+                held = torch.load(anchor_file, map_location="cpu", weights_only=True)
+                tensors = [held["tensors"][name].to(self.device) for name in self._tuned_names()]
+                self.anchor = (int(held["stage"]), tensors)
         self.state = TrainerState(**saved)
         self.last_reported_step = self.state.step
         if self.rank == 0:
@@ -304,6 +324,10 @@ class TrainRecipe:
             self.strategy.save_weights(directory / ADAPTER_DIR)
             if self.rank == 0:
                 dump_json(directory / TRAINER_STATE_FILE, asdict(self.state))
+                if self.anchor is not None:
+                    stage, weights = self.anchor
+                    tensors = dict(zip(self._tuned_names(), weights, strict=True))
+                    torch.save({"stage": stage, "tensors": tensors}, directory / ANCHOR_FILE)
             self.tracker.flush()
             ray.train.report(
                 {**metrics, "step": self.state.step, "epoch": self.state.epoch},
@@ -339,16 +363,88 @@ class TrainRecipe:
             torch.from_numpy(np.asarray(batch["label"], dtype=np.int64)).to(self.device),
         )
 
+    def _stage_of_step(self, step: int) -> int:
+        """Index of the stage that optimizer step ``step`` (0-based) belongs to."""
+        return max(k for k, start in enumerate(self.stage_starts) if start <= step)
+
+    def _stage(self) -> int:
+        """Index of the stage the next optimizer step belongs to (``train.stages``)."""
+        return self._stage_of_step(self.state.step)
+
+    def _tuned_names(self) -> list[str]:
+        return [n for n, p in self.strategy.model.named_parameters() if p.requires_grad]
+
+    def _anchor_for(self, stage: int) -> list[torch.Tensor] | None:
+        """The weights stage ``stage`` started from, when its anchor penalty is on: taken at its
+        first step, or restored from a checkpoint taken during the same stage."""
+        if not self.objectives[stage].anchor_weight:
+            return None
+        if self.anchor is None or self.anchor[0] != stage:
+            if self.state.step != self.stage_starts[stage]:
+                raise RuntimeError(
+                    f"stage {self.objectives[stage].name} resumed at step {self.state.step} "
+                    "without the weights it started from (no anchor in the checkpoint)"
+                )
+            params = trainable_parameters(self.strategy.model)
+            self.anchor = (stage, [p.detach().float().clone() for p in params])
+        return self.anchor[1]
+
+    def _stage_rows(
+        self, batch: Batch, objective: StageObjective
+    ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+        """(token rows, their demonstration answer positions, the clean rows whose twin is in
+        the forward pass): the clean rows, with twins replacing them or appended after them
+        as the stage says (:class:`~recicl.train.loss.StageObjective`)."""
+        ids, answers = list(batch["input_ids"]), list(batch["demo_answers"])
+        paired = np.zeros(0, dtype=np.int64)
+        if not objective.perturb.active or "twin_length" not in batch:
+            return ids, answers, paired
+        twins = np.flatnonzero(np.asarray(batch["twin_length"]) > 0)
+        if objective.replaces:
+            for row in twins:
+                ids[row] = batch["twin_input_ids"][row]
+                answers[row] = batch["twin_demo_answers"][row]
+            return ids, answers, paired
+        ids += [batch["twin_input_ids"][row] for row in twins]
+        answers += [np.zeros(0, dtype=np.int32) for _ in twins]  # twins: the query alone
+        return ids, answers, twins
+
     def _train_micro_batch(self, batch: Batch, padding: PaddingStats) -> None:
-        """Forward/backward of one micro-batch; at accumulation boundaries the optimizer step's
-        bookkeeping (metrics, fault hook, periodic checkpoint)."""
-        ids, mask, label = self._to_device(batch)
+        """Forward/backward of one micro-batch as its stage says; at accumulation boundaries
+        the optimizer step's bookkeeping (metrics, fault hook, periodic checkpoint)."""
+        stage = self._stage()
+        objective = self.objectives[stage]
+        rows, answers, paired = self._stage_rows(batch, objective)
+        ids_np, mask_np = pad_batch(rows, self.pad_id)
+        ids = torch.from_numpy(ids_np).to(self.device)
+        mask = torch.from_numpy(mask_np).to(self.device)
+        label = torch.from_numpy(np.asarray(batch["label"], dtype=np.int64)).to(self.device)
+        anchor = self._anchor_for(stage)
+        terms: dict[str, torch.Tensor] = {}
+
+        def loss_fn(logits: TrainingLogits) -> torch.Tensor:
+            n = len(label)
+            loss = answer = self.loss(logits._replace(query=logits.query[:n]), label)
+            terms["answer"] = answer.detach()
+            if objective.pairs:
+                where = torch.as_tensor(paired, device=logits.query.device)
+                divergence = consistency_divergence(logits.query[where], logits.query[n:])
+                loss = loss + objective.consistency_weight * divergence
+                terms["consistency"] = divergence.detach()
+            if anchor is not None:
+                penalty = anchor_penalty(trainable_parameters(self.strategy.model), anchor)
+                loss = loss + objective.anchor_weight * penalty
+                terms["anchor"] = penalty.detach()
+            return loss
+
         lr = self.strategy.current_lr()  # the LR this micro-batch's step will use
-        demo_positions = list(batch["demo_answers"]) if self.loss.uses_demos else None
         loss, stepped = self.strategy.train_micro_batch(
-            ids, mask, functools.partial(self.loss, labels=label), demo_positions
+            ids, mask, loss_fn, answers if self.loss.uses_demos else None
         )
         self.window_loss.append(loss)
+        if len(self.objectives) > 1 or len(terms) > 1:  # more than the answers' loss to log
+            for key, value in terms.items():
+                self.window_terms.setdefault(key, []).append(float(value))
         self.state.micro_in_epoch += 1
         self.state.samples_seen += len(label)
         self.step_samples += len(label)
@@ -359,9 +455,14 @@ class TrainRecipe:
         state, tc = self.state, self.tc
         state.step += 1
         mean_loss = all_reduce(float(np.mean(self.window_loss)), "sum", self.device) / self.world
-        self.window_loss = []
+        # the same keys on every rank (the stage's objective), so the reductions pair up
+        parts = {
+            f"loss_{key}": all_reduce(float(np.mean(values)), "sum", self.device) / self.world
+            for key, values in sorted(self.window_terms.items())
+        }
+        self.window_loss, self.window_terms = [], {}
         if self.rank == 0 and self.tracker.is_due(state.step):
-            self._log_step(mean_loss, lr, padding)
+            self._log_step(mean_loss, lr, padding, parts)
         self.step_started, self.step_samples = time.perf_counter(), 0
         maybe_fault(state.step, self.rank, self.plan.run_name)
         if state.step >= self.plan.total_steps:
@@ -373,10 +474,14 @@ class TrainRecipe:
         if every and state.step % every == 0 and state.micro_in_epoch < limit:
             self.save_checkpoint({"loss": mean_loss})
 
-    def _log_step(self, mean_loss: float, lr: float, padding: PaddingStats) -> None:
-        """Rank 0: the step's curves to MLflow and a console line (a real LLM on CPUs takes
-        minutes between checkpoints)."""
+    def _log_step(
+        self, mean_loss: float, lr: float, padding: PaddingStats, parts: dict[str, float]
+    ) -> None:
+        """Rank 0: the step's curves to MLflow (the loss's parts and the stage too, when the
+        run has them) and a console line (a real LLM on CPUs takes minutes between
+        checkpoints)."""
         state = self.state
+        stage = self._stage_of_step(state.step - 1)
         seconds = time.perf_counter() - self.step_started
         rate = self.step_samples * self.world / max(seconds, 1e-9)
         self.tracker.add(
@@ -386,9 +491,13 @@ class TrainRecipe:
             epoch=state.epoch + state.micro_in_epoch / max(self.plan.micro_batches_per_epoch, 1),
             padding_fraction=padding.padding_fraction,
             samples_per_second=rate,
+            **parts,
+            **({"stage": float(stage)} if len(self.objectives) > 1 else {}),
         )
+        named = f" [{self.objectives[stage].name}]" if len(self.objectives) > 1 else ""
+        detail = "".join(f" {key} {value:.4f}" for key, value in parts.items())
         print(
-            f"[recicl] step {state.step}/{self.plan.total_steps} loss {mean_loss:.4f} "
-            f"lr {lr:.2e} {rate:.2f} samples/s",
+            f"[recicl] step {state.step}/{self.plan.total_steps}{named} loss {mean_loss:.4f}"
+            f"{detail} lr {lr:.2e} {rate:.2f} samples/s",
             flush=True,
         )

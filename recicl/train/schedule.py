@@ -51,10 +51,39 @@ def warmup_steps_for(total_steps: int, warmup_ratio: float) -> int:
     return math.ceil(total_steps * warmup_ratio) if warmup_ratio > 0 else 0
 
 
+def stage_starts(tc: TrainConfig, total_steps: int) -> list[int]:
+    """The optimizer step each stage starts at: ``[0]`` for one stage; with ``train.stages``,
+    stage 1 takes what the later stages' ``max_steps`` leave of ``total_steps``."""
+    starts = [0, total_steps - sum(stage.max_steps for stage in tc.stages)]
+    for stage in tc.stages[:-1]:
+        starts.append(starts[-1] + stage.max_steps)
+    return starts[: len(tc.stages) + 1]
+
+
+def staged_lr_lambda(tc: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """Factor of ``train.lr`` at optimizer step ``s`` over every stage: each stage warms up
+    and decays on its own (:func:`lr_lambda` over its own steps) to its own peak, so stage 2
+    starts afresh instead of continuing stage 1's decay (one optimizer, one scheduler, one
+    step counter: checkpoints and resume stay as they are)."""
+    starts = stage_starts(tc, total_steps)
+    ends = [*starts[1:], total_steps]
+    peaks = [1.0, *(stage.lr / tc.lr for stage in tc.stages)]
+    ratios = [tc.warmup_ratio, *(stage.warmup_ratio for stage in tc.stages)]
+    factors = [
+        lr_lambda(end - start, warmup_steps_for(end - start, ratio), tc.lr_schedule)
+        for start, end, ratio in zip(starts, ends, ratios, strict=True)
+    ]
+
+    def factor(step: int) -> float:
+        k = max(i for i, start in enumerate(starts) if start <= step or i == 0)
+        return peaks[k] * factors[k](step - starts[k])
+
+    return factor
+
+
 def build_lr_scheduler(
     optimizer: torch.optim.Optimizer, total_steps: int, tc: TrainConfig
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The scheduler both strategies step once per optimizer step (``train.lr_schedule``,
-    ``train.warmup_ratio``) for a run of ``total_steps`` steps."""
-    factor = lr_lambda(total_steps, warmup_steps_for(total_steps, tc.warmup_ratio), tc.lr_schedule)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    ``train.warmup_ratio``, ``train.stages``) for a run of ``total_steps`` steps."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, staged_lr_lambda(tc, total_steps))

@@ -111,6 +111,7 @@ def plan_steps(cfg: ReciclConfig, train_rows: int, val_rows: int) -> dict[str, i
             "per epoch; lower them or add training data"
         )
     total = tc.max_steps if tc.max_steps is not None else tc.epochs * steps_per_epoch
+    total += sum(stage.max_steps for stage in tc.stages)  # later stages continue the same run
     return {
         "total_steps": total,
         "steps_per_epoch": steps_per_epoch,

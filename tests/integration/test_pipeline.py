@@ -154,19 +154,26 @@ def test_retrieval_policies_and_augmentation_equal_the_reference(synth_dir, tmp_
     train, clean_val = encoded_datasets(train_cfg, folder.root, [0, 1, 2], [3])
     assert train.count() == counts[0] + counts[1] + counts[2]
 
-    # train.perturb: every training demonstration's label flipped (the answer tokens the loss
-    # reads after each demonstration flip Yes <-> No); validation keeps its clean contexts
-    def answers(rows: list[dict]) -> Counter:
-        return Counter(int(r["input_ids"][p]) for r in rows for p in r["demo_answers"])
+    # train.perturb: every training demonstration's label flipped in each row's twin (the
+    # answer tokens the loss reads after each demonstration flip Yes <-> No), beside the clean
+    # context, which stays as it was; validation rows have no twin
+    def answers(rows: list[dict], twin: str = "") -> Counter:
+        return Counter(
+            int(r[f"{twin}input_ids"][p]) for r in rows for p in r[f"{twin}demo_answers"]
+        )
 
     clean = answers(train.take_all())
     train_cfg.train.perturb = PerturbConfig(share=1.0, label_flip=1.0)
-    flipped_train, flipped_val = encoded_datasets(train_cfg, folder.root, [0, 1, 2], [3])
-    flipped = answers(flipped_train.take_all())
+    twinned_train, twinned_val = encoded_datasets(train_cfg, folder.root, [0, 1, 2], [3])
+    twinned = twinned_train.take_all()
+    flipped = answers(twinned, twin="twin_")
     yes, no = sorted(clean)  # the two answer token ids
     assert clean[yes] != clean[no]  # so that a flip is visible in the counts
     assert (flipped[yes], flipped[no]) == (clean[no], clean[yes])
-    assert answers(flipped_val.take_all()) == answers(clean_val.take_all())
+    assert answers(twinned) == clean
+    val_rows = twinned_val.take_all()
+    assert answers(val_rows) == answers(clean_val.take_all())
+    assert all(r["twin_length"] == 0 for r in val_rows)
 
 
 def test_quality_policy_fitted_with_a_model_builds_the_reference_samples(
