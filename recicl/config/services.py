@@ -204,7 +204,8 @@ class ServeConfig(StrictModel):
         description="How long the ingress waits for one MLflow registry call (model "
         "references, the traffic tag, the versions listing) before serving its last known "
         "answer, or 503 registry_unavailable for a reference it never resolved; a late answer "
-        "is still taken. Refreshes run in the background every alias_poll_seconds.",
+        "is still taken. Refreshes run in the background every alias_poll_seconds. Model "
+        "replicas bound their alias poll by it too (they keep the version they serve).",
     )
     selectable_models: list[str] = Field(
         default_factory=list,

@@ -48,6 +48,9 @@ class ModelServer:
         sc = self.cfg.serve
         self.alias = sc.alias
         self.poll_seconds = sc.alias_poll_seconds
+        self.registry_timeout = sc.registry_timeout_seconds
+        # (alias, its lookup in flight): one at a time, even past its timeout (_resolve_alias)
+        self._lookup: tuple[str, asyncio.Future[str]] | None = None
         self.device = "cuda" if sc.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         # torch threads from the CPUs Ray gave this replica (its ray_actor_options), not Ray's
         # OMP_NUM_THREADS (1 for 1.5 CPUs); model.num_threads overrides
@@ -105,9 +108,7 @@ class ModelServer:
 
         async with self._reload_lock:
             previous = self.current.version if self.current else None
-            version = await asyncio.to_thread(
-                resolve_version, self.tracking_uri, self.name, self.alias
-            )
+            version = await self._resolve_alias()
             self.last_check = time.time()
             changed = version != previous
             if changed or force:
@@ -117,6 +118,20 @@ class ModelServer:
                 log.info("serving %s (alias %s; was %s)", loaded.label, self.alias, previous)
             self.last_error = None
             return {"model_version": version, "previous_version": previous, "changed": changed}
+
+    async def _resolve_alias(self) -> str:
+        """The alias's version from MLflow, waited for at most ``serve.registry_timeout_seconds``
+        (then TimeoutError: the poll keeps serving the old version). A hung MLflow would
+        otherwise hold the reload lock, and with it every later poll and ``/admin/reload``,
+        for as long as its connection hangs. The lookup thread cannot be cancelled, so at most
+        one is in flight: a poll while it hangs waits on the same one instead of starting
+        another (no pile of blocked threads)."""
+        alias = self.alias
+        if self._lookup is None or self._lookup[0] != alias or self._lookup[1].done():
+            thread = asyncio.to_thread(resolve_version, self.tracking_uri, self.name, alias)
+            self._lookup = (alias, asyncio.ensure_future(thread))
+        lookup = self._lookup[1]
+        return await asyncio.wait_for(asyncio.shield(lookup), timeout=self.registry_timeout)
 
     async def _poll(self) -> None:
         while True:

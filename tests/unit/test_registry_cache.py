@@ -16,6 +16,7 @@ import logging
 import socket
 import threading
 import time
+import types
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -473,3 +474,66 @@ def test_a_model_the_down_registry_never_resolved_is_a_503_with_retry_after() ->
     for internal in ("mlflow.internal", "5000", "ConnectionError", "api/2.0"):
         assert internal not in named.text
     assert served.status_code == 200, served.text  # the served alias needs no registry
+
+
+# -- a model replica's alias poll against a hung MLflow -------------------------------------------
+
+
+def test_a_replicas_alias_poll_is_bounded_and_keeps_one_lookup_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hung MLflow used to hold the replica's reload lock (every later poll and
+    /admin/reload) for as long as its connection hung; now each refresh waits at most
+    serve.registry_timeout_seconds, the version served stays, and a poll while the lookup
+    still hangs joins it instead of starting another thread. Once MLflow answers, the next
+    refresh takes its answer."""
+    from recicl.config import build_config
+    from recicl.serve import model_deployment
+    from recicl.serve.settings import resolve_settings
+
+    release = threading.Event()
+    calls: list[str] = []
+
+    def hung_then_answering(uri: str, name: str, alias: str) -> str:
+        calls.append(alias)
+        release.wait(10)
+        return "7"
+
+    monkeypatch.setattr(model_deployment, "resolve_version", hung_then_answering)
+    cfg = build_config(
+        {
+            "workdir": str(tmp_path),
+            "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+            "serve": {"registry_timeout_seconds": 0.3},
+        }
+    )
+    replica = model_deployment.ModelServer(resolve_settings(cfg))
+    loaded: list[str] = []
+
+    def load(version: str) -> Any:  # what a replica loads, reduced to what refresh reads
+        loaded.append(version)
+        return types.SimpleNamespace(version=version, label=f"{NAME}/{version}")
+
+    monkeypatch.setattr(replica, "_load", load)
+
+    async def scenario() -> dict[str, Any]:
+        waits = []
+        for _ in range(2):
+            started = time.perf_counter()
+            with pytest.raises(asyncio.TimeoutError):
+                await replica.refresh()
+            waits.append(time.perf_counter() - started)
+        async with replica._reload_lock:  # free again: a reload is not stuck behind MLflow
+            pass
+        release.set()
+        answered = await replica.refresh()
+        return {"waits": waits, "answered": answered}
+
+    try:
+        got = asyncio.run(scenario())
+    finally:
+        release.set()
+        replica.store.close()
+    assert all(0.25 <= wait < 1.0 for wait in got["waits"]), got["waits"]
+    assert calls == ["champion"]  # the second poll joined the hung lookup
+    assert got["answered"]["model_version"] == "7" and loaded == ["7"]
