@@ -58,10 +58,12 @@ _CONSISTENCY_DOC = (
     "replace the clean ones instead."
 )
 _ANCHOR_DOC = (
-    "Weight of an L2 penalty (the mean squared change of the tuned weights) keeping them near the "
-    "weights the stage started from (LRGD: a robustness stage must not forget what the "
-    "stage before it learned; in stage 1, the base or the `init_from` version). 0 = off. "
-    "Not with ZeRO-3, which never holds a whole tensor on one rank."
+    "Weight of an L2 penalty (0.5 x the squared distance of the tuned weights from the weights "
+    "the stage started from): each weight is pulled back by this weight x its change, like "
+    "weight decay towards the start (L2-SP; 0.01-0.1). LRGD: a robustness stage must not "
+    "forget what the stage before it learned. In stage 1 the start is the base or the "
+    "`init_from` version. 0 = off. Not with ZeRO-3, which never holds a whole tensor on one "
+    "rank."
 )
 
 
@@ -231,7 +233,8 @@ class TrainConfig(StrictModel):
         None,
         ge=1,
         description="Stop after this many optimizer steps (overrides `epochs`, "
-        "cycling through the data as often as needed); null = epochs x steps per epoch.",
+        "cycling through the data as often as needed); null = epochs x steps per epoch. With "
+        "`stages`, the first stage's steps: the run takes these plus each stage's max_steps.",
     )
     max_grad_norm: float | None = Field(
         1.0, gt=0, description="Clip the global gradient norm to this; null = no clipping."
@@ -360,6 +363,9 @@ class TrainConfig(StrictModel):
                     f"{where}.anchor_weight needs whole weights on each rank: use zero_stage 2 "
                     "or strategy ddp, or set it to 0"
                 )
+        names = [stage.name for stage in self.stages]
+        if len(set(names)) < len(names):
+            raise ValueError(f"train.stages: names {names} repeat; give each stage its own name")
         if (active or self.stages) and self.instructions:
             raise ValueError(
                 "train.instructions trains on an instruction file, which has no in-context "

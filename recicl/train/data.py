@@ -242,7 +242,13 @@ def encoded_datasets(
         keep_val = functools.partial(_keep_subset, train_ids=val_ids, train_periods=val_only)
         samples = samples.map_batches(keep_val, batch_format="numpy", num_cpus=0.25)
     spec = cfg.train.perturbation
-    if spec is not None and rest:
+    if spec is not None and not rest:
+        raise ConfigError(
+            f"a stage perturbs its contexts, but every training period {train_periods} is also "
+            f"a validation period ({val_periods}), and validation samples are never perturbed: "
+            "set train.val_periods to other periods (or []), or drop the perturbation"
+        )
+    if spec is not None:
         log.info("a perturbed twin context for %.0f%% of the training samples", 100 * spec.share)
     catalog_path = str(folder.catalog_path)
     encoded = _encoded(samples, settings, catalog_path, cfg.train, rest)

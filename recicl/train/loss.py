@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -76,19 +77,35 @@ def consistency_divergence(clean: torch.Tensor, twin: torch.Tensor) -> torch.Ten
     return js.clamp_min(0.0).mean()  # rounding can leave equal predictions a hair below 0
 
 
+class _HalfSquaredDistance(torch.autograd.Function):
+    """``0.5 * ||param - anchor||^2`` whose backward is ``param - anchor``, computed again
+    instead of saved: autograd would otherwise keep an fp32 copy of every tuned weight between
+    forward and backward (a whole model's worth with full fine-tuning)."""
+
+    @staticmethod
+    def forward(ctx: Any, param: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(param, anchor)  # references to existing tensors, no copies
+        return 0.5 * (param.detach().float() - anchor).pow(2).sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        param, anchor = ctx.saved_tensors
+        return (grad * (param.detach().float() - anchor)).to(param.dtype), None
+
+
 def anchor_penalty(
     params: Sequence[torch.nn.Parameter], anchor: Sequence[torch.Tensor]
 ) -> torch.Tensor:
-    """Mean squared difference between ``params`` and their ``anchor`` copies (fp32), over
-    every tuned element: the L2-SP penalty that keeps a stage near the weights it started
-    from, so a robustness stage cannot undo what in-context tuning learned. A mean, not a sum,
-    so that one ``anchor_weight`` means the same for a LoRA adapter and for a whole model."""
+    """``0.5 * sum ||w - w0||^2`` over the tuned weights and their ``anchor`` copies (fp32): the
+    L2-SP penalty that keeps a stage near the weights it started from, so a robustness stage
+    cannot undo what in-context tuning learned. Its gradient on each weight is ``w - w0``
+    (times ``anchor_weight``): a pull towards the start that does not depend on how many weights
+    are tuned, as weight decay's does not (a mean would shrink it with the adapter's size, and
+    bf16 gradients would round such a small pull away)."""
     total = torch.zeros((), dtype=torch.float32, device=params[0].device if params else "cpu")
-    count = 0
     for param, start in zip(params, anchor, strict=True):
-        total = total + (param.float() - start).pow(2).sum()
-        count += start.numel()
-    return total / max(count, 1)
+        total = total + _HalfSquaredDistance.apply(param, start)
+    return total
 
 
 @dataclass(frozen=True)

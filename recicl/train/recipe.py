@@ -230,7 +230,6 @@ class TrainRecipe:
                 exhausted = True  # a rank ran dry: no rank may step alone
                 break
             assert batch is not None
-            padding.add(np.asarray(batch["length"]))
             self._train_micro_batch(batch, padding)
             if self.done:
                 break
@@ -251,7 +250,8 @@ class TrainRecipe:
             )
         epoch_complete = not self.done or self.state.micro_in_epoch >= limit
         metrics: dict[str, Any] = {"padding_fraction": padding.padding_fraction}
-        self.window_loss = []  # micro-batches of an incomplete accumulation (shard ran dry)
+        # micro-batches of an incomplete accumulation (shard ran dry)
+        self.window_loss, self.window_terms = [], {}
         if self.val_shard is not None:
             metrics.update(self.validate())
         self.tracker.add(
@@ -415,6 +415,7 @@ class TrainRecipe:
         stage = self._stage()
         objective = self.objectives[stage]
         rows, answers, paired = self._stage_rows(batch, objective)
+        padding.add(np.asarray([len(row) for row in rows]))  # what is fed, twins included
         ids_np, mask_np = pad_batch(rows, self.pad_id)
         ids = torch.from_numpy(ids_np).to(self.device)
         mask = torch.from_numpy(mask_np).to(self.device)

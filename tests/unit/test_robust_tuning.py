@@ -52,7 +52,7 @@ def test_consistency_pulls_the_twin_and_leaves_the_clean_prediction_alone() -> N
     assert twin.grad is not None and float(twin.grad[0, 1] - twin.grad[0, 0]) < 0  # towards Yes
 
 
-def test_the_anchor_penalty_is_the_mean_squared_change_since_the_start() -> None:
+def test_the_anchor_penalty_pulls_each_weight_back_by_its_change() -> None:
     params = [torch.nn.Parameter(torch.ones(2, 3)), torch.nn.Parameter(torch.zeros(4))]
     start = [p.detach().float().clone() for p in params]
     assert float(anchor_penalty(params, start).detach()) == 0.0
@@ -60,9 +60,19 @@ def test_the_anchor_penalty_is_the_mean_squared_change_since_the_start() -> None
         params[0][0, 0] += 0.5
         params[1][2] -= 2.0
     penalty = anchor_penalty(params, start)
-    assert float(penalty.detach()) == pytest.approx((0.25 + 4.0) / 10)  # 10 tuned weights
+    assert float(penalty.detach()) == pytest.approx(0.5 * (0.25 + 4.0))
     penalty.backward()
-    assert float(params[1].grad[2]) == pytest.approx(-0.4)  # 2 (p - p0) / 10
+    assert float(params[0].grad[0, 0]) == pytest.approx(0.5)  # w - w0, whatever the size
+    assert float(params[1].grad[2]) == pytest.approx(-2.0)
+    assert float(params[0].grad.abs().sum()) == pytest.approx(0.5)  # unchanged weights: 0
+
+
+def test_the_anchor_pull_reaches_bf16_weights_in_their_dtype() -> None:
+    weight = torch.nn.Parameter(torch.full((3,), 1.0, dtype=torch.bfloat16))
+    start = [weight.detach().float().clone() + torch.tensor([0.0, 0.25, -0.5])]
+    anchor_penalty([weight], start).backward()
+    assert weight.grad is not None and weight.grad.dtype == torch.bfloat16
+    assert weight.grad.float().tolist() == [0.0, -0.25, 0.5]
 
 
 # -- stages: schedule and config -----------------------------------------------------------------
@@ -111,6 +121,7 @@ def test_each_stage_warms_up_and_decays_to_its_own_peak() -> None:
         ({"instructions": "train.json", "stages": [ROBUST]}, "no in-context samples"),
         ({"stages": [{**ROBUST, "name": "Robust Stage!"}]}, "name"),
         ({"stages": [{"max_steps": 5}]}, "lr"),
+        ({"stages": [ROBUST, ROBUST]}, r"names \['robust', 'robust'\] repeat"),
     ],
 )
 def test_stage_settings_that_cannot_work_are_refused(train: dict[str, Any], match: str) -> None:
