@@ -81,6 +81,13 @@ class AccessConfig(StrictModel):
         "store can grow, whatever the number of user ids. null = unlimited.",
     )
 
+    metrics_need_admin: bool = Field(
+        False,
+        description="GET /v1/metrics/live answers only with the admin token: live AUC, like "
+        "rates and traffic per version and arm are the business's figures, not the clients'. "
+        "`recicl models live --url` sends $RECICL_ADMIN_TOKEN.",
+    )
+
     @field_validator("client_rate", "user_event_quota", "total_event_quota")
     @classmethod
     def _rates(cls, value: str | None) -> str | None:

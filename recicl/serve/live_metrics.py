@@ -140,13 +140,19 @@ def live_report(store: InteractionStore, window_s: int, now: int) -> dict[str, A
 
 
 def fetch_live_report(url: str, window_s: int | None, *, timeout_s: float = 30.0) -> dict[str, Any]:
-    """GET ``<url>/v1/metrics/live`` (the server's own figures); errors as one line."""
+    """GET ``<url>/v1/metrics/live`` (the server's own figures), with ``$RECICL_ADMIN_TOKEN``
+    when set (servers with ``serve.access.metrics_need_admin`` ask for it); errors as one
+    line."""
+    import os
+
     import httpx
 
     params = {} if window_s is None else {"window": window_s}
     address = url.rstrip("/") + "/v1/metrics/live"
+    token = os.environ.get("RECICL_ADMIN_TOKEN")
+    headers = {"Authorization": f"Bearer {token.split(',')[0]}"} if token else {}
     try:
-        reply = httpx.get(address, params=params, timeout=timeout_s)
+        reply = httpx.get(address, params=params, headers=headers, timeout=timeout_s)
     except httpx.HTTPError as error:
         raise ReciclError(
             f"cannot reach {address}: {error}; is `recicl serve` running there?"

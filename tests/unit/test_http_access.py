@@ -228,3 +228,22 @@ def test_production_needs_a_write_token_and_limits_clients_local_stays_open() ->
     local = _shipped("local.yaml").serve.access
     assert not local.require_token_for_writes
     assert local.client_rate is None and local.user_event_quota is None
+
+
+# -- live metrics: the operator's figures --------------------------------------------------------
+
+
+def test_live_metrics_need_the_admin_token_when_configured() -> None:
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with _client(FakeBackend()) as http:
+        open_reply = http.get("/v1/metrics/live")
+    with _client(FakeBackend(), metrics_need_admin=True) as http:
+        anonymous = http.get("/v1/metrics/live")
+        wrong = http.get("/v1/metrics/live", headers={"Authorization": "Bearer guess"})
+        operator = http.get("/v1/metrics/live", headers=auth)
+    assert open_reply.status_code == 200, open_reply.text  # the local default: open
+    assert anonymous.status_code == 401 and "arms" not in anonymous.json()
+    assert wrong.status_code == 403 and "arms" not in wrong.json()
+    assert operator.status_code == 200 and "arms" in operator.json(), operator.text
+    assert _shipped("production.yaml").serve.access.metrics_need_admin
+    assert not _shipped("local.yaml").serve.access.metrics_need_admin

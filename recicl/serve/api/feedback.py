@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import FastAPI, Header, Query, Request, Response
 
 from recicl.serve.api.backend import ModelJob
 from recicl.serve.api.errors import field_error
@@ -83,9 +83,14 @@ def add_feedback_routes(app: FastAPI, ctx: RouteContext) -> None:
             f"serve.feedback.metrics_window_seconds ({fb.metrics_window_seconds}), at most "
             f"serve.feedback.retention_seconds ({fb.retention_seconds}).",
         ),
+        authorization: str | None = Header(
+            None, description="'Bearer <admin token>' when serve.access.metrics_need_admin"
+        ),
     ) -> object:
         """AUC, LogLoss, joined count and like rate per version and arm on live traffic, with
         the counts of unjoined scores and of late, duplicate and unscored events."""
+        if ctx.sc.access.metrics_need_admin:
+            ctx.check_admin(authorization)
         window_s = fb.metrics_window_seconds if window is None else window
         if not 1 <= window_s <= fb.retention_seconds:
             raise field_error(
