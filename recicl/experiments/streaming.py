@@ -395,11 +395,30 @@ class StreamingExperiment:
         )
         report = report_from_scores(scores)
         report["mean_prompt_tokens"] = report["prompts"]["mean_tokens"]
+        if table is self.eval_table:
+            self._keep_scores(label, scores)
         return report
 
-    def _scored(self, scores: np.ndarray) -> dict[str, Any]:
-        """The per-period report of scores for the evaluated draw (non-LLM variants)."""
+    def _keep_scores(self, label: str, scores: pa.Table) -> None:
+        """``<output>/scores/<label>.parquet``: every evaluated sample's score (sample id,
+        period, user, label), so that rows can be compared sample by sample afterwards
+        (paired tests, blends of an LLM row with a non-LLM one) without scoring again."""
+        folder = self.output / "scores"
+        folder.mkdir(exist_ok=True)
+        columns = ["sample_id", "period", "user_id", "label", "score"]
+        pq.write_table(scores.select(columns).sort_by("sample_id"), folder / f"{label}.parquet")
+
+    def _scored(self, scores: np.ndarray, label: str | None = None) -> dict[str, Any]:
+        """The per-period report of scores for the evaluated draw (non-LLM variants; kept as
+        ``scores/<label>.parquet`` when ``label`` is given)."""
         table = self.eval_table
+        if label is not None:
+            self._keep_scores(
+                label,
+                table.select(["sample_id", "period", "user_id", "label"]).append_column(
+                    "score", pa.array(np.asarray(scores, dtype=np.float64))
+                ),
+            )
         return metrics_by_period(
             table["period"].to_numpy(),
             table["user_id"].to_numpy(zero_copy_only=False),
@@ -438,7 +457,7 @@ class StreamingExperiment:
         train_table = self.samples.read_table(self.train_periods)
         model = fit_classical(train_table, self.catalog)
         scores = model.score(self.eval_table, self.catalog)
-        return self._scored(scores), {"train_samples": train_table.num_rows}
+        return self._scored(scores, variant), {"train_samples": train_table.num_rows}
 
     def _baseline(self, variant: str) -> _Outcome:
         if variant in RETRAINED_BASELINES:  # refitted on every period before each evaluated one
@@ -450,7 +469,7 @@ class StreamingExperiment:
                 self.catalog,
                 seed=self.seed,
             )
-            return self._scored(scores), facts
+            return self._scored(scores, variant), facts
         train_table = self.samples.read_table(self.train_periods)  # fitted once, frozen
         fit_started, fit_cpu = time.perf_counter(), time.process_time()
         baseline = fit_baseline(variant, train_table, self.catalog, seed=self.seed)
@@ -459,10 +478,10 @@ class StreamingExperiment:
             "fit_seconds": round(time.perf_counter() - fit_started, 1),
             "fit_cpu_seconds": round(time.process_time() - fit_cpu, 1),
         }
-        return self._scored(baseline.score(self.eval_table, self.catalog)), facts
+        return self._scored(baseline.score(self.eval_table, self.catalog), variant), facts
 
     def _demo_rate(self, variant: str) -> _Outcome:
-        return self._scored(demo_like_rate(self.eval_table)), {}
+        return self._scored(demo_like_rate(self.eval_table), variant), {}
 
     def _retrained(self, variant: str) -> _Outcome:
         per_period: dict[str, Any] = {"periods": {}}

@@ -35,6 +35,7 @@ from types import SimpleNamespace
 
 import httpx
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
@@ -137,6 +138,17 @@ def test_streaming_protocol_after_a_drift(streaming, capsys):
     assert variants["recicl"]["version"] is not None
     with open(result["paths"]["csv"]) as handle:
         assert len(list(csv.DictReader(handle))) == len(rows)
+    # every variant's per-sample scores are kept beside the table, and give its figures
+    from sklearn.metrics import roc_auc_score
+
+    folder = Path(result["paths"]["csv"]).parent / "scores"
+    assert sorted(p.stem for p in folder.glob("*.parquet")) == sorted(VARIANTS)
+    for variant in VARIANTS:
+        kept = pq.read_table(folder / f"{variant}.parquet")
+        assert kept.num_rows == EVAL_SAMPLES * len(EVAL_PERIODS)
+        d6 = kept.filter(pc.equal(kept["period"], 6))
+        got = roc_auc_score(d6["label"].to_numpy(), d6["score"].to_numpy())
+        assert got == pytest.approx(auc[variant, 6], abs=1e-9), variant
     mlc = client(resolve_tracking_uri(streaming.cfg))
     parent = mlc.get_run(result["mlflow_parent_run_id"])
     children = mlc.search_runs(
