@@ -339,6 +339,24 @@ def val_scores(
     return scores, np.array([r["label"] for r in rows])
 
 
+#: A ZeRO-2 run that keeps every checkpoint and may restart once (the fault tests).
+RESTARTABLE_ZERO2: dict[str, Any] = {
+    "strategy": "deepspeed",
+    "zero_stage": 2,
+    "max_failures": 1,
+    "keep_checkpoints": None,
+}
+
+
+def fault_once_at(step: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Rank 0 dies hard after optimizer step ``step``, on the first attempt only; returns the
+    marker file that records it happened (recicl.train.contract.maybe_fault)."""
+    marker = tmp_path / "fault-marker"
+    monkeypatch.setenv("RECICL_FAULT_AT_STEP", str(step))
+    monkeypatch.setenv("RECICL_FAULT_MARKER", str(marker))
+    return marker
+
+
 def test_fault_restarts_and_resumes_from_checkpoint(
     ray_local,
     uninterrupted: Callable[[str, int], TrainedRun],
@@ -354,18 +372,8 @@ def test_fault_restarts_and_resumes_from_checkpoint(
     reference_run = uninterrupted("deepspeed", 2).result
     reference = load_adapter(Path(str(reference_run.checkpoint_path)) / "adapter")
 
-    marker = tmp_path / "fault-marker"
-    monkeypatch.setenv("RECICL_FAULT_AT_STEP", "5")
-    monkeypatch.setenv("RECICL_FAULT_MARKER", str(marker))
-    cfg = make_config(
-        tmp_path,
-        assets,
-        strategy="deepspeed",
-        zero_stage=2,
-        checkpoint_every_steps=4,
-        max_failures=1,
-        keep_checkpoints=None,
-    )
+    marker = fault_once_at(5, tmp_path, monkeypatch)
+    cfg = make_config(tmp_path, assets, checkpoint_every_steps=4, **RESTARTABLE_ZERO2)
     result = train(cfg)
 
     assert marker.is_file(), "the fault hook never fired"
@@ -550,19 +558,14 @@ def test_two_stages_one_run_the_second_from_the_firsts_weights(
 
     from recicl.train import train
 
-    marker = tmp_path / "fault-marker"
-    monkeypatch.setenv("RECICL_FAULT_AT_STEP", "6")
-    monkeypatch.setenv("RECICL_FAULT_MARKER", str(marker))
+    marker = fault_once_at(6, tmp_path, monkeypatch)
     cfg = make_config(
         tmp_path,
         assets,
-        strategy="deepspeed",
-        zero_stage=2,
         max_steps=4,
         stages=[ROBUST_STAGE],
         checkpoint_every_steps=1,
-        keep_checkpoints=None,
-        max_failures=1,
+        **RESTARTABLE_ZERO2,
     )
     result = train(cfg)
 
