@@ -120,10 +120,6 @@ def perturb_table(
     return pa.Table.from_pylist(out, schema=table.schema)
 
 
-#: Columns :func:`with_twins` adds: the perturbed context beside the clean one.
-TWIN_COLUMNS = ("twin_demos", "twin_history", "has_twin")
-
-
 def with_twins(
     table: pa.Table,
     spec: PerturbConfig,

@@ -87,10 +87,6 @@ def _builder(settings: str, catalog_path: str) -> Any:
     return builder
 
 
-#: The twin context's encoded columns (rows without a twin: no tokens, length 0).
-TWIN_ENCODED_COLUMNS = ["twin_input_ids", "twin_demo_answers", "twin_length"]
-
-
 def _encode_twins(builder: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The ``twin_*`` columns of :func:`encode_samples`: the perturbed contexts of the rows
     that have one (``has_twin``, from :func:`recicl.data.perturb.with_twins`), encoded by the
