@@ -129,7 +129,11 @@ class ModelServer:
         alias = self.alias
         if self._lookup is None or self._lookup[0] != alias or self._lookup[1].done():
             thread = asyncio.to_thread(resolve_version, self.tracking_uri, self.name, alias)
-            self._lookup = (alias, asyncio.ensure_future(thread))
+            task = asyncio.ensure_future(thread)
+            # a lookup that fails after its caller timed out: its error was logged by then as a
+            # TimeoutError; read it here so asyncio does not report it again as never retrieved
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._lookup = (alias, task)
         lookup = self._lookup[1]
         return await asyncio.wait_for(asyncio.shield(lookup), timeout=self.registry_timeout)
 
