@@ -83,6 +83,7 @@ bench: $(STAMP) model
 	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/bench_serve.py --shapes "" --model $(GEMMA_DIR) --skip-http \
 	  --sizes 1,5,20 --threads 2 --repeats 3
+	$(BIN)/python benchmarks/bench_served.py --model $(GEMMA_DIR)
 
 lint: $(STAMP)
 	$(BIN)/ruff check recicl ray_jobs benchmarks tests docs/hooks.py

@@ -127,7 +127,7 @@ class ScoreBatches:
             self.packaged.tokenizer,
             item_stats=self.packaged.prompt_item_stats(Path(catalog_path).parent),
         )
-        self.answer_tokens = self.packaged.answer_tokens
+        self.answer_tokens = self.packaged.answer_columns()
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

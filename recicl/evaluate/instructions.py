@@ -69,7 +69,9 @@ class ScoreInstructions:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.packaged = load_packaged_model(model_dir, model_cfg=model_cfg, device=device)
         self.template = template
-        self.answer_tokens = instruction_answer_tokens(self.packaged.tokenizer, template)
+        self.answer_tokens = self.packaged.answer_columns(
+            instruction_answer_tokens(self.packaged.tokenizer, template)
+        )
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -76,6 +76,7 @@ def measure_demo_help(
     chosen = np.sort(with_demos[np.argsort(keys, kind="stable")[:samples]])
     rows = table.take(chosen).to_pylist()
     packaged = load_packaged_model(model_dir, prompt=cfg.prompt, model_cfg=cfg.model)
+    answers = packaged.answer_columns()
     catalog = pq.read_table(folder.catalog_path)
     builder = PromptBuilder(
         packaged.prompt,
@@ -98,7 +99,7 @@ def measure_demo_help(
             packaged.tokenizer,
             prompts,
             batch_size,
-            answer_tokens=packaged.answer_tokens,
+            answer_tokens=answers,
         )
         margins = _margins(p_yes)
         sign = 1.0 if row["label"] == 1 else -1.0

@@ -127,7 +127,7 @@ def taste_switch_shift(
         packaged.tokenizer,
         item_stats=packaged.prompt_item_stats(folder.root),
     )
-    scorer = CandidateScorer(packaged.model, packaged.tokenizer, builder, packaged.answer_tokens)
+    scorer = CandidateScorer(packaged.model, packaged.tokenizer, builder, packaged.answer_columns())
     gaps = []
     for events in (probe.before, probe.before + probe.after):
         stored = [

@@ -37,8 +37,8 @@ from recicl.config import ModelConfig, PromptConfig
 from recicl.data.item_stats import ITEM_STATS_FILE, prompt_item_stats, read_item_stats
 from recicl.errors import ReciclError
 from recicl.modeling.importing import read_provenance
-from recicl.modeling.loading import load_model, load_tokenizer
-from recicl.prompts import answer_token_ids
+from recicl.modeling.loading import cut_head_to_answers, load_model, load_tokenizer
+from recicl.prompts import AnswerTokens, answer_token_ids
 
 MODEL_MANIFEST = "recicl_model.json"
 ADAPTER_DIR, TOKENIZER_DIR, BASE_DIR = "adapter", "tokenizer", "base"
@@ -191,9 +191,16 @@ class PackagedModel:
         return prompt_item_stats(self.prompt, samples_root)
 
     @property
-    def answer_tokens(self) -> Any:
-
+    def answer_tokens(self) -> AnswerTokens:
+        """The vocabulary ids of the answers Yes and No (the prompt builder's)."""
         return answer_token_ids(self.tokenizer)
+
+    def answer_columns(self, tokens: AnswerTokens | None = None) -> AnswerTokens:
+        """Cut the model's LM head to the answers ``tokens`` (default :attr:`answer_tokens`)
+        and return the logit columns a scorer of this model reads from now on
+        (:func:`~recicl.modeling.loading.cut_head_to_answers`). Scorers call it once, after
+        loading; the same tokens again return the same columns."""
+        return cut_head_to_answers(self.model, tokens or self.answer_tokens)
 
 
 def load_packaged_model(
@@ -309,9 +316,11 @@ def package_full_model(
     *,
     prompt: PromptConfig,
     samples_dir: str | Path | None = None,
+    model: ModelConfig | None = None,
 ) -> Path:
     """Wrap a plain HF model folder (e.g. an untrained tiny or a zero-shot base model) as a
-    packaged version folder with full weights, ready for ``registry.register_model_folder``."""
+    packaged version folder with full weights, ready for ``registry.register_model_folder``.
+    ``model``: how to load it (its dtype, attention kernel) where it is served; default float32."""
 
     model_dir, output = Path(model_dir), Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -322,7 +331,9 @@ def package_full_model(
         adapter_dir="weights",
         tokenizer_dir="weights",
         prompt=prompt.model_dump(mode="json"),
-        model=ModelConfig(name_or_path=str(model_dir)).model_dump(mode="json"),
+        model=(model or ModelConfig())
+        .model_copy(update={"name_or_path": str(model_dir)})
+        .model_dump(mode="json"),
         data=VersionData(samples_dir=None if samples_dir is None else str(samples_dir)),
     ).write(output)
     return output

@@ -193,7 +193,7 @@ def load_serving_model(
         packaged.model,
         packaged.tokenizer,
         builder,
-        packaged.answer_tokens,
+        packaged.answer_columns(),
         max_rows=cfg.serve.score_batch_rows,
         per_row=cfg.serve.candidates_per_row,
         on_fallback=on_fallback,

@@ -165,7 +165,8 @@ def test_lora_steps_with_deepspeed_register_a_version(tuned):
 
 
 def test_served_prefix_shared_scores_equal_plain_scores(tuned):
-    """Served (prefix-shared on Gemma's hybrid cache) = plain scoring of the full prompts."""
+    """Served (prefix-shared on Gemma's hybrid cache, the LM head cut to the two answer rows) =
+    plain scoring of the full prompts with the whole head."""
     import httpx
     import pyarrow.parquet as pq
 

@@ -28,7 +28,9 @@ from recicl.modeling import (
     p_yes,
     score_prompts,
 )
-from recicl.prompts import PromptBuilder
+from recicl.modeling.loading import cut_head_to_answers
+from recicl.modeling.prefix_sharing import score_prefix_shared
+from recicl.prompts import AnswerTokens, PromptBuilder
 
 TITLES = ["Toy Story (1995)", "Heat (1995)", "Sabrina (1995)", "Casino (1995)", "Balto (1995)"]
 
@@ -262,6 +264,33 @@ def test_lm_head_runs_on_one_position_only(tiny: Path, tokenizer, prompts) -> No
     model.lm_head.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
     score_prompts(model, tokenizer, prompts, batch_size=3)
     assert seen == [(3, 1, 64)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_head_cut_to_the_answers_scores_the_same(tiny: Path, tokenizer, prompts, dtype) -> None:
+    """Scorers cut the LM head to the [no, yes] rows (cut_head_to_answers): the same scores on
+    both scoring paths, from a head of two rows."""
+    cfg = ModelConfig(name_or_path=str(tiny), dtype=dtype)
+    full, cut = load_model(cfg, for_training=False), load_model(cfg, for_training=False)
+    tokens = answer_token_ids(tokenizer)
+    columns = cut_head_to_answers(cut, tokens)
+    assert columns == (0, 1)
+    head = cut.get_output_embeddings()
+    assert tuple(head.weight.shape) == (2, 64) and head.weight.dtype == torch.float32
+    assert cut_head_to_answers(cut, tokens) == columns  # once cut, the same answers: same columns
+    with pytest.raises(ValueError, match="cut to the answers"):
+        cut_head_to_answers(cut, AnswerTokens(no=tokens.yes, yes=tokens.no))
+    np.testing.assert_allclose(
+        score_prompts(cut, tokenizer, prompts, answer_tokens=columns),
+        score_prompts(full, tokenizer, prompts, answer_tokens=tokens),
+        atol=1e-6,
+    )
+    prefix, suffixes = prompts[0][:12], [prompts[1][-3:], prompts[2][-5:], prompts[0][-2:]]
+
+    def shared(model, answers):
+        return score_prefix_shared(model, [prefix], [suffixes], answers, pad_id=0, per_row=2)[0]
+
+    np.testing.assert_allclose(shared(cut, columns), shared(full, tokens), atol=1e-6)
 
 
 def test_scorer_on_lora_model_matches_and_trains(tiny: Path, tokenizer, prompts) -> None:
