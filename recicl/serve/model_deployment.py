@@ -20,7 +20,7 @@ from typing import Any
 from ray import serve
 from ray.serve.metrics import Counter
 
-from recicl.modeling.threads import apply_torch_threads
+from recicl.modeling.threads import ModelThread, apply_torch_threads, threads_in_use
 from recicl.registry import resolve_version
 from recicl.serve.api.backend import ModelError, ModelJob, ModelReply
 from recicl.serve.catalog_items import behind, catch_up
@@ -55,6 +55,8 @@ class ModelServer:
         # torch threads from the CPUs Ray gave this replica (its ray_actor_options), not Ray's
         # OMP_NUM_THREADS (1 for 1.5 CPUs); model.num_threads overrides
         self.threads = apply_torch_threads("model replica", self.cfg.model.num_threads)
+        # every model call in one thread, loads in passing ones (threads.ModelThread says why)
+        self.model_thread = ModelThread(self.threads)
         self.current: ServingModel | None = None
         # the catalog items added while serving (recicl.serve.catalog_items) are read from here
         self.store = open_store(settings.store_url, max_events_per_user=sc.max_events_per_user)
@@ -101,7 +103,7 @@ class ModelServer:
         async with self._items_lock:
             if revision and model.overlay.revision >= revision:
                 return model.overlay.describe()
-            return await asyncio.to_thread(catch_up, model, self.store)
+            return await self.model_thread.run(catch_up, model, self.store)
 
     async def refresh(self, *, force: bool = False) -> dict[str, Any]:
         """Resolve the alias; load and switch to its version when it changed (or ``force``)."""
@@ -112,7 +114,7 @@ class ModelServer:
             self.last_check = time.time()
             changed = version != previous
             if changed or force:
-                loaded = await asyncio.to_thread(self._load, version)  # load first ...
+                loaded = await self.model_thread.run_apart(self._load, version)  # load first ...
                 self.current = loaded  # ... then switch: running batches keep the old object
                 self.swaps += changed
                 log.info("serving %s (alias %s; was %s)", loaded.label, self.alias, previous)
@@ -177,7 +179,7 @@ class ModelServer:
         current = self.current
         if current is not None and current.version == version:
             return current
-        return await asyncio.to_thread(self._load, version)
+        return await self.model_thread.run_apart(self._load, version)
 
     # -- requests --------------------------------------------------------------------------
 
@@ -226,7 +228,7 @@ class ModelServer:
                 await self.catch_up_items(0, model)
             except Exception as error:  # score with what it knows; the ingress checked the ids
                 log.warning("added catalog items not read: %s: %s", type(error).__name__, error)
-        return await asyncio.to_thread(run_jobs, model, jobs)
+        return await self.model_thread.run(run_jobs, model, jobs)
 
     async def info(self) -> dict[str, Any]:
         current = self.current
@@ -237,7 +239,8 @@ class ModelServer:
             "registered_model": self.name,
             "replica": str(getattr(context, "replica_id", "")),
             "device": self.device,
-            "torch_threads": self.threads,
+            # as the model thread gets it (OpenMP's count there), not the configured figure
+            "torch_threads": await self.model_thread.run(threads_in_use),
             "last_error": self.last_error,
             "last_alias_check": self.last_check,
             "swaps": self.swaps,

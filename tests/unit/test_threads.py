@@ -3,13 +3,17 @@ thread), and model.num_threads overrides them."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 
 from recicl.config import ModelConfig
-from recicl.modeling.threads import apply_torch_threads, torch_threads
+from recicl.modeling.threads import apply_torch_threads, openmp_threads, torch_threads
 
 
 @pytest.mark.parametrize(
@@ -44,3 +48,40 @@ def test_num_threads_is_validated():
     assert ModelConfig(num_threads=8).num_threads == 8
     with pytest.raises(ValueError, match="num_threads"):
         ModelConfig(num_threads=0)
+
+
+def test_the_model_thread_keeps_the_count_and_loads_leave_no_thread_behind():
+    """Under Ray's OMP_NUM_THREADS=1, a thread started after apply_torch_threads(2) works on one
+    OpenMP thread (the pitfall). ModelThread runs every call in one OS thread, on the count set
+    there, and a load in a thread that has ended by the time it returns (an OpenMP team per
+    thread that lives on is what halved the served model's speed)."""
+    if openmp_threads() is None:
+        pytest.skip("torch loaded no libgomp here: a thread's OpenMP count cannot be read")
+    code = textwrap.dedent(
+        """
+        import asyncio, json, threading, time
+        from concurrent.futures import ThreadPoolExecutor
+        from recicl.modeling.threads import (
+            ModelThread, apply_torch_threads, openmp_threads, threads_in_use,
+        )
+
+        async def main():
+            apply_torch_threads("test", 2)
+            with ThreadPoolExecutor(1) as pool:
+                plain = pool.submit(openmp_threads).result()
+            model = ModelThread(2)
+            first = await model.run(threading.get_ident)
+            again = await model.run(threading.get_ident)
+            load = await model.run_apart(threading.get_ident)
+            time.sleep(0.2)
+            alive = [t.name for t in threading.enumerate() if t.name.startswith("recicl-load")]
+            return [plain, await model.run(threads_in_use), first == again, load != first, alive]
+
+        print(json.dumps(asyncio.run(main())))
+        """
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [1, 2, True, True, []]
