@@ -99,6 +99,8 @@ class ModelThread:
     def __init__(self, threads: int) -> None:
         self.threads = threads
         self._pool = self._thread("recicl-model")
+        #: the threads torch work gets in that thread (OpenMP's count there): what to report
+        self.threads_in_use = self._pool.submit(threads_in_use).result()
 
     def _thread(self, name: str) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(

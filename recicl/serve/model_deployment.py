@@ -20,7 +20,7 @@ from typing import Any
 from ray import serve
 from ray.serve.metrics import Counter
 
-from recicl.modeling.threads import ModelThread, apply_torch_threads, threads_in_use
+from recicl.modeling.threads import ModelThread, apply_torch_threads
 from recicl.registry import resolve_version
 from recicl.serve.api.backend import ModelError, ModelJob, ModelReply
 from recicl.serve.catalog_items import behind, catch_up
@@ -239,8 +239,7 @@ class ModelServer:
             "registered_model": self.name,
             "replica": str(getattr(context, "replica_id", "")),
             "device": self.device,
-            # as the model thread gets it (OpenMP's count there), not the configured figure
-            "torch_threads": await self.model_thread.run(threads_in_use),
+            "torch_threads": self.model_thread.threads_in_use,  # as the model thread gets it
             "last_error": self.last_error,
             "last_alias_check": self.last_check,
             "swaps": self.swaps,

@@ -75,7 +75,8 @@ def test_the_model_thread_keeps_the_count_and_loads_leave_no_thread_behind():
             load = await model.run_apart(threading.get_ident)
             time.sleep(0.2)
             alive = [t.name for t in threading.enumerate() if t.name.startswith("recicl-load")]
-            return [plain, await model.run(threads_in_use), first == again, load != first, alive]
+            used = [model.threads_in_use, await model.run(threads_in_use)]
+            return [plain, *used, first == again, load != first, alive]
 
         print(json.dumps(asyncio.run(main())))
         """
@@ -84,4 +85,4 @@ def test_the_model_thread_keeps_the_count_and_loads_leave_no_thread_behind():
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == [1, 2, True, True, []]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [1, 2, 2, True, True, []]
