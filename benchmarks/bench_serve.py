@@ -195,7 +195,7 @@ def launch_app(root: Path, candidates_per_row: int | None = None):
     from recicl.config import PromptConfig, build_config
     from recicl.modeling import init_tiny_model
     from recicl.modeling.packaged import package_full_model
-    from recicl.registry import register_model_folder
+    from recicl.registry import default_tracking_uri, register_model_folder
     from recicl.serve.app import start_app
 
     samples = root / "samples"
@@ -206,6 +206,8 @@ def launch_app(root: Path, candidates_per_row: int | None = None):
     cfg = build_config(
         {
             "workdir": str(root / "work"),
+            # its own store even where $MLFLOW_TRACKING_URI names a real one
+            "mlflow": {"tracking_uri": default_tracking_uri(root / "work")},
             "ray": {"num_cpus": 4},
             "serve": {
                 "max_candidates": 200,

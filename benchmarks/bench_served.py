@@ -40,7 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.*` importable
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_serve import _free_port, _percentile  # noqa: E402  (after the path fix)
+from benchmarks.bench_serve import (  # noqa: E402  (after the path fix)
+    _best_time,
+    _free_port,
+    _percentile,
+)
 from recicl.serve.serving_model import run_jobs  # noqa: E402
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -111,7 +115,7 @@ def register(root: Path, model_dir: str, config: str, dtype: str, pool: int):
     the champion (full weights, the recipe's prompt, the MovieLens catalog)."""
     from recicl.config import load_config, with_overrides
     from recicl.modeling.packaged import package_full_model
-    from recicl.registry import register_model_folder
+    from recicl.registry import default_tracking_uri, register_model_folder
 
     samples = root / "samples"
     movielens_catalog(samples)
@@ -119,7 +123,8 @@ def register(root: Path, model_dir: str, config: str, dtype: str, pool: int):
         load_config(config),
         {
             "workdir": str(root / "work"),
-            "mlflow.tracking_uri": None,
+            # its own store even where $MLFLOW_TRACKING_URI names a real one
+            "mlflow.tracking_uri": default_tracking_uri(root / "work"),
             "model.name_or_path": model_dir,
             "model.dtype": dtype,
             "ray.num_cpus": 2,
@@ -256,7 +261,7 @@ def _batch_scoring(model, job, items: list[str], batch_size: int, repeats: int =
         with torch.inference_mode():
             model.scorer.model(input_ids=ids, use_cache=False, logits_to_keep=last_position(ids))
 
-    best = {name: _best(fn, repeats) for name, fn in (("scored", scored), ("forward", forward))}
+    best = {"scored": _warm_best(scored, repeats), "forward": _warm_best(forward, repeats)}
     print(
         f"batch scoring: {len(prompts)} prompts of {tokens / len(prompts):.0f} tokens: "
         f"{tokens / best['scored']:,.0f} tokens/s ({len(prompts) / best['scored']:.2f} prompts/s); "
@@ -265,14 +270,9 @@ def _batch_scoring(model, job, items: list[str], batch_size: int, repeats: int =
     )
 
 
-def _best(fn, repeats: int) -> float:
+def _warm_best(fn, repeats: int) -> float:
     fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
+    return _best_time(fn, repeats)
 
 
 def _forward_time(model, tokens: list[int], repeats: int) -> float:
@@ -287,7 +287,7 @@ def _forward_time(model, tokens: list[int], repeats: int) -> float:
         with torch.inference_mode():
             model(input_ids=ids, use_cache=False, logits_to_keep=last_position(ids))
 
-    return _best(forward, repeats)
+    return _warm_best(forward, repeats)
 
 
 def over_http(cfg, cases: list[Case], repeats: int, expected: dict[Case, dict]) -> dict[Case, list]:

@@ -14,6 +14,7 @@ import pytest
 
 from recicl.config import TrainConfig, build_config
 from recicl.data.schema import CATALOG
+from recicl.modeling.loading import ANSWER_COLUMNS
 from recicl.prompts.instructions import (
     TEMPLATES,
     InstructionFileError,
@@ -109,7 +110,10 @@ def test_training_rows_are_the_prompts_evaluation_scores(
     scorer = ScoreInstructions(str(tiny), template, batch_size=4, threads=1)
     scorer(batch)
     assert seen["ids"] == trained_ids
-    assert seen["answer_tokens"] == trained_answers == scorer.answer_tokens
+    # the scorer's model computes only the answer rows (PackagedModel.answer_columns): cut to
+    # exactly the tokens training supervises, read as columns [no, yes]
+    assert seen["answer_tokens"] == scorer.answer_tokens == ANSWER_COLUMNS
+    assert scorer.packaged.model.get_output_embeddings().answer_tokens == trained_answers
     assert trained_answers == instruction_answer_tokens(tokenizer, template)
     records = json.loads(path.read_text())
     for record, ids in zip(records, trained_ids, strict=True):
