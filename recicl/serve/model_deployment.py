@@ -30,6 +30,14 @@ from recicl.serve.store import open_store
 
 log = logging.getLogger("recicl.serve")
 
+#: How long a replica that serves nothing yet waits for its first alias lookup. Serve routes no
+#: request to a replica until :meth:`ModelServer.reconfigure` returns, so a slow lookup here costs
+#: no request; returning early would take traffic and answer each request 503 until a poll
+#: succeeds (a scale-up under load on a busy machine did: a fresh process's first MLflow call
+#: builds its SQL engine, seconds past ``serve.registry_timeout_seconds``). Bounded all the same:
+#: a hung registry must not keep a replica starting for ever.
+START_LOOKUP_TIMEOUT_SECONDS = 120.0
+
 
 class ModelServer:
     """Holds the alias's version (hot-swapped) + explicit versions; scores batched requests.
@@ -105,12 +113,16 @@ class ModelServer:
                 return model.overlay.describe()
             return await self.model_thread.run(catch_up, model, self.store)
 
-    async def refresh(self, *, force: bool = False) -> dict[str, Any]:
-        """Resolve the alias; load and switch to its version when it changed (or ``force``)."""
+    async def refresh(
+        self, *, force: bool = False, lookup_timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Resolve the alias (waiting ``lookup_timeout``, by default
+        ``serve.registry_timeout_seconds``); load and switch to its version when it changed (or
+        ``force``)."""
 
         async with self._reload_lock:
             previous = self.current.version if self.current else None
-            version = await self._resolve_alias()
+            version = await self._resolve_alias(lookup_timeout or self.registry_timeout)
             self.last_check = time.time()
             changed = version != previous
             if changed or force:
@@ -121,13 +133,13 @@ class ModelServer:
             self.last_error = None
             return {"model_version": version, "previous_version": previous, "changed": changed}
 
-    async def _resolve_alias(self) -> str:
-        """The alias's version from MLflow, waited for at most ``serve.registry_timeout_seconds``
-        (then TimeoutError: the poll keeps serving the old version). A hung MLflow would
-        otherwise hold the reload lock, and with it every later poll and ``/admin/reload``,
-        for as long as its connection hangs. The lookup thread cannot be cancelled, so at most
-        one is in flight: a poll while it hangs waits on the same one instead of starting
-        another (no pile of blocked threads)."""
+    async def _resolve_alias(self, timeout: float) -> str:
+        """The alias's version from MLflow, waited for at most ``timeout`` (then TimeoutError:
+        the poll keeps serving the old version). A hung MLflow would otherwise hold the reload
+        lock, and with it every later poll and ``/admin/reload``, for as long as its connection
+        hangs. The lookup thread cannot be cancelled, so at most one is in flight: a poll while
+        it hangs waits on the same one instead of starting another (no pile of blocked
+        threads)."""
         alias = self.alias
         if self._lookup is None or self._lookup[0] != alias or self._lookup[1].done():
             thread = asyncio.to_thread(resolve_version, self.tracking_uri, self.name, alias)
@@ -137,7 +149,7 @@ class ModelServer:
             task.add_done_callback(lambda done: done.cancelled() or done.exception())
             self._lookup = (alias, task)
         lookup = self._lookup[1]
-        return await asyncio.wait_for(asyncio.shield(lookup), timeout=self.registry_timeout)
+        return await asyncio.wait_for(asyncio.shield(lookup), timeout=timeout)
 
     async def _poll(self) -> None:
         while True:
@@ -166,8 +178,10 @@ class ModelServer:
         self._reload_token = token
         if alias != self.alias or force or self.current is None:
             self.alias = alias
+            starting = self._poller is None and self.current is None  # no traffic until we return
+            timeout = max(START_LOOKUP_TIMEOUT_SECONDS, self.registry_timeout) if starting else None
             try:
-                await self.refresh(force=force)
+                await self.refresh(force=force, lookup_timeout=timeout)
             except Exception as error:  # serve anyway (503 until a version exists), keep polling
                 self.last_error = f"{type(error).__name__}: {error}"
                 log.warning("no version loaded on (re)configure: %s", self.last_error)

@@ -326,14 +326,23 @@ def _check_split(replay: Replay, unit_hash: Any) -> list[int]:
     assert any(arm["arm"] == "candidate" for arm in body["arms"]), body
     arms: dict[str, str] = {}
     changed: list[str] = []  # later requests refused or answered by another arm
+    failed: list[str] = []  # a client's first pass stopped: why
     lock, scaled = threading.Lock(), threading.Event()
     deadline = time.monotonic() + SCALE_TIMEOUT_S
 
     def ask(users: list[str]) -> None:
+        try:
+            keep_asking(users)
+        except Exception as error:  # a thread's error is otherwise lost (printed at best)
+            with lock:
+                failed.append(f"{type(error).__name__}: {error}")
+
+    def keep_asking(users: list[str]) -> None:
         with httpx.Client(base_url=replay.http.base_url, timeout=60) as http:
             for user in users:
                 reply = http.post("/v1/score", json={"user_id": user, "candidates": item})
-                assert reply.status_code == 200, reply.text
+                if reply.status_code != 200:
+                    raise AssertionError(f"{user}: {reply.status_code} {reply.text[:300]}")
                 with lock:
                     arms[user] = reply.json()["arm"]
             for user in itertools.cycle(users):  # the load goes on until the scale-up
@@ -359,6 +368,7 @@ def _check_split(replay: Replay, unit_hash: Any) -> list[int]:
         time.sleep(0.5)
     for worker in workers:
         worker.join()
+    assert not failed, failed
     assert len(arms) == SPLIT_USERS
     assert not changed, changed[:5]
     salt = replay.world.cfg.serve.traffic.salt

@@ -537,3 +537,54 @@ def test_a_replicas_alias_poll_is_bounded_and_keeps_one_lookup_in_flight(
     assert all(0.25 <= wait < 1.0 for wait in got["waits"]), got["waits"]
     assert calls == ["champion"]  # the second poll joined the hung lookup
     assert got["answered"]["model_version"] == "7" and loaded == ["7"]
+
+
+def test_a_starting_replica_waits_for_a_slow_registry_instead_of_answering_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scale-up on a busy machine (CI) answered a request 503 model_unavailable: the new
+    replica's first alias lookup (a fresh process's first MLflow call) took longer than
+    serve.registry_timeout_seconds, so it started with nothing loaded and Serve sent it traffic.
+    Serve routes nothing to a replica until its first reconfigure returns, so that lookup may
+    take longer (START_LOOKUP_TIMEOUT_SECONDS); later polls stay bounded by the setting."""
+    from recicl.config import build_config
+    from recicl.serve import model_deployment
+    from recicl.serve.settings import resolve_settings
+
+    slow_s, timeout_s = 1.0, 0.2
+
+    def slow_lookup(uri: str, name: str, alias: str) -> str:
+        time.sleep(slow_s)
+        return "7"
+
+    monkeypatch.setattr(model_deployment, "resolve_version", slow_lookup)
+    cfg = build_config(
+        {
+            "workdir": str(tmp_path),
+            "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+            "serve": {"registry_timeout_seconds": timeout_s},
+        }
+    )
+    replica = model_deployment.ModelServer(resolve_settings(cfg))
+    monkeypatch.setattr(
+        replica, "_load", lambda version: types.SimpleNamespace(version=version, label=version)
+    )
+
+    async def scenario() -> tuple[Any, type[BaseException] | None]:
+        await replica.reconfigure({"alias_poll_seconds": 3600})  # how Serve starts a replica
+        started_with = replica.current
+        try:
+            await replica.refresh()  # a poll: bounded by registry_timeout_seconds
+            polled = None
+        except asyncio.TimeoutError as error:
+            polled = type(error)
+        replica._poller.cancel()
+        return started_with, polled
+
+    try:
+        started_with, polled = asyncio.run(scenario())
+    finally:
+        replica.store.close()
+    assert started_with is not None and started_with.version == "7", replica.last_error
+    assert replica.last_error is None
+    assert polled is asyncio.TimeoutError  # the poll did not wait the slow lookup out
