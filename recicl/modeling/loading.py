@@ -143,10 +143,12 @@ def _float32_head(model: Any) -> None:
     Why: P(Yes) is a softmax over the difference of two logits. In bfloat16 a logit carries 8
     significant bits, so the scores of a bf16 model fall on a coarse grid (Gemma 3 270M served
     0.3486, 0.3775, 0.4073 and nothing in between: candidates tie and rankings break ties by
-    catalog order). The decoder keeps its 16-bit weights (that is where the time goes); only the
-    head's weight gets a float32 copy (untied from the input embeddings, which stay 16-bit) and
-    its input is upcast. The head runs on the answer positions only, so the cost is the copy's
-    memory (Gemma 3 270M: 0.7 GB), not time.
+    catalog order). The decoder keeps its 16-bit weights (that is where the time goes); the head
+    upcasts its input, and its weight through a float32 copy made on the *first forward call*,
+    not here. Every scorer cuts the head to the two answer rows before it scores
+    (:func:`cut_head_to_answers`), and the embedding encoder runs only the decoder, so for them
+    the full copy (Gemma 3 270M: 0.7 GB, the whole vocabulary) is never made: a copy made here
+    raised every load's peak memory by that much, to be dropped a moment later.
     """
     import torch
     from torch import nn
@@ -158,15 +160,21 @@ def _float32_head(model: Any) -> None:
         return
 
     class _Float32Head(nn.Linear):
+        _weight32: torch.Tensor | None = None  # the float32 copy, made on first use
+
         def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-            return super().forward(hidden.float())
+            weight = self._weight32
+            if weight is None or weight.device != self.weight.device:
+                weight = self._weight32 = self.weight.detach().float()
+            bias = None if self.bias is None else self.bias.detach().float()
+            return nn.functional.linear(hidden.float(), weight, bias)
 
     upcast = _Float32Head(
         head.in_features, head.out_features, bias=head.bias is not None, device="meta"
     )
-    upcast.weight = nn.Parameter(head.weight.detach().float(), requires_grad=False)
+    upcast.weight = head.weight  # the 16-bit weight itself (tied to the input embeddings)
     if head.bias is not None:
-        upcast.bias = nn.Parameter(head.bias.detach().float(), requires_grad=False)
+        upcast.bias = head.bias
     model.set_output_embeddings(upcast)
 
 

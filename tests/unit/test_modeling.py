@@ -293,6 +293,22 @@ def test_a_head_cut_to_the_answers_scores_the_same(tiny: Path, tokenizer, prompt
     np.testing.assert_allclose(shared(cut, columns), shared(full, tokens), atol=1e-6)
 
 
+def test_a_16_bit_scoring_head_copies_to_float32_only_when_it_runs(tiny: Path) -> None:
+    """The float32 copy of a bfloat16 LM head (the whole vocabulary: 0.7 GB for Gemma 3 270M)
+    is made on the head's first forward call: a scorer cuts the head to two rows before it runs,
+    so loading for scoring never holds the copy. Run uncut, the head computes in float32."""
+    cfg = ModelConfig(name_or_path=str(tiny), dtype="bfloat16")
+    model = load_model(cfg, for_training=False)
+    head = model.get_output_embeddings()
+    assert head.weight.dtype == torch.bfloat16 and head._weight32 is None  # nothing copied yet
+    hidden = torch.randn(2, 3, head.in_features, dtype=torch.bfloat16)
+    with torch.no_grad():
+        logits = head(hidden)
+    assert logits.dtype == torch.float32 and head._weight32 is not None
+    expected = hidden.float() @ head.weight.detach().float().T
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_scorer_on_lora_model_matches_and_trains(tiny: Path, tokenizer, prompts) -> None:
     model = load_model(ModelConfig(name_or_path=str(tiny)), for_training=True)
     with torch.no_grad():  # non-zero B so that the adapter changes the output
