@@ -120,7 +120,24 @@ class IngressBackend:
         access = AccessGuard(
             self.sc.access, self.settings.write_token, counter_storage_uri(self.settings.store_url)
         )
-        return create_api(self, self.cfg, admin_token=self.settings.admin_token, access=access)
+        return create_api(
+            self,
+            self.cfg,
+            admin_token=self.settings.admin_token,
+            access=access,
+            on_start=self.prime_registry,
+        )
+
+    async def prime_registry(self) -> None:
+        """Before this replica takes traffic: read the traffic tag, waiting longer than a
+        request would (:meth:`RegistryCache.prime`). Without it, a replica started by a scale-up
+        on a busy machine timed its first read out and routed a live split's users by
+        ``serve.traffic`` until the next read: other arms than its peers gave them."""
+        known = await self._registry.prime(
+            self._traffic_key, self._read_traffic_tag, none_ttl_s=self._poll
+        )
+        if not known:
+            log.warning("traffic tag not read at start; routing by serve.traffic until it is")
 
     # -- ApiBackend ------------------------------------------------------------------------
 

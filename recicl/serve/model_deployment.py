@@ -24,19 +24,12 @@ from recicl.modeling.threads import ModelThread, apply_torch_threads
 from recicl.registry import resolve_version
 from recicl.serve.api.backend import ModelError, ModelJob, ModelReply
 from recicl.serve.catalog_items import behind, catch_up
+from recicl.serve.registry_cache import START_LOOKUP_TIMEOUT_SECONDS
 from recicl.serve.serving_model import ServingModel, load_serving_model, run_jobs
 from recicl.serve.settings import MAX_EXPLICIT_VERSIONS, MODEL_DEPLOYMENT, ServeSettings
 from recicl.serve.store import open_store
 
 log = logging.getLogger("recicl.serve")
-
-#: How long a replica that serves nothing yet waits for its first alias lookup. Serve routes no
-#: request to a replica until :meth:`ModelServer.reconfigure` returns, so a slow lookup here costs
-#: no request; returning early would take traffic and answer each request 503 until a poll
-#: succeeds (a scale-up under load on a busy machine did: a fresh process's first MLflow call
-#: builds its SQL engine, seconds past ``serve.registry_timeout_seconds``). Bounded all the same:
-#: a hung registry must not keep a replica starting for ever.
-START_LOOKUP_TIMEOUT_SECONDS = 120.0
 
 
 class ModelServer:

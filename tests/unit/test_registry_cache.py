@@ -588,3 +588,48 @@ def test_a_starting_replica_waits_for_a_slow_registry_instead_of_answering_503(
     assert started_with is not None and started_with.version == "7", replica.last_error
     assert replica.last_error is None
     assert polled is asyncio.TimeoutError  # the poll did not wait the slow lookup out
+
+
+def test_an_ingress_reads_the_traffic_tag_before_it_takes_traffic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ingress started on a busy machine timed its first traffic-tag read out and routed by
+    serve.traffic (no split) until the next read. Its app's lifespan startup, which Serve runs
+    before the replica takes traffic, now waits for that read (RegistryCache.prime); requests
+    stay bounded by serve.registry_timeout_seconds."""
+    from recicl.config import TrafficConfig, build_config
+    from recicl.serve import ingress
+    from recicl.serve.settings import resolve_settings
+    from recicl.serve.traffic import encode_override
+
+    split = TrafficConfig.model_validate({"split": {"version": 2, "share": 0.3}})
+    reads: list[str] = []
+
+    def slow_tag(uri: str, name: str, tag: str) -> str:
+        reads.append(tag)
+        time.sleep(1.0)
+        return encode_override(split, 0)
+
+    monkeypatch.setattr(ingress, "read_model_tag", slow_tag)
+    cfg = build_config(
+        {
+            "workdir": str(tmp_path),
+            "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+            "serve": {"registry_timeout_seconds": 0.2},
+        }
+    )
+
+    async def first_request(started: bool) -> TrafficConfig | None:
+        backend = ingress.IngressBackend(None, resolve_settings(cfg))
+        app = backend.__serve_build_asgi_app__()
+        try:
+            if not started:  # what a request met before: the first read, bounded
+                return await backend.traffic_override()
+            async with app.router.lifespan_context(app):  # as Serve starts the replica
+                return await backend.traffic_override()
+        finally:
+            backend.store.close()
+
+    assert asyncio.run(first_request(started=False)) is None  # timed out: serve.traffic
+    assert asyncio.run(first_request(started=True)) == split
+    assert len(reads) == 2  # one read each: the request joined the start's answer

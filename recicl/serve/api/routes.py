@@ -14,8 +14,9 @@ one event *or* a list, and one parser for every route keeps the JSON errors iden
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
@@ -49,14 +50,23 @@ def create_api(
     admin_token: str | None,
     clock: Callable[[], float] = time.time,
     access: AccessGuard | None = None,
+    on_start: Callable[[], Awaitable[None]] | None = None,
 ) -> FastAPI:
     """The FastAPI app of one ingress: routes validate, ``backend`` does the rest.
 
     ``clock`` (unix seconds) stamps events without a timestamp and served scores, and ends the
     windows of the feedback log; tests pass their own to step through those windows.
     ``access``: ``serve.access`` with the resolved write token and shared counters (default:
-    the config's token, counters in memory)."""
+    the config's token, counters in memory). ``on_start``: awaited in the app's lifespan
+    startup, which Serve runs before the replica takes traffic."""
     ctx = RouteContext(backend, cfg, admin_token, clock, access)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if on_start is not None:
+            await on_start()
+        yield
+
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorResponse, "description": text}
         for code, text in {
@@ -80,6 +90,7 @@ def create_api(
         "Errors are JSON {error, detail} naming the field.",
         responses=errors,
         dependencies=[Depends(ctx.access.limit_client)],  # every route but /healthz
+        lifespan=lifespan,
     )
     app.state.route_context = ctx  # e.g. tests wait for its shadow scorings (ctx.traffic.drain)
     app.add_middleware(BodyGuard, max_bytes=ctx.sc.max_body_bytes)
