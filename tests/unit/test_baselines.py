@@ -181,6 +181,44 @@ def test_evaluated_rows_read_the_counts_frozen_over_all_training_rows():
         assert got[k, 5] == pytest.approx(np.log1p(len(item)))
 
 
+def test_a_saved_logistic_model_scores_as_fitted_and_from_a_servers_context(tmp_path):
+    """What a version would carry to serve a blend: the logistic model saved (JSON weights with
+    the scaler folded in, Parquet counts) scores every row as the fitted pipeline does, and
+    from a server's inputs (user, items, demonstration labels) as from the sample rows; users
+    and items unseen in training read zero counts there too."""
+    train = samples(random_rows(80, seed=2))
+    evaluated = samples(random_rows(40, seed=3, users=9, items=11, period=1, start=100))
+    fitted = B.fit_baseline("logistic", train, catalog(11), seed=0)
+    loaded = B.SignalModel.load(fitted.save(tmp_path / "signal"))
+    want = fitted.score(evaluated, catalog(11))
+    np.testing.assert_allclose(loaded.score(evaluated, catalog(11)), want, rtol=1e-10)
+    assert len(np.unique(np.round(want, 9))) > 5  # the rows differ: a constant would pass too
+    for k, row in enumerate(evaluated.to_pylist()):
+        labels = [d["label"] for d in row["demos"]]
+        for model in (fitted, loaded):
+            got = model.score_context(row["user_id"], [row["item_id"]], labels)
+            assert got[0] == pytest.approx(want[k], rel=1e-10), row
+    assert {"u6", "u7", "u8", "i8", "i9", "i10"} & {
+        *(r["user_id"] for r in evaluated.to_pylist()),
+        *(r["item_id"] for r in evaluated.to_pylist()),
+    }  # unseen users or items were asked about
+    assert loaded.score_context("u0", [], [1]).shape == (0,)
+
+
+def test_only_a_readable_logistic_model_is_saved_or_loaded(tmp_path):
+    train = samples(random_rows(80, seed=2))
+    trees = B.fit_baseline("boosted-trees", train, catalog(8), seed=0)
+    with pytest.raises(B.SignalModelError, match="only the logistic"):
+        trees.save(tmp_path / "trees")
+    with pytest.raises(B.SignalModelError, match=r"no readable signal_model\.json"):
+        B.SignalModel.load(tmp_path / "missing")
+    folder = B.fit_baseline("logistic", train, catalog(8), seed=0).save(tmp_path / "lr")
+    meta = (folder / "signal_model.json").read_text().replace('"demo": 1.0', '"demo": 3.0')
+    (folder / "signal_model.json").write_text(meta)
+    with pytest.raises(B.SignalModelError, match="other features or smoothing"):
+        B.SignalModel.load(folder)
+
+
 def test_a_training_rows_features_never_see_its_own_time_or_later():
     table = samples(random_rows(80, seed=4))
     cut = 10

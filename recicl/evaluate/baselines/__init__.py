@@ -75,6 +75,7 @@ from recicl.evaluate.baselines.neural import (
 )
 from recicl.evaluate.baselines.signals import (
     SignalModel,
+    SignalModelError,
     _fit_signal_model,
     signal_features,
     training_signal_features,
@@ -100,6 +101,7 @@ __all__ = [
     "SequenceModel",
     "SequenceSettings",
     "SignalModel",
+    "SignalModelError",
     "encode",
     "fit_baseline",
     "fit_mf",
