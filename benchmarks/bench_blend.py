@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recicl.evaluate.metrics import metrics_by_period
+from recicl.modeling.signals import blend_scores
 
 
 def find_scores(folder: Path, row: str) -> Path:
@@ -37,11 +38,6 @@ def find_scores(folder: Path, row: str) -> Path:
         where = ", ".join(str(p) for p in found) or "none"
         sys.exit(f"--rows {row}: expected one scores/{row}.parquet under {folder}, found {where}")
     return found[0]
-
-
-def logit(scores: np.ndarray) -> np.ndarray:
-    clipped = np.clip(scores.astype(np.float64), 1e-6, 1 - 1e-6)
-    return np.log(clipped / (1 - clipped))
 
 
 def blend_report(first: pa.Table, second: pa.Table) -> dict[str, dict[str, Any]]:
@@ -57,7 +53,7 @@ def blend_report(first: pa.Table, second: pa.Table) -> dict[str, dict[str, Any]]
     users = first["user_id"].to_numpy(zero_copy_only=False)
     labels = first["label"].to_numpy()
     a, b = first["score"].to_numpy(), second["score"].to_numpy()
-    blended = 1 / (1 + np.exp(-(logit(a) + logit(b)) / 2))
+    blended = blend_scores(a, b)
     return {
         name: metrics_by_period(periods, users, labels, scores)
         for name, scores in (("first", a), ("second", b), ("blend", blended))

@@ -316,6 +316,15 @@ class TrainConfig(StrictModel):
         "state and learning-rate schedule start fresh, warm-up included: a version carries "
         "weights only, and the new periods are a new optimisation problem. null = from the base.",
     )
+    blend: Literal["none", "logistic"] = Field(
+        "none",
+        description="logistic: also fit a logistic regression on leak-free count signals of "
+        "the training samples (the demonstrations' like rate, the user's and the item's "
+        "like rate and count, frozen at the end of training) and ship it with the version; "
+        "evaluation and serving then score the mean of its logit and the LLM's. It adds what "
+        "the LLM reads poorly (how well liked an item is): docs/quality.md measures the blend. "
+        "Needs a samples folder (not `instructions`). none = the LLM's score alone.",
+    )
     seed: int = Field(0, description="Seed for the LoRA init and the data order.")
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in backward (less memory, ~30% slower)."
@@ -371,6 +380,15 @@ class TrainConfig(StrictModel):
                 "train.instructions trains on an instruction file, which has no in-context "
                 "samples to perturb or stage: drop train.perturb/train.stages, or train on a "
                 "samples folder"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _blend_needs_samples(self) -> TrainConfig:
+        if self.blend != "none" and self.instructions:
+            raise ValueError(
+                f"blend {self.blend!r} is fitted on a samples folder's count signals, and "
+                "instructions is set: train on samples, or set blend: none"
             )
         return self
 

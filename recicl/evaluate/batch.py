@@ -142,6 +142,14 @@ class ScoreBatches:
             self.batch_size,
             answer_tokens=self.answer_tokens,
         )
+        if self.packaged.blend is not None:  # train.blend: as serving scores the version
+            from recicl.modeling.signals import blend_with, demo_labels
+
+            demos = batch["demos"] if "demos" in batch else [None] * len(scores)
+            labels = [demo_labels(d) for d in demos]
+            scores = blend_with(
+                self.packaged.blend, scores, batch["user_id"], batch["item_id"], labels
+            )
         return {
             "sample_id": np.asarray(batch["sample_id"]),
             "user_id": np.asarray(batch["user_id"]),

@@ -42,6 +42,8 @@ from recicl.prompts import AnswerTokens, answer_token_ids
 
 MODEL_MANIFEST = "recicl_model.json"
 ADAPTER_DIR, TOKENIZER_DIR, BASE_DIR = "adapter", "tokenizer", "base"
+#: The signal model a version blends its LLM score with (``train.blend``; absent: none).
+BLEND_DIR = "blend"
 CONFIG_FILE, TEMPLATE_FILE = "config.yaml", "template.json"
 FORMAT_VERSION = 1
 
@@ -175,6 +177,9 @@ class PackagedModel:
     label: str  # human-readable identity: "recicl/3", or the folder name
     #: the frozen item statistics the version was tuned with (prompt.item_stats), else None
     item_stats: Any = None
+    #: the signal model its scores are blended with (``train.blend``: a
+    #: :class:`~recicl.modeling.signals.SignalModel`), else None
+    blend: Any = None
 
     def prompt_item_stats(self, samples_root: str | Path | None) -> Any:
         """The item statistics its prompts show: the version's own frozen table, else (a base
@@ -258,7 +263,17 @@ def load_packaged_model(
         manifest=manifest,
         label=label or model_dir.name,
         item_stats=read_item_stats(stats_path) if stats_path.is_file() else None,
+        blend=_read_blend(model_dir),
     )
+
+
+def _read_blend(model_dir: Path) -> Any:
+    """The version's signal model (``train.blend``), or None."""
+    if not (model_dir / BLEND_DIR).is_dir():
+        return None
+    from recicl.modeling.signals import SignalModel
+
+    return SignalModel.load(model_dir / BLEND_DIR)
 
 
 def resolve_base_model(

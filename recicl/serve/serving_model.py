@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from recicl.config import ReciclConfig
@@ -34,6 +35,7 @@ from recicl.modeling.packaged import (
     read_version_manifest,
     require_samples_prompts,
 )
+from recicl.modeling.signals import SignalModel, blend_with, demo_labels
 from recicl.prompts import PromptBuilder, PromptError
 from recicl.registry import load_version
 from recicl.serve.api.backend import ModelError, ModelJob, ModelReply
@@ -105,6 +107,9 @@ class ServingModel:
     #: Items added while serving (:mod:`recicl.serve.catalog_items`); None: built without the
     #: trained catalog at hand (tests, benchmarks), so it takes none.
     overlay: CatalogOverlay | None = None
+    #: the signal model its scores are blended with (``train.blend``; evaluation blends the
+    #: same way: :func:`recicl.modeling.signals.blend_with`), else None
+    blend: SignalModel | None = None
     #: Held while a batch is scored and while added items are swapped in, so that no batch sees
     #: the catalog, the prompt builder and the vectors of two different revisions.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -120,6 +125,7 @@ class ServingModel:
             "prompt_format": self.prompt_format,
             "demo_policy": self.selection.demo_policy,
             "history_policy": self.selection.history_policy,
+            "blend": "logistic" if self.blend is not None else None,  # train.blend
             "rating_range": list(self.rating_range) if self.rating_range else None,
             "loaded_at": self.loaded_at,
             "added_items": self.overlay.describe() if self.overlay else None,
@@ -213,6 +219,7 @@ def load_serving_model(
         rating_range=trained_rating_range(samples_manifest, cfg),
         selection=selection,
         overlay=CatalogOverlay(catalog, list(order), make_builder, cfg),
+        blend=packaged.blend,
     )
 
 
@@ -300,8 +307,8 @@ def _run_jobs(model: ServingModel, jobs: Sequence[ModelJob]) -> list[ModelReply 
 
     results: list[ModelReply | ModelError | None] = [None] * len(jobs)
     # (job index, the job's candidates, one ScoreJob per distinct context, each candidate's
-    # (ScoreJob, position) in it)
-    work: list[tuple[int, list[str], list[ScoreJob], list[tuple[int, int]]]] = []
+    # (ScoreJob, position) in it, the labels of each candidate's demonstrations: train.blend)
+    work: list[tuple[int, list[str], list[ScoreJob], list[tuple[int, int]], list[list[int]]]] = []
     for i, job in enumerate(jobs):
         if job.candidates is None:
             candidates = fill_pool(model, job)
@@ -325,19 +332,21 @@ def _run_jobs(model: ServingModel, jobs: Sequence[ModelJob]) -> list[ModelReply 
             job.events, candidates, model.num_demos, model.history_len, model.selection
         )
         prompts, where = group_by_context(candidates, contexts)
-        work.append((i, candidates, prompts, where))
+        work.append((i, candidates, prompts, where, [demo_labels(demos) for _, demos in contexts]))
     if work:
         try:
-            scores = model.scorer.score([prompt for _, _, prompts, _ in work for prompt in prompts])
+            scores = model.scorer.score([p for _, _, prompts, *_ in work for p in prompts])
         except PromptError as error:
             for i, *_ in work:
                 results[i] = ModelError(500, "prompt_error", str(error))
         else:
             at = 0
-            for i, candidates, prompts, where in work:
+            for i, candidates, prompts, where, labels in work:
                 mine, at = scores[at : at + len(prompts)], at + len(prompts)
                 values = [mine[group][slot] for group, slot in where]
-                results[i] = _reply(model, candidates, values, len(jobs[i].events))
+                user = [jobs[i].user_id] * len(candidates)
+                blended = blend_with(model.blend, np.asarray(values), user, candidates, labels)
+                results[i] = _reply(model, candidates, blended, len(jobs[i].events))
     return [r for r in results if r is not None]
 
 

@@ -30,6 +30,7 @@ from recicl.errors import ReciclError
 from recicl.modeling import load_tokenizer
 from recicl.modeling import packaged as version
 from recicl.modeling.importing import ensure_base_model
+from recicl.modeling.signals import SignalModel, fit_signal_model
 from recicl.prompts import template_for
 from recicl.prompts.instructions import describe_template
 from recicl.train.contract import (
@@ -202,6 +203,7 @@ def _build_model_dir(
     manifest_hash: str,
     samples_content_id: str,
     item_stats: Path | None = None,
+    blend: SignalModel | None = None,
 ) -> Path:
     """Assemble the folder that becomes the registered version (layout and manifest:
     :mod:`recicl.modeling.packaged`) from the final checkpoint."""
@@ -228,6 +230,8 @@ def _build_model_dir(
     if item_stats is not None:  # the version carries the statistics it was tuned with
         shutil.copyfile(item_stats, output / version.ITEM_STATS_FILE)
         stats_until = item_stats_meta(read_item_stats(item_stats)).get("until_period")
+    if blend is not None:  # loaded with the version: evaluation and serving blend with it
+        blend.save(output / version.BLEND_DIR)
     instructions = cfg.train.instructions  # tuned on instruction files, not samples
     version.VersionManifest(
         base_model=cfg.model.name_or_path,
@@ -262,6 +266,30 @@ def _build_model_dir(
         else dataclasses.asdict(template_for(cfg.prompt)),
     )
     return output
+
+
+def fit_blend(cfg: ReciclConfig, data: TrainingData) -> SignalModel | None:
+    """``train.blend``'s signal model, fitted on every sample of the training periods (the
+    version's frozen knowledge: what the LLM was tuned on, before any evaluated period)."""
+    if cfg.train.blend == "none" or data.samples is None:
+        return None
+    periods = data.periods["train_periods"]
+    rows = data.samples.read_table(periods)
+    labels = set(rows["label"].unique().to_pylist()) if rows.num_rows else set()
+    if len(labels) < 2:
+        raise ConfigError(
+            f"train.blend {cfg.train.blend!r}: the training periods {periods} hold "
+            f"{rows.num_rows} samples with labels {sorted(labels)}; a classifier needs likes "
+            "and dislikes (choose other train.train_periods, or set train.blend: none)"
+        )
+    started = time.perf_counter()
+    model = fit_signal_model(cfg.train.blend, rows, seed=cfg.train.seed)
+    print(
+        f"[recicl] blend: {cfg.train.blend} on {rows.num_rows} training samples "
+        f"({time.perf_counter() - started:.1f}s)",
+        flush=True,
+    )
+    return model
 
 
 @dataclass
@@ -349,6 +377,7 @@ def train(cfg: ReciclConfig, *, workspace: registry.Workspace | None = None) -> 
     tc = cfg.train
     assert tc.run_name and tc.storage_path
     data = TrainingData.of(cfg)  # samples or instruction files, checked before Ray starts
+    blend = fit_blend(cfg, data)  # seconds; before the tuning, so bad data stops the run early
     periods = data.periods
     ensure_ray(cfg.ray)
     steps = plan_steps(cfg, *data.count_rows(tc))
@@ -398,6 +427,7 @@ def train(cfg: ReciclConfig, *, workspace: registry.Workspace | None = None) -> 
             manifest_hash=data.manifest_hash,
             samples_content_id=data.content_id,
             item_stats=data.item_stats,
+            blend=blend,
         )
     if run_id and cfg.mlflow.tracking_uri:
         mlc = registry.client(cfg.mlflow.tracking_uri)
@@ -486,6 +516,7 @@ def _package_and_register(
     manifest_hash: str,
     samples_content_id: str,
     item_stats: Path | None,
+    blend: SignalModel | None = None,
 ) -> tuple[Path, str | None]:
     """The model folder built from the final checkpoint, and the registry version it became
     (None without an MLflow run)."""
@@ -504,6 +535,7 @@ def _package_and_register(
         manifest_hash=manifest_hash,
         samples_content_id=samples_content_id,
         item_stats=item_stats,
+        blend=blend,
     )
     if not (run_id and cfg.mlflow.tracking_uri):
         return model_dir, None

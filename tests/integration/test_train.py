@@ -191,7 +191,8 @@ def uninterrupted(
     def run(strategy: str, stage: int) -> TrainedRun:
         if (strategy, stage) not in runs:
             workdir = tmp_path_factory.mktemp(f"train-{strategy}{stage}")
-            cfg = make_config(workdir, assets, strategy=strategy, zero_stage=stage)
+            blend = {"blend": "logistic"} if strategy == "ddp" else {}  # train.blend, once
+            cfg = make_config(workdir, assets, strategy=strategy, zero_stage=stage, **blend)
             runs[strategy, stage] = TrainedRun(cfg, train(cfg))
         return runs[strategy, stage]
 
@@ -279,6 +280,18 @@ def test_train_learns_checkpoints_logs_and_registers(
     assert (folder / "tokenizer" / "tokenizer.json").is_file()
     assert "Answer:" in json.loads((folder / "template.json").read_text())["question"]
     assert (folder / "base" / "config.json").is_file()  # tiny local base travels along
+    if strategy == "ddp":  # train.blend: logistic, fitted on every training-period sample
+        from recicl.modeling.packaged import load_packaged_model
+        from recicl.modeling.signals import FrozenCounts, _labels, _strings
+
+        blend = load_packaged_model(folder).blend
+        rows = SamplesFolder.at(assets[0]).read_table([0, 1])
+        users = FrozenCounts.of(_strings(rows["user_id"]), _labels(rows))
+        assert list(blend.users.keys) == list(users.keys)
+        assert np.array_equal(blend.users.likes, users.likes)
+        assert blend.prior == pytest.approx(_labels(rows).mean())
+    else:
+        assert not (folder / "blend").exists()
     registered = load_adapter(folder / "adapter")
     check_adapter(registered)
     final = load_adapter(checkpoint / "adapter")

@@ -220,6 +220,15 @@ def test_validation_file_needs_a_training_file() -> None:
         build_config({"train": {"val_instructions": "v.json"}})
 
 
+def test_a_blend_needs_a_samples_folder() -> None:
+    """train.blend is fitted on the count signals of sample rows; instruction files have none."""
+    from recicl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="blend 'logistic' is fitted on a samples folder"):
+        build_config({"train": {"instructions": "t.json", "blend": "logistic"}})
+    assert build_config({"train": {"blend": "logistic"}}).train.blend == "logistic"
+
+
 def test_evaluation_defaults_to_the_template_a_version_was_tuned_on(tmp_path: Path) -> None:
     from recicl.evaluate.instructions import tuned_template
     from recicl.modeling.packaged import VersionManifest

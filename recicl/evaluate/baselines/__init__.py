@@ -73,10 +73,10 @@ from recicl.evaluate.baselines.neural import (
     fit_mf,
     fit_sequence,
 )
-from recicl.evaluate.baselines.signals import (
+from recicl.modeling.signals import (
     SignalModel,
     SignalModelError,
-    _fit_signal_model,
+    fit_signal_model,
     signal_features,
     training_signal_features,
 )
@@ -127,7 +127,7 @@ def fit_baseline(name: str, train: pa.Table, catalog: pa.Table, *, seed: int) ->
         )
     _check_training(name, train)
     if name in ("logistic", "boosted-trees"):
-        return _fit_signal_model(name, train, seed)
+        return fit_signal_model(name, train, seed)
     if name == "mf":
         return fit_mf(train, seed=seed)
     return fit_sequence(name, train, catalog, seed=seed)
