@@ -219,8 +219,17 @@ class SignalModel:
     def score(self, samples: pa.Table, catalog: pa.Table) -> np.ndarray:
         if samples.num_rows == 0:
             return np.zeros(0)
+        return self._predict(self.features(samples))
+
+    def _predict(self, features: np.ndarray) -> np.ndarray:
+        """P(like) of feature rows. A fitted scikit-learn model runs on one thread
+        (:func:`_one_thread`); a loaded one (:class:`LinearProbabilities`, what evaluation and
+        serving hold) is one small matrix product and skips that: it runs in the serving
+        replica's model thread, whose torch thread count must not be reset per request."""
+        if isinstance(self.model, LinearProbabilities):
+            return self.model.predict_proba(features)[:, 1]
         with _one_thread():
-            return np.asarray(self.model.predict_proba(self.features(samples))[:, 1], np.float64)
+            return np.asarray(self.model.predict_proba(features)[:, 1], np.float64)
 
     def score_context(
         self, user_id: str, item_ids: Sequence[str], demo_labels: Sequence[int]
@@ -245,9 +254,7 @@ class SignalModel:
         likes = np.fromiter((float(sum(labels)) for labels in demo_labels), np.float64, rows)
         users = self.users.lookup(np.asarray(list(user_ids), dtype=object))
         items = self.items.lookup(np.asarray(list(item_ids), dtype=object))
-        features = _feature_matrix(self.prior, (counts, likes), users, items)
-        with _one_thread():
-            return np.asarray(self.model.predict_proba(features)[:, 1], np.float64)
+        return self._predict(_feature_matrix(self.prior, (counts, likes), users, items))
 
     def save(self, folder: str | Path) -> Path:
         """Write this model to ``folder``: the prior and the linear weights as JSON, the frozen

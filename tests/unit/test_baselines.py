@@ -205,6 +205,24 @@ def test_a_saved_logistic_model_scores_as_fitted_and_from_a_servers_context(tmp_
     assert loaded.score_context("u0", [], [1]).shape == (0,)
 
 
+def test_a_loaded_model_leaves_the_callers_threads_alone(tmp_path, monkeypatch):
+    """A loaded signal model scores in the serving replica's model thread: it must not reset
+    that thread's torch and OpenMP thread counts per request, as fitting does (_one_thread)."""
+    from recicl.modeling import signals
+
+    train = samples(random_rows(80, seed=2))
+    loaded = B.SignalModel.load(
+        B.fit_baseline("logistic", train, catalog(8), seed=0).save(tmp_path / "lr")
+    )
+
+    def no_thread_changes():
+        raise AssertionError("a loaded model changed the thread counts")
+
+    monkeypatch.setattr(signals, "_one_thread", no_thread_changes)
+    assert loaded.score_context("u0", ["i1", "i2"], [1, 0]).shape == (2,)
+    assert loaded.score(train, catalog(8)).shape == (train.num_rows,)
+
+
 def test_only_a_readable_logistic_model_is_saved_or_loaded(tmp_path):
     train = samples(random_rows(80, seed=2))
     trees = B.fit_baseline("boosted-trees", train, catalog(8), seed=0)
