@@ -184,7 +184,7 @@ class RegistryCache:
         entry = self._entries.setdefault(key, _Entry())
         self._revalidate(entry, load, none_ttl_s)
         assert entry.refresh is not None
-        await asyncio.shield(entry.refresh)  # bounded by timeout_s; the call may run on
+        await asyncio.shield(entry.refresh)  # bounded by timeout_s; the call itself may go on
         call = entry.call
         if not entry.known and call is not None and not call.done():
             with contextlib.suppress(Exception):  # a timeout or a failure: recorded below
