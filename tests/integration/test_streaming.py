@@ -161,11 +161,17 @@ def test_streaming_protocol_after_a_drift(streaming, capsys):
 
 
 def test_served_ranking_follows_new_taste(streaming, capsys):
-    """The tuned RecICL version behind Ray Serve on 127.0.0.1, for a user whose taste moves the
+    """The tuned RecICL version behind Ray Serve on 127.0.0.1, for users whose taste moves the
     way the synthetic users' does: Westerns liked (and a Horror film not), then, in newer events,
-    Musicals liked (and a Comedy not). The model's weights do not change (the same
-    ``model_version`` answers both requests); only the stored events, which the server turns
-    into the prompt's demonstrations, do. The Musicals must move up relative to the Westerns."""
+    Musicals liked (and a Comedy not); and mirrored users who go the other way. The model's
+    weights do not change (the same ``model_version`` answers every request); only the stored
+    events, which the server turns into the prompt's demonstrations, do.
+
+    The claim is the direction: for each user the newly liked genre moves up relative to the
+    other. Where the two genres cross is not: a tiny model also carries a prior per item, so
+    which genre leads depends on the items and on the CPU the model was tuned on (measured: the
+    Musicals ahead after the switch on an AVX-512 machine, still a little behind on an AVX2
+    one). Three users per direction, on different items, so one item's prior does not decide."""
     cfg = streaming.cfg
     version = streaming.result["variants"]["recicl"]["version"]
     MlflowClient(resolve_tracking_uri(cfg)).set_registered_model_alias(
@@ -178,42 +184,54 @@ def test_served_ranking_follows_new_taste(streaming, capsys):
     by_genre: dict[str, list[str]] = {}
     for row in catalog:
         by_genre.setdefault(row["genres"], []).append(row["item_id"])
-    west, musical = by_genre["Western"], by_genre["Musical"]
-    candidates = west[10:16] + musical[10:16]
-    t0 = 1_700_000_000
+    candidates = by_genre["Western"][10:16] + by_genre["Musical"][10:16]
 
-    def events(liked: list[str], disliked: list[str], start: int) -> list[dict]:
-        pairs = [(i, 1) for i in liked] + [(i, 0) for i in disliked]
-        return [
-            {"user_id": "taste-shift", "item_id": item, "label": label, "timestamp": start + k}
-            for k, (item, label) in enumerate(pairs)
-        ]
+    def taste(genre: str, disliked: str, rep: int) -> list[tuple[str, int]]:
+        """Three liked items of one genre and one disliked item of another, distinct per rep."""
+        liked = by_genre[genre][3 * rep : 3 * rep + 3]
+        return [(item, 1) for item in liked] + [(by_genre[disliked][rep], 0)]
 
+    west, musical = ("Western", "Horror"), ("Musical", "Comedy")
+    users = {
+        f"to-{new[0].lower()}s-{rep}": (taste(*old, rep), taste(*new, rep))
+        for rep in range(3)
+        for old, new in ((west, musical), (musical, west))
+    }
+    gaps: dict[str, tuple[float, float]] = {}
+    versions = set()
     server = Server(cfg.model_copy(update={"serve": serve_cfg}))
     server.start()
     try:
         with httpx.Client(base_url=server.url, timeout=60) as http:
 
-            def gap() -> tuple[float, int]:
-                reply = http.post(
-                    "/v1/score", json={"user_id": "taste-shift", "candidates": candidates}
-                )
+            def gap_after(user: str, pairs: list[tuple[str, int]], start: int) -> float:
+                """Store the events, then the mean P(Yes) of the Musicals minus the Westerns'."""
+                events = [
+                    {"user_id": user, "item_id": item, "label": label, "timestamp": start + k}
+                    for k, (item, label) in enumerate(pairs)
+                ]
+                assert http.post("/v1/events", json=events).status_code == 200
+                reply = http.post("/v1/score", json={"user_id": user, "candidates": candidates})
                 assert reply.status_code == 200, reply.text
                 body = reply.json()
+                versions.add(str(body["model_version"]))
                 scores = np.array([s["score"] for s in body["scores"]])
-                return float(scores[6:].mean() - scores[:6].mean()), body["model_version"]
+                return float(scores[6:].mean() - scores[:6].mean())
 
-            old = events(west[:3], by_genre["Horror"][:1], t0)
-            assert http.post("/v1/events", json=old).status_code == 200
-            gap_before, version_before = gap()
-            new = events(musical[:3], by_genre["Comedy"][:1], t0 + 100)
-            assert http.post("/v1/events", json=new).status_code == 200
-            gap_after, version_after = gap()
+            t0 = 1_700_000_000
+            for user, (older, newer) in users.items():
+                gaps[user] = (gap_after(user, older, t0), gap_after(user, newer, t0 + 100))
     finally:
         server.stop()
+    shifts = {user: after - before for user, (before, after) in gaps.items()}
     with capsys.disabled():
-        print(f"\nMusical - Western mean P(Yes): {gap_before:+.3f} -> {gap_after:+.3f}")
-    assert str(version_before) == str(version_after) == str(version)
-    # measured -0.095 -> +0.055: the Westerns led, then the Musicals do
-    assert gap_before < 0 < gap_after, (gap_before, gap_after)
-    assert gap_after - gap_before > 0.05, (gap_before, gap_after)
+        print(
+            "\nMusical - Western mean P(Yes), before -> after the newer events:",
+            {user: f"{before:+.3f} -> {after:+.3f}" for user, (before, after) in gaps.items()},
+        )
+    assert versions == {str(version)}
+    # measured on an AVX2 machine: +0.070, +0.032, +0.052 toward the Musicals, the mirror
+    # equal and opposite (the demonstrations are the 4 newest events, so the same states)
+    for user, shift in shifts.items():
+        assert (shift > 0) == user.startswith("to-musicals"), (user, gaps)
+    assert np.mean([abs(shift) for shift in shifts.values()]) > 0.03, gaps
