@@ -16,6 +16,8 @@ SourceName = Literal["movielens", "amazon", "parquet", "csv"]
 DemoPolicy = Literal["recent", "semantic", "mixed", "quality"]
 #: Which earlier liked events make up a history.
 HistoryPolicy = Literal["recent", "semantic"]
+#: What an augmented copy (``samples.augment``) chooses by its policy.
+AugmentTarget = Literal["demos", "history", "both"]
 TimestampUnit = Literal["s", "ms", "us", "iso"]
 
 #: The MovieLens latest-small copy shipped in the wheel: the default source, no download.
@@ -191,7 +193,16 @@ class SamplesConfig(StrictModel):
         default_factory=list,
         description="Retrieval-enhanced tuning (ReLLa): also write every sample with each listed "
         "demonstration policy, under augmented/policy=NAME/; training mixes them in, "
-        "evaluation and serving use demo_policy only.",
+        "evaluation and serving use demo_policy only. augment_replaces says what each copy "
+        "chooses by its policy.",
+    )
+    augment_replaces: AugmentTarget = Field(
+        "demos",
+        description="What an augmented copy chooses by its policy: demos (the demonstrations; "
+        "histories as history_policy says), history (every history in the prompt, the "
+        "target's and each demonstration's; demonstrations as demo_policy says: ReLLa's ReiT, "
+        "whose prompts have a history and no demonstrations, so only this changes them) or "
+        "both. history and both take the history policies (recent, semantic).",
     )
     embeddings: str | None = Field(
         None,
@@ -223,6 +234,23 @@ class SamplesConfig(StrictModel):
             raise ValueError(
                 "the quality demo policy needs samples.demo_quality: fit one with `recicl "
                 "samples demo-quality --samples DIR --model M` and point demo_quality at it"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _history_copies_take_history_policies(self) -> SamplesConfig:
+        if self.augment_replaces == "demos":
+            return self
+        wrong = [p for p in self.augment if p not in ("recent", "semantic")]
+        if wrong:
+            raise ValueError(
+                f"augment {wrong} with augment_replaces {self.augment_replaces!r}: a history "
+                "is chosen by recent or semantic; list those, or set augment_replaces: demos"
+            )
+        if self.history_len == 0:
+            raise ValueError(
+                f"augment_replaces {self.augment_replaces!r} with history_len 0: there is no "
+                "history to replace; raise samples.history_len or set augment_replaces: demos"
             )
         return self
 

@@ -60,6 +60,7 @@ class SelectionFacts(_Record):
     recent_share: float | None = None
     retrieval_window: int | None = None
     augmented: list[str] = []
+    augment_replaces: str = "demos"
     demo_quality: dict[str, Any] | None = None
     embeddings: dict[str, Any] | None = None
 

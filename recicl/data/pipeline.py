@@ -122,6 +122,7 @@ def _selection(
         recent_share=samples.recent_share,
         window=samples.retrieval_window,
         augment=tuple(samples.augment),
+        augment_replaces=samples.augment_replaces,
         embeddings=embeddings,
         quality=quality,
     )
@@ -453,6 +454,7 @@ def _selection_facts(
         "recent_share": selection.recent_share,
         "retrieval_window": selection.window,
         "augmented": list(selection.extra_policies),
+        "augment_replaces": selection.augment_replaces,
         "demo_quality": None if selection.quality is None else selection.quality.to_json(),
         "embeddings": None
         if vectors is None

@@ -13,8 +13,10 @@ Semantics (the contract every later stage relies on):
 
 Those are the ``recent`` policies. With a :class:`Selection` of other policies
 (:mod:`recicl.data.retrieval`), demos and histories are chosen among the same earlier events by
-similarity to the event's item instead; the augmented demo lists (``augment``) are extra columns
-``demos@<policy>``.
+similarity to the event's item instead. An augmented copy (``augment``) is an extra column
+``demos@<policy>``; where the copy also replaces histories (``augment_replaces`` history or
+both: ReLLa's ReiT), a ``history@<policy>`` column too, and the demonstrations in
+``demos@<policy>`` carry those histories.
 
 Why one vectorized function over *many* users at once: the Ray Data path calls it once per
 hash partition of users (whole users per partition), the single-process reference in the
@@ -64,6 +66,7 @@ ANNOTATED = pa.schema(
 
 
 AUGMENTED_PREFIX = "demos@"
+AUGMENTED_HISTORY_PREFIX = "history@"
 
 
 @dataclass(frozen=True)
@@ -76,13 +79,26 @@ class Selection:
     recent_share: float = 0.5
     window: int = 200
     augment: tuple[str, ...] = ()
+    augment_replaces: str = "demos"
     embeddings: ItemEmbeddings | None = field(default=None, compare=False)
     quality: DemoQuality | None = None
 
     @property
     def extra_policies(self) -> tuple[str, ...]:
-        """Augmentation policies other than the main one (each an extra demos column)."""
-        return tuple(p for p in self.augment if p != self.demo_policy)
+        """Augmentation policies whose copy differs from the main samples (each an extra
+        demos column, and a history column where the copies replace histories)."""
+        demos = self.augment_replaces in ("demos", "both")
+        history = self.augment_replaces in ("history", "both")
+        return tuple(
+            p
+            for p in self.augment
+            if (demos and p != self.demo_policy) or (history and p != self.history_policy)
+        )
+
+    @property
+    def replaces_history(self) -> bool:
+        """Whether the augmented copies choose their histories by their own policy."""
+        return self.augment_replaces != "demos"
 
     def quality_args(self, policy: str, labels: np.ndarray) -> dict[str, Any]:
         """Extra arguments of ``select_similar`` for ``policy`` (the estimator for quality)."""
@@ -166,26 +182,30 @@ def annotate_events(
     vectors = None
     if {selection.history_policy, selection.demo_policy, *selection.extra_policies} != {"recent"}:
         vectors = selection.vectors_of(k_item)
-    if selection.history_policy == "recent":
-        history_count = np.minimum(user_likes_before, history_len)
-        hist_offsets, hist_pos = _ranges(likes_before - history_count, history_count)
-    else:
-        assert vectors is not None
-        hist_offsets, hist_pos = select_similar(
-            vectors,
-            vectors[liked_rows],
-            likes_before,
-            np.minimum(user_likes_before, selection.window),
-            k=history_len,
-            recent=recent_slots(selection.history_policy, history_len, selection.recent_share),
-        )
-    history_all = _list(hist_offsets, k_item.take(pa.array(liked_rows[hist_pos])))
+
+    def history_list(policy: str) -> pa.ListArray:
+        if policy == "recent":
+            history_count = np.minimum(user_likes_before, history_len)
+            hist_offsets, hist_pos = _ranges(likes_before - history_count, history_count)
+        else:
+            assert vectors is not None
+            hist_offsets, hist_pos = select_similar(
+                vectors,
+                vectors[liked_rows],
+                likes_before,
+                np.minimum(user_likes_before, selection.window),
+                k=history_len,
+                recent=recent_slots(policy, history_len, selection.recent_share),
+            )
+        return _list(hist_offsets, k_item.take(pa.array(liked_rows[hist_pos])))
+
+    history_all = history_list(selection.history_policy)
 
     # Demos: earlier events of the same user (none for context-only rows, whose history/demos
     # are never read: to_samples keeps only kind == sample).
     is_sample = position >= min_demos
 
-    def demo_list(policy: str) -> pa.ListArray:
+    def demo_list(policy: str, histories: pa.ListArray) -> pa.ListArray:
         if policy == "recent":
             demo_count = np.where(is_sample, np.minimum(position, num_demos), 0)
             demo_offsets, demo_rows = _ranges(np.arange(m) - demo_count, demo_count)
@@ -206,7 +226,7 @@ def annotate_events(
                 k_item.take(demo_take),
                 pa.array(k_label[demo_rows]),
                 pa.array(k_time[demo_rows]),
-                history_all.take(demo_take),
+                histories.take(demo_take),
             ],
             fields=list(DEMO),
         )
@@ -223,14 +243,22 @@ def annotate_events(
             rating.take(pa.array(keep)),
             pa.array(np.where(is_sample, KIND_SAMPLE, KIND_CONTEXT_ONLY).astype(np.int8)),
             history_all,
-            demo_list(selection.demo_policy),
+            demo_list(selection.demo_policy, history_all),
         ],
         schema=ANNOTATED,
     )
     for policy in selection.extra_policies:
+        histories = history_list(policy) if selection.replaces_history else history_all
+        demo_policy = selection.demo_policy if selection.augment_replaces == "history" else policy
         kept = kept.append_column(
-            pa.field(AUGMENTED_PREFIX + policy, ANNOTATED.field("demos").type), demo_list(policy)
+            pa.field(AUGMENTED_PREFIX + policy, ANNOTATED.field("demos").type),
+            demo_list(demo_policy, histories),
         )
+        if selection.replaces_history:
+            kept = kept.append_column(
+                pa.field(AUGMENTED_HISTORY_PREFIX + policy, ANNOTATED.field("history").type),
+                histories,
+            )
     if m == n:
         return kept
     duplicates = _duplicate_rows(table.take(pa.array(np.flatnonzero(same))))
@@ -278,22 +306,31 @@ def _duplicate_rows(dropped: pa.Table) -> pa.Table:
 
 
 def _with_augmented_columns(table: pa.Table, selection: Selection) -> pa.Table:
-    """``table`` with a null ``demos@<policy>`` column per augmentation policy (rows that
-    have no demos: duplicates, empty partitions), so every block has the same schema."""
-    demos_type = ANNOTATED.field("demos").type
+    """``table`` with null augmentation columns (``demos@<policy>``, and ``history@<policy>``
+    where copies replace histories) in :func:`annotate_events`' order (rows that have no demos:
+    duplicates, empty partitions), so every block has the same schema."""
+    demos_type, history_type = ANNOTATED.field("demos").type, ANNOTATED.field("history").type
     for policy in selection.extra_policies:
         table = table.append_column(
             pa.field(AUGMENTED_PREFIX + policy, demos_type), pa.nulls(table.num_rows, demos_type)
         )
+        if selection.replaces_history:
+            table = table.append_column(
+                pa.field(AUGMENTED_HISTORY_PREFIX + policy, history_type),
+                pa.nulls(table.num_rows, history_type),
+            )
     return table
 
 
 def to_samples(annotated: pa.Table, periods: pa.Array, policy: str | None = None) -> pa.Table:
     """Sample rows of an annotated table with their period, in the SAMPLES schema; with
-    ``policy``, the demos of that augmentation policy (column ``demos@<policy>``)."""
+    ``policy``, the copy of that augmentation policy (column ``demos@<policy>``, and
+    ``history@<policy>`` where the build replaced histories)."""
     with_period = annotated.append_column("period", periods.cast(pa.int16()))
     chosen = with_period.filter(pc.equal(with_period["kind"], KIND_SAMPLE))
     if policy is not None:
-        demos = chosen[AUGMENTED_PREFIX + policy]
-        chosen = chosen.set_column(chosen.schema.get_field_index("demos"), "demos", demos)
+        for column, prefix in (("demos", AUGMENTED_PREFIX), ("history", AUGMENTED_HISTORY_PREFIX)):
+            if prefix + policy in chosen.column_names:
+                index = chosen.schema.get_field_index(column)
+                chosen = chosen.set_column(index, column, chosen[prefix + policy])
     return chosen.select(SAMPLES.names).cast(SAMPLES)

@@ -15,7 +15,7 @@ Layout::
       item_embeddings.parquet      item vectors, when a policy retrieves by similarity
       demo_quality.json            the quality policy's fitted estimator (when used)
       item_stats.parquet           events and likes per item up to samples.item_stats_until
-      augmented/policy=P/period=K/ the same samples with demo policy P (samples.augment)
+      augmented/policy=P/period=K/ the same samples chosen by policy P (samples.augment)
 
 **Content identity.** Evaluations are cached in MLflow and reused by the promotion gate, so
 "the same samples" must mean the same *bytes*, not the same config: rebuilding from a grown log

@@ -101,38 +101,42 @@ def _rows(table):
 
 
 def test_retrieval_policies_and_augmentation_equal_the_reference(synth_dir, tmp_path, ray_local):
-    """Semantic histories + mixed demos, with the semantic demos as an augmented copy, built by
-    the Ray Data job on 3 partitions from a vectors file: each equals the brute-force reading."""
+    """Recent histories + mixed demos, with an augmented copy whose demos and histories are
+    semantic (augment_replaces: both), built by the Ray Data job on 3 partitions from a vectors
+    file: each equals the brute-force reading (tests/unit/test_samples.py reads every
+    augment_replaces against it)."""
     catalog = pq.read_table(synth_dir / "catalog.parquet")
     ids = [str(i) for i in catalog["item_id"].to_pylist()]
     rng = np.random.default_rng(7)
     vectors = ItemEmbeddings(tuple(ids[:-5]), unit_rows(rng.normal(size=(len(ids) - 5, 16))))
     vectors_path = vectors.save(tmp_path / "vectors.parquet")  # 5 items without a vector
     cfg = _config(
-        synth_dir, tmp_path / "out", 3, demo_policy="mixed", history_policy="semantic",
-        recent_share=0.5, retrieval_window=12, augment=["mixed", "semantic"],
-        embeddings=str(vectors_path),
+        synth_dir, tmp_path / "out", 3, demo_policy="mixed", history_policy="recent",
+        recent_share=0.5, retrieval_window=12, augment=["semantic"],
+        augment_replaces="both", embeddings=str(vectors_path),
     )  # fmt: skip
     manifest = build_samples(cfg)
     folder = SamplesFolder.at(tmp_path / "out")
     loaded = ItemEmbeddings.load(folder.embeddings_path)  # the vectors travel with the samples
     assert loaded.ids == vectors.ids and np.array_equal(loaded.matrix, vectors.matrix)
-    assert folder.augmented_policies() == ["semantic"]  # mixed is the main policy
+    assert folder.augmented_policies() == ["semantic"]
 
     def similarity(a, b):
         va, vb = vectors.vectors([a])[0], vectors.vectors([b])[0]
         return sum(float(x) * float(y) for x, y in zip(va, vb, strict=True))
 
-    rules = {"history_policy": "semantic", "recent_share": 0.5, "window": 12}
-    expected = _reference_rows(synth_dir, demo_policy="mixed", similarity=similarity, **rules)
+    rules = {"recent_share": 0.5, "window": 12, "similarity": similarity}
+    expected = _reference_rows(synth_dir, demo_policy="mixed", history_policy="recent", **rules)
     assert _rows(folder.read_table()) == expected
     augmented = folder.read_table(policy="semantic")
-    expected = _reference_rows(synth_dir, demo_policy="semantic", similarity=similarity, **rules)
-    assert _rows(augmented) == expected
+    copy = _reference_rows(synth_dir, demo_policy="semantic", history_policy="semantic", **rules)
+    assert _rows(augmented) == copy
     recent = _reference_rows(synth_dir)  # the policies changed something
-    assert sum(expected[s]["demos"] != recent[s]["demos"] for s in recent) > len(recent) // 4
+    assert sum(copy[s]["demos"] != recent[s]["demos"] for s in recent) > len(recent) // 4
+    assert sum(copy[s]["history"] != recent[s]["history"] for s in recent) > len(recent) // 4
     assert manifest.selection.demo_policy == "mixed"
     assert manifest.selection.augmented == ["semantic"]
+    assert manifest.selection.augment_replaces == "both"
     assert manifest.selection.embeddings["items"] == len(ids) - 5
     assert manifest.content_id == folder.content_id()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recicl.config import ConfigError, ReciclConfig, load_config, with_overrides
+from recicl.config import ConfigError, ReciclConfig, build_config, load_config, with_overrides
 
 
 def test_defaults_are_documented():
@@ -129,3 +129,16 @@ def test_a_run_name_cannot_leave_the_work_folder(name):
         build_config({"train": {"run_name": name}})
     ok = "streaming-20261206-180314-recicl+stats+codes"
     assert build_config({"train": {"run_name": ok}}).train.run_name == ok
+
+
+@pytest.mark.parametrize(
+    ("samples", "named"),
+    [
+        ({"augment": ["mixed"], "augment_replaces": "history"}, r"augment \['mixed'\]"),
+        ({"augment": ["semantic"], "augment_replaces": "both", "history_len": 0}, "history_len"),
+    ],
+)
+def test_history_copies_need_a_history_policy_and_a_history(samples, named):
+    with pytest.raises(ConfigError, match=named):
+        build_config({"samples": samples})
+    build_config({"samples": {**samples, "augment_replaces": "demos"}})  # demos copies take any

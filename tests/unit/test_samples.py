@@ -188,6 +188,83 @@ def test_policies_match_brute_force_reference(
 
 
 @settings(max_examples=200, deadline=None)
+@given(
+    events=st.lists(event_strategy, max_size=50),
+    demo_policy=st.sampled_from(["recent", "semantic"]),
+    history_policy=st.sampled_from(["recent", "semantic"]),
+    copy_policy=st.sampled_from(["recent", "semantic"]),
+    replaces=st.sampled_from(["demos", "history", "both"]),
+    seed=st.integers(0, 3),
+)
+def test_an_augmented_copy_is_the_build_of_its_policies(
+    events, demo_policy, history_policy, copy_policy, replaces, seed
+):
+    """A copy of policy P with augment_replaces R equals a main build whose demos (R demos or
+    both) and histories (R history or both: ReLLa's ReiT) are chosen by P, the rest as the main
+    policies say; a copy that would equal the main samples is not written."""
+    embeddings = _embeddings(seed)
+    params = {"num_demos": 3, "history_len": 2, "min_demos": 1}
+    rules = {"recent_share": 0.5, "window": 6}
+    selection = Selection(
+        demo_policy, history_policy, **rules, augment=(copy_policy,), augment_replaces=replaces,
+        embeddings=embeddings,
+    )  # fmt: skip
+    annotated = annotate_events(_events_table(events), **params, selection=selection)
+    expected, _ = reference_samples(
+        events,
+        **params,
+        **rules,
+        demo_policy=copy_policy if replaces in ("demos", "both") else demo_policy,
+        history_policy=copy_policy if replaces in ("history", "both") else history_policy,
+        similarity=_similarity(embeddings),
+    )
+    if copy_policy not in selection.extra_policies:
+        main, _ = _build(events, **params, selection=selection)
+        assert main == expected  # the copy would be the main samples: none is written
+        assert not any("@" in name for name in annotated.column_names)
+        return
+    periods = pa.array(np.zeros(annotated.num_rows, np.int16))
+    copy = to_samples(annotated, periods, policy=copy_policy)
+    assert copy.schema == SAMPLES
+    rows = {row["sample_id"]: row for row in copy.to_pylist()}
+    for row in rows.values():
+        row.pop("period")
+    assert rows == expected
+
+
+def test_history_copies_differ_from_the_originals_exactly_in_their_histories():
+    """ReLLa's ReiT: a copy whose histories are retrieved by similarity keeps every sample's
+    target, label and demonstrations (items, labels, times); only histories change, and some do."""
+    events = [
+        {"user_id": u, "item_id": item, "timestamp": ts, "label": int(ts % 3 != 1), "rating": None}
+        for u in ("u1", "u2")
+        for ts, item in enumerate(["a", "b", "c", "d", "10", "9", "a", "c", "b", "d"])
+    ]
+    selection = Selection(
+        augment=("semantic",), augment_replaces="history", embeddings=_embeddings(1)
+    )
+    annotated = annotate_events(
+        _events_table(events), num_demos=3, history_len=2, min_demos=1, selection=selection
+    )
+    periods = pa.array(np.zeros(annotated.num_rows, np.int16))
+    main = to_samples(annotated, periods).to_pylist()
+    copy = to_samples(annotated, periods, policy="semantic").to_pylist()
+    assert len(main) == len(copy) > 0
+    changed = 0
+    for original, twin in zip(main, copy, strict=True):
+        same = ("sample_id", "user_id", "item_id", "timestamp", "label", "period")
+        assert {k: original[k] for k in same} == {k: twin[k] for k in same}
+        strip = [{k: v for k, v in d.items() if k != "history"} for d in original["demos"]]
+        assert strip == [{k: v for k, v in d.items() if k != "history"} for d in twin["demos"]]
+        changed += original["history"] != twin["history"]
+        changed += any(
+            a["history"] != b["history"]
+            for a, b in zip(original["demos"], twin["demos"], strict=True)
+        )
+    assert changed > 0
+
+
+@settings(max_examples=200, deadline=None)
 @given(events=st.lists(event_strategy, min_size=1, max_size=60), policy=policy_strategy)
 def test_no_policy_uses_the_target_or_later_events(events, policy):
     """Whatever the policy: every demo and every history item is an event of the same user
