@@ -23,6 +23,10 @@ StreamingVariant = Literal[
     "classical",
     "demo-rate",
     "retrained",
+    # ReLLa (prompt.format rella): tuned on the originals; untuned and tuned with SUBR histories
+    "rella",
+    "zero-shot+subr",
+    "reit",
     # update strategies (recicl/experiments/updates.py): re-tuned every experiment.update_every
     "tallrec-full",
     "tallrec-warm",
@@ -66,7 +70,12 @@ class ExperimentConfig(StrictModel):
         "recicl+stats+codes (taste codes, prompt.item_codes, alone or with them), classical, "
         "demo-rate (no model: the share of Yes among the sample's demonstrations, i.e. the "
         "user's recent like rate), retrained (recicl re-tuned up to each period: the costly "
-        "upper bound); tallrec-full, recicl-full, tallrec-warm and recicl-warm (update "
+        "upper bound); rella (tuned on ReLLa's prompt, prompt.format rella, with the original "
+        "samples), zero-shot+subr (the base model with ReLLa's prompt and semantically "
+        "retrieved rated histories, ReLLa's SUBR) and reit (ReLLa's prompt tuned on the "
+        "originals plus their SUBR copies, scored with SUBR); the SUBR rows need "
+        "samples.augment: [semantic] or samples.demo_policy: semantic; "
+        "tallrec-full, recicl-full, tallrec-warm and recicl-warm (update "
         "strategies, see update_every); non-LLM baselines fitted on the training periods "
         "(docs/baselines.md): "
         "logistic and boosted-trees (leak-free like-rate signals), mf (matrix factorization), "

@@ -20,10 +20,12 @@ class PromptConfig(StrictModel):
     domain: Literal["movie", "book", "generic"] = Field(
         "movie", description="Template wording: movie, book or generic (items)."
     )
-    format: Literal["recicl", "tallrec"] = Field(
+    format: Literal["recicl", "tallrec", "rella"] = Field(
         "recicl",
         description="recicl: earlier decisions as solved examples before the query; "
-        "tallrec: history + query only (no demonstrations).",
+        "tallrec: history + query only (no demonstrations); rella: ReLLa's prompt, one "
+        "history of earlier rated items, liked or not (the sample's demonstrations, chosen by "
+        "samples.demo_policy: semantic is ReLLa's SUBR), then the query; no solved examples.",
     )
     max_length: int = Field(
         1024,

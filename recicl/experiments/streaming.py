@@ -20,6 +20,13 @@ period with **no update**, for several variants side by side.
 * ``demo-rate``  no model at all: the share of Yes among the sample's demonstrations (the user's
   recent like rate). On MovieLens this alone is a strong signal, so it shows how much of an
   LLM's AUC is "reads the user's recent like rate" and how much is more;
+* ``rella``     tuned on ReLLa's prompt (``prompt.format: rella``: one history of earlier rated
+  items, liked or not, no solved examples) with the original samples only;
+* ``zero-shot+subr`` the base model with ReLLa's prompt whose rated history is retrieved by
+  similarity to the asked-about item (ReLLa's SUBR: the ``semantic`` demonstrations of an
+  augmented copy, or of the main samples when ``samples.demo_policy`` is semantic);
+* ``reit``       ReLLa's retrieval-enhanced instruction tuning: ReLLa's prompt tuned on the
+  originals plus their SUBR copies, scored with SUBR histories;
 * ``retrained``  ``recicl`` re-tuned on all periods before each evaluated one: the costly upper
   bound that RecICL tries to approach without retraining;
 * ``tallrec-full``, ``recicl-full``, ``tallrec-warm``, ``recicl-warm``  update strategies,
@@ -60,6 +67,13 @@ from recicl.evaluate.batch import report_from_scores, score_samples, subsample_p
 from recicl.evaluate.classical import fit_classical
 from recicl.evaluate.metrics import metrics_by_period
 from recicl.evaluate.plots import plot_by_period
+from recicl.experiments.rella import (
+    RELLA_VARIANTS,
+    SUBR_POLICY,
+    SUBR_VARIANTS,
+    check_subr_samples,
+    subr_table,
+)
 from recicl.experiments.updates import UPDATE_VARIANTS, update_schedule
 from recicl.modeling.importing import ensure_base_model
 from recicl.registry import Workspace
@@ -118,10 +132,12 @@ def _train_variant(
     max_train_samples: int | float | None = None,
     knowledge: tuple[bool, bool] | None = None,
     init_from: Path | None = None,
+    use_augmented: bool | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Tune one variant; return its packaged model folder and training facts.
     ``knowledge``: (item statistics, taste codes) in its prompts (None: as the config says);
-    ``init_from``: a model folder whose LoRA adapter is continued (a warm update)."""
+    ``init_from``: a model folder whose LoRA adapter is continued (a warm update);
+    ``use_augmented``: whether the augmented copies are mixed in (None: as the config says)."""
 
     raw = cfg.model_dump(mode="json")
     raw["model"]["name_or_path"] = base
@@ -134,6 +150,8 @@ def _train_variant(
     raw["train"]["init_from"] = str(init_from) if init_from is not None else None
     if max_train_samples is not None:
         raw["train"]["max_train_samples"] = max_train_samples
+    if use_augmented is not None:
+        raw["train"]["use_augmented"] = use_augmented
     variant_cfg = ReciclConfig.model_validate(raw)
     result = train(variant_cfg, workspace=workspace)
     if result.model_dir is None:
@@ -187,6 +205,7 @@ class StreamingExperiment:
                 stats = read_item_stats(self.samples.item_stats_path)
                 until = item_stats_meta(stats).get("until_period")
                 check_no_leak(until, self.eval_periods, variant)
+        check_subr_samples(self.samples, exp.variants)
         ensure_ray(cfg.ray)
         self.seed = cfg.train.seed
         self.eval_table = subsample_per_period(
@@ -196,6 +215,7 @@ class StreamingExperiment:
         self.recicl_prompt = cfg.prompt.model_copy(
             update={"format": "recicl", "item_stats": False, "item_codes": False}
         )
+        self.rella_prompt = self.recicl_prompt.model_copy(update={"format": "rella"})
         self.few_shot = {few_shot_name(exp.few_shot_format, n): n for n in exp.few_shot}
         self.stamp = time.strftime("%Y%m%d-%H%M%S")
         self._base: str | None = None
@@ -214,6 +234,8 @@ class StreamingExperiment:
             **{name: self._baseline for name in (*BASELINES, *RETRAINED_BASELINES)},
             "demo-rate": self._demo_rate,
             "retrained": self._retrained,
+            **{name: self._rella for name in RELLA_VARIANTS},
+            "zero-shot+subr": self._zero_shot_subr,
             **{name: self._updated for name in UPDATE_VARIANTS},
         }
 
@@ -482,6 +504,29 @@ class StreamingExperiment:
 
     def _demo_rate(self, variant: str) -> _Outcome:
         return self._scored(demo_like_rate(self.eval_table), variant), {}
+
+    def _zero_shot_subr(self, variant: str) -> _Outcome:
+        report = self._llm_report(
+            Path(self.base), self.rella_prompt, subr_table(self.samples, self.eval_table), variant
+        )
+        return report, {"policy": SUBR_POLICY}
+
+    def _rella(self, variant: str) -> _Outcome:
+        """ReLLa's prompt tuned once, on the originals (rella) or with their SUBR copies mixed
+        in and scored with SUBR histories (reit)."""
+        if variant not in self._tuned:
+            self._tuned[variant] = _train_variant(
+                self.cfg, self.workspace, self.base, "rella", self.train_periods,
+                f"streaming-{self.stamp}-{variant}", knowledge=(False, False),
+                use_augmented=RELLA_VARIANTS[variant],
+            )  # fmt: skip
+        model_dir, trained = self._tuned[variant]
+        table = (
+            subr_table(self.samples, self.eval_table)
+            if variant in SUBR_VARIANTS
+            else self.eval_table
+        )
+        return self._llm_report(model_dir, None, table, variant), dict(trained)
 
     def _retrained(self, variant: str) -> _Outcome:
         per_period: dict[str, Any] = {"periods": {}}

@@ -44,7 +44,7 @@ def _corpus(catalog_path: Path, prompt_config: PromptConfig) -> Iterator[str]:
     sample = items[:3]
     demos = [{"item_id": sample[0], "label": 1, "history": sample}, {"item_id": "x", "label": 0}]
     for domain in ("movie", "book", "generic"):
-        for fmt in ("recicl", "tallrec"):
+        for fmt in ("recicl", "tallrec", "rella"):
             config = prompt_config.model_copy(update={"domain": domain, "format": fmt})
             text = PromptBuilder(config, catalog).render(sample, demos, sample[-1])
             for _ in range(_TEMPLATE_REPEATS):

@@ -14,7 +14,14 @@ from recicl.prompts.answers import AnswerTokens, answer_token_ids, leading_speci
 from recicl.prompts.budget import BlockCosts, blocks_cost, level_histories, prefix_ids
 from recicl.prompts.encoded import EncodedPrompt, TrimStats
 from recicl.prompts.item_stats import ItemStatsText
-from recicl.prompts.wording import PEOPLE, PromptError, answer_text, clean_text, template_for
+from recicl.prompts.wording import (
+    PEOPLE,
+    RATED,
+    PromptError,
+    answer_text,
+    clean_text,
+    template_for,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -43,6 +50,18 @@ def _check_item_id(item_id: Any) -> None:
 
 def _item_ids(values: Any) -> list[str]:
     return [str(v) for v in _as_list(values) if v is not None]
+
+
+def _demo_label(position: int, demo: Any) -> int:
+    """The label of a well-formed demonstration (a mapping with an item id and a 0/1 label)."""
+    if not isinstance(demo, Mapping):
+        raise PromptError(f"demo {position} is not a mapping: {type(demo).__name__}")
+    label = demo.get("label")
+    if label is None or label not in (0, 1):
+        raise PromptError(f"demo {position} label must be 0 or 1, got {label!r}")
+    if demo.get("item_id") is None:
+        raise PromptError(f"demo {position} has no item_id")
+    return int(label)
 
 
 @dataclass
@@ -204,26 +223,37 @@ class PromptBuilder:
         if with_query:
             _check_item_id(item_id)
         layout = _Layout(blocks=[])
+        query = str(item_id) if with_query else None
+        own = self._own_label(*query_event) if query_event is not None else None
+        if self.config.format == "rella":
+            return self._rated_layout(layout, demos, query, own)
         if self.config.format == "recicl":
             for position, demo in enumerate(_as_list(demos)):
-                if not isinstance(demo, Mapping):
-                    raise PromptError(f"demo {position} is not a mapping: {type(demo).__name__}")
-                label = demo.get("label")
-                if label is None or label not in (0, 1):
-                    raise PromptError(f"demo {position} label must be 0 or 1, got {label!r}")
-                if demo.get("item_id") is None:
-                    raise PromptError(f"demo {position} has no item_id")
+                label = _demo_label(position, demo)
                 demo_history = _item_ids(demo.get("history"))
                 shown = self.config.demo_history_len
                 if shown is not None:  # its newest `shown` likes
                     demo_history = demo_history[len(demo_history) - shown :] if shown else []
-                own = self._own_label(demo.get("timestamp"), label)
-                block = self._block(layout, demo_history, str(demo["item_id"]), int(label), own)
+                demo_own = self._own_label(demo.get("timestamp"), label)
+                block = self._block(layout, demo_history, str(demo["item_id"]), label, demo_own)
                 block.show_history = shown != 0
                 layout.blocks.append(block)
-        query = str(item_id) if with_query else None
-        own = self._own_label(*query_event) if query_event is not None else None
         layout.blocks.append(self._block(layout, history, query, None, own))
+        return layout
+
+    def _rated_layout(
+        self, layout: _Layout, demos: Any, query: str | None, own: int | None
+    ) -> _Layout:
+        """ReLLa's layout: the query block alone, its history the earlier rated items (the
+        sample's demonstrations, oldest first, each with its label) instead of the likes.
+        Trimming drops the oldest rated items first, as it drops history items."""
+        block = self._block(layout, [], query, None, own)
+        for position, demo in enumerate(_as_list(demos)):
+            label = _demo_label(position, demo)
+            text, known = self._quote(str(demo["item_id"]))
+            layout.unknown += not known
+            block.items.append(f"{text} ({RATED[label]})")
+        layout.blocks.append(block)
         return layout
 
     def _own_label(self, timestamp: Any, label: Any) -> int | None:

@@ -16,6 +16,10 @@ class PromptError(ReciclError):
     """A sample that cannot become a prompt (bad field, or the query alone exceeds the budget)."""
 
 
+#: How a rated item of a ``rella`` history says its label (ReLLa shows stars; labels are binary).
+RATED = {1: "liked", 0: "not liked"}
+
+
 def answer_text(label: int) -> str:
     """The answer as it follows ``Answer:`` in demonstrations: " Yes" (label 1) or " No"."""
     return " Yes" if label else " No"
@@ -56,12 +60,19 @@ def template_for(config: PromptConfig) -> Template:
     instruction = (
         f"Predict whether the user will enjoy {a_noun}, given the {plural} they liked before."
     )
+    history_head = f"\n\nThe user liked these {plural}:"
     if config.format == "recicl":
         instruction += " The user's earlier decisions come first, as solved examples."
+    elif config.format == "rella":  # ReLLa: one history of rated items, no solved examples
+        instruction = (
+            f"Predict whether the user will enjoy {a_noun}, given how they rated the "
+            f"{plural} they saw before."
+        )
+        history_head = f"\n\nThe user rated these {plural}, oldest first:"
     instruction += " Answer Yes or No."
     return Template(
         instruction=instruction,
-        history_head=f"\n\nThe user liked these {plural}:",
+        history_head=history_head,
         question=f"\nWill the user enjoy the {noun} {{item}}? {ANSWER_CUE}",
         empty_history=" none.",
     )

@@ -23,6 +23,7 @@ from recicl.modeling import load_tokenizer
 from recicl.prompts import PromptBuilder
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import ray.data
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,30 @@ def train_subset_size(max_train_samples: int | float | None, rows: int) -> int:
     return min(rows, int(max_train_samples))
 
 
+def training_rows(
+    folder: SamplesFolder, tc: TrainConfig, train_periods: list[int], val_periods: list[int]
+) -> int:
+    """How many rows :func:`encoded_datasets` trains on, counted without a data pass (steps
+    per epoch need it before the run): the (sub)set of samples of the training periods that
+    are not validated, every sample of those that are (validation reads them whole), and each
+    augmented policy's copy of the former."""
+    rest = [p for p in train_periods if p not in val_periods]
+    chosen = choose_train_subset(folder.root, train_periods, tc.max_train_samples, tc.seed)
+    if chosen is None:
+        kept = folder.count_rows(rest)
+    else:
+        import pyarrow.parquet as pq
+
+        ids = [
+            pq.read_table(p, columns=["sample_id"])["sample_id"] for p in folder.period_paths(rest)
+        ]
+        in_rest = np.concatenate([c.to_numpy() for c in ids]) if ids else np.array([], object)
+        kept = int(np.isin(in_rest.astype(object), chosen).sum())
+    validated = folder.count_rows([p for p in train_periods if p in val_periods])
+    policies = folder.augmented_policies() if tc.use_augmented and rest else []
+    return kept + validated + len(policies) * kept
+
+
 def choose_train_subset(
     samples_dir: Path, periods: list[int], max_train_samples: int | float | None, seed: int
 ) -> np.ndarray | None:
@@ -169,11 +194,14 @@ def _keep_subset(
     return {key: np.asarray(values)[mask] for key, values in batch.items()}
 
 
-def _tag_policy(batch: dict[str, np.ndarray], policy: str) -> dict[str, np.ndarray]:
+def _tag_policy(batch: pa.Table, policy: str) -> pa.Table:
     """Ray Data UDF: augmented rows get ``<sample_id>@<policy>`` ids, so their shuffle keys
-    differ from the main copy's (the two copies of a sample do not land side by side)."""
-    ids = np.asarray(batch["sample_id"]).astype(str)
-    return {**batch, "sample_id": np.char.add(ids, f"@{policy}").astype(object)}
+    differ from the main copy's (the two copies of a sample do not land side by side). Arrow
+    batches: a numpy batch of empty history lists would travel as pickled objects."""
+    import pyarrow.compute as pc
+
+    tagged = pc.binary_join_element_wise(batch["sample_id"], policy, "@")
+    return batch.set_column(batch.schema.get_field_index("sample_id"), "sample_id", tagged)
 
 
 def _encoded(
@@ -254,7 +282,7 @@ def encoded_datasets(
         if keep_subset is not None:
             extra = extra.map_batches(keep_subset, batch_format="numpy", num_cpus=0.25)
         extra = extra.map_batches(
-            functools.partial(_tag_policy, policy=policy), batch_format="numpy", num_cpus=0.25
+            functools.partial(_tag_policy, policy=policy), batch_format="pyarrow", num_cpus=0.25
         )
         # Unioned once tokenized: the encoded columns have one type whatever the source.
         encoded = encoded.union(_encoded(extra, settings, catalog_path, cfg.train, rest))

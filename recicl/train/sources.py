@@ -194,9 +194,7 @@ class TrainingData:
         with Ray Data, so Ray must be up."""
         if self.samples is not None:
             train, val = self.periods["train_periods"], self.periods["val_periods"]
-            train_rows = train_data.train_subset_size(
-                tc.max_train_samples, self.samples.count_rows(train)
-            )
+            train_rows = train_data.training_rows(self.samples, tc, train, val)
             val_only = [p for p in val if p not in train]  # the capped ones
             val_rows = train_data.train_subset_size(
                 tc.max_val_samples, self.samples.count_rows(val_only)

@@ -143,7 +143,7 @@ def test_retrieval_policies_and_augmentation_equal_the_reference(synth_dir, tmp_
     # Training mixes the augmented copy in (training periods only), with its own shuffle keys;
     # validation and `use_augmented: false` read the main samples only.
     from recicl.modeling import init_tiny_model
-    from recicl.train.data import encoded_datasets
+    from recicl.train.data import encoded_datasets, training_rows
 
     tiny = init_tiny_model(folder.catalog_path, tmp_path / "tiny")
     train_cfg = cfg.model_copy(deep=True)
@@ -154,6 +154,14 @@ def test_retrieval_policies_and_augmentation_equal_the_reference(synth_dir, tmp_
     rows = train.take_all()
     assert len(rows) == 2 * (counts[0] + counts[1] + counts[2])
     assert len({int(r["shuffle_key"]) for r in rows}) == len(rows)
+    # the training plan counts the rows it trains on (steps per epoch), copies included, also
+    # for a subset whose periods overlap validation (validated periods are read whole, and the
+    # copies come from the other periods only)
+    assert training_rows(folder, train_cfg.train, [0, 1, 2], [3]) == len(rows)
+    half = train_cfg.model_copy(deep=True)
+    half.train.max_train_samples = 0.5
+    overlap, _ = encoded_datasets(half, folder.root, [0, 1, 2], [2])
+    assert training_rows(folder, half.train, [0, 1, 2], [2]) == overlap.count() < len(rows)
     train_cfg.train.use_augmented = False
     train, clean_val = encoded_datasets(train_cfg, folder.root, [0, 1, 2], [3])
     assert train.count() == counts[0] + counts[1] + counts[2]

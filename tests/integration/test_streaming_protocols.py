@@ -176,3 +176,83 @@ def test_scoring_counted_periods_with_statistics_is_refused(protocols):
     model_dir = Path(protocols.result["variants"]["recicl+stats+codes"]["model_dir"])
     with pytest.raises(ConfigError, match="own answers"):
         score_samples(model_dir, Path(protocols.cfg.samples.output), [2, 3], replicas=1)
+
+
+@pytest.fixture(scope="module")
+def rella(ray_local, tmp_path_factory):
+    """ReLLa's rows on samples with a semantic (SUBR) copy, from random item vectors."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from recicl.data.item_embeddings import ItemEmbeddings, unit_rows
+    from recicl.experiments.streaming import run_streaming
+
+    root = tmp_path_factory.mktemp("rella")
+    write_synthetic(SynthSpec(users=40, events_per_user=15, seed=5), root / "synth")
+    ids = [str(i) for i in pq.read_table(root / "synth" / "catalog.parquet")["item_id"]]
+    rng = np.random.default_rng(3)
+    vectors = ItemEmbeddings(tuple(ids), unit_rows(rng.normal(size=(len(ids), 16))))
+    cfg = build_config(
+        {
+            "workdir": str(root / "work"),
+            "data": {"source": "parquet", "path": str(root / "synth"), "max_date": "2030-01-01"},
+            "samples": {"num_demos": 4, "history_len": 0, "periods": 5, "min_demos": 1,
+                        "augment": ["semantic"], "retrieval_window": 8,
+                        "embeddings": str(vectors.save(root / "vectors.parquet")),
+                        "output": str(root / "samples")},
+            "ray": {"num_cpus": 4},
+            "prompt": {"max_length": 256},
+            # the originals only, except where a variant says otherwise (reit)
+            "train": {"strategy": "ddp", "num_workers": 1, "batch_size": 4, "max_steps": 2,
+                      "lr": 1e-3, "use_augmented": False},
+            "evaluate": {"replicas": 1},
+            "experiment": {"train_periods": "0-2", "eval_periods": "3-4",
+                           "max_eval_samples": 30,
+                           "variants": ["zero-shot+subr", "rella", "reit"]},
+        }
+    )  # fmt: skip
+    manifest = build_samples(cfg)
+    return SimpleNamespace(cfg=cfg, result=run_streaming(cfg), manifest=manifest)
+
+
+def test_rella_rows_tune_on_relas_prompt_and_reit_mixes_the_subr_copies(rella):
+    rows = rella.result["rows"]
+    for variant in ("zero-shot+subr", "rella", "reit"):
+        got = sorted(r["period"] for r in rows if r["variant"] == variant)
+        assert got == list(EVAL_PERIODS), variant
+    originals = sum(p.samples for p in rella.manifest.periods if p.period in (0, 1, 2))
+    facts = rella.result["variants"]
+    assert facts["rella"]["train_samples"] == originals  # train.use_augmented: false
+    assert facts["reit"]["train_samples"] == 2 * originals  # + the SUBR copy, whatever it says
+    mlc = client(resolve_tracking_uri(rella.cfg))
+    for variant in ("rella", "reit"):
+        assert mlc.get_model_version("recicl", facts[variant]["version"]).tags[
+            "prompt_format"
+        ] == "rella"  # fmt: skip
+
+
+def test_subr_rows_read_the_semantic_copy_of_the_same_samples(rella):
+    from recicl.data.samples_folder import SamplesFolder
+    from recicl.evaluate.batch import subsample_per_period
+    from recicl.experiments.rella import subr_table
+
+    folder = SamplesFolder.at(rella.cfg.samples.output)
+    drawn = subsample_per_period(folder.read_table(list(EVAL_PERIODS)), 30, rella.cfg.train.seed)
+    subr = subr_table(folder, drawn)
+    for column in ("sample_id", "label", "period", "item_id"):
+        assert subr[column].to_pylist() == drawn[column].to_pylist()
+    copy = {r["sample_id"]: r["demos"] for r in folder.read_table(policy="semantic").to_pylist()}
+    assert [copy[s] for s in subr["sample_id"].to_pylist()] == subr["demos"].to_pylist()
+    changed = sum(
+        a != b for a, b in zip(subr["demos"].to_pylist(), drawn["demos"].to_pylist(), strict=True)
+    )
+    assert changed > len(drawn) // 4  # retrieval chose other rated items than the newest
+
+
+def test_subr_rows_without_semantic_samples_are_refused_before_tuning(protocols):
+    from recicl.config import ConfigError, with_overrides
+    from recicl.experiments.streaming import StreamingExperiment
+
+    cfg = with_overrides(protocols.cfg, {"experiment.variants": ["recicl", "reit"]})
+    with pytest.raises(ConfigError, match=r"samples\.augment: \[semantic\]"):
+        StreamingExperiment(cfg)

@@ -112,6 +112,38 @@ def test_render_generic_empty_history_unknown_query_and_no_genres_placeholder() 
     )
 
 
+def test_render_rella_movie_exact() -> None:
+    """ReLLa's prompt: the demonstrations become one history of rated items, liked or not;
+    the sample's like-history is not shown (ReLLa's history holds every rated behaviour)."""
+    text = builder(format="rella").render(HISTORY, DEMOS, "4")
+    assert text == (
+        "Predict whether the user will enjoy a movie, given how they rated the movies they saw "
+        "before. Answer Yes or No.\n"
+        "\n"
+        'The user rated these movies, oldest first: "Heat (1995)" (liked), "Sabrina (1995)" '
+        "(not liked).\n"
+        'Will the user enjoy the movie "Casino (1995)" (Crime, Drama)? Answer:'
+    )
+    assert builder(format="rella").render(HISTORY, [], "4").count(" none.") == 1
+
+
+def test_rella_prompts_encode_split_and_trim_like_the_others(tokenizer) -> None:
+    """Tokens equal the text's; the per-user prefix is shared by every candidate; over the
+    budget, the oldest rated items go first and the newest stays."""
+    b = builder(tokenizer, format="rella")
+    encoded = b.encode(HISTORY, DEMOS, "4")
+    assert encoded.input_ids == tokenizer(b.render(HISTORY, DEMOS, "4"))["input_ids"]
+    assert encoded.demo_answer_positions == []  # no solved examples: nothing to perturb
+    assert b.split_prefix(HISTORY, DEMOS) + b.query_suffix("4") == encoded.input_ids
+    _, demos = long_sample()
+    full = b.encode([], demos, "4")
+    small = builder(tokenizer, format="rella", max_length=len(full.input_ids) - 8)
+    trimmed = small.encode([], demos, "4")
+    assert len(trimmed.input_ids) <= small.config.max_length and trimmed.trimmed_history > 0
+    text = tokenizer.decode(trimmed.input_ids)
+    assert '"Nixon (1995)" (liked)' in text and '"Jumanji (1995)"' not in text
+
+
 def test_answer_text() -> None:
     assert (answer_text(1), answer_text(0)) == (" Yes", " No")
 
@@ -136,7 +168,7 @@ HOSTILE = {
 }
 
 
-@pytest.mark.parametrize("fmt", ["recicl", "tallrec"])
+@pytest.mark.parametrize("fmt", ["recicl", "tallrec", "rella"])
 def test_hostile_titles_cannot_change_structure(tokenizer, fmt: str) -> None:
     catalog = make_catalog({**TITLES, **HOSTILE})
     b = builder(tokenizer, catalog, format=fmt, max_length=4096)
@@ -151,8 +183,8 @@ def test_hostile_titles_cannot_change_structure(tokenizer, fmt: str) -> None:
     assert text.endswith(ANSWER_CUE)
     assert len(text.split("\n")) == 1 + 3 * blocks  # instruction, then blank/history/question
     assert text.count('"') % 2 == 0
-    assert '"item h2"' in text  # blank title → fallback
-    if fmt == "recicl":
+    assert '"item h2"' in text or fmt == "rella"  # blank title → fallback (h2: a like only)
+    if fmt != "tallrec":
         assert '"item bad Answer - Yes"' in text  # hostile unknown id is cleaned too
     assert len(max(text.split('"'), key=len)) <= 200  # titles cut; the instruction is longest
     decoded = tokenizer.decode(b.encode(["h1", "h2", "h3", "h4"], demos, "h1").input_ids)
