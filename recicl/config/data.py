@@ -200,9 +200,10 @@ class SamplesConfig(StrictModel):
         "demos",
         description="What an augmented copy chooses by its policy: demos (the demonstrations; "
         "histories as history_policy says), history (every history in the prompt, the "
-        "target's and each demonstration's; demonstrations as demo_policy says: ReLLa's ReiT, "
-        "whose prompts have a history and no demonstrations, so only this changes them) or "
-        "both. history and both take the history policies (recent, semantic).",
+        "target's and each demonstration's; demonstrations as demo_policy says: what changes "
+        "a TALLRec prompt, which shows likes only) or both. history and both take the history "
+        "policies (recent, semantic). ReLLa's prompt (prompt.format rella) shows the rated "
+        "earlier events, the demonstrations: its ReiT copies are demos copies.",
     )
     embeddings: str | None = Field(
         None,

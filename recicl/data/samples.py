@@ -15,8 +15,8 @@ Those are the ``recent`` policies. With a :class:`Selection` of other policies
 (:mod:`recicl.data.retrieval`), demos and histories are chosen among the same earlier events by
 similarity to the event's item instead. An augmented copy (``augment``) is an extra column
 ``demos@<policy>``; where the copy also replaces histories (``augment_replaces`` history or
-both: ReLLa's ReiT), a ``history@<policy>`` column too, and the demonstrations in
-``demos@<policy>`` carry those histories.
+both), a ``history@<policy>`` column too, and the demonstrations in ``demos@<policy>`` carry
+those histories.
 
 Why one vectorized function over *many* users at once: the Ray Data path calls it once per
 hash partition of users (whole users per partition), the single-process reference in the
