@@ -26,6 +26,7 @@ index arithmetic on NumPy arrays plus Arrow ``take``: no per-row Python.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,6 +248,23 @@ def annotate_events(
         ],
         schema=ANNOTATED,
     )
+    kept = _with_copies(kept, selection, history_all, history_list, demo_list)
+    if m == n:
+        return kept
+    duplicates = _duplicate_rows(table.take(pa.array(np.flatnonzero(same))))
+    return pa.concat_tables([kept, _with_augmented_columns(duplicates, selection)])
+
+
+def _with_copies(
+    kept: pa.Table,
+    selection: Selection,
+    history_all: pa.ListArray,
+    history_list: Callable[[str], pa.ListArray],
+    demo_list: Callable[[str, pa.ListArray], pa.ListArray],
+) -> pa.Table:
+    """``kept`` with the columns of every augmented copy (``demos@<policy>``, and
+    ``history@<policy>`` where copies replace histories), built by the given list makers;
+    ``history_all`` are the main histories, which copies that keep them reuse."""
     for policy in selection.extra_policies:
         histories = history_list(policy) if selection.replaces_history else history_all
         demo_policy = selection.demo_policy if selection.augment_replaces == "history" else policy
@@ -259,10 +277,7 @@ def annotate_events(
                 pa.field(AUGMENTED_HISTORY_PREFIX + policy, ANNOTATED.field("history").type),
                 histories,
             )
-    if m == n:
-        return kept
-    duplicates = _duplicate_rows(table.take(pa.array(np.flatnonzero(same))))
-    return pa.concat_tables([kept, _with_augmented_columns(duplicates, selection)])
+    return kept
 
 
 def _exact_duplicates(
