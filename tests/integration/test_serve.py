@@ -434,15 +434,24 @@ def test_store_survives_restart(world, server):
     with httpx.Client(base_url=server.url, timeout=60) as client:
         assert client.post("/v1/events", json=events).json()["new"] == 6
         before = client.post("/v1/score", json=request).json()
-    assert before["context_events"] == 6
+        no_events = client.post("/v1/score", json={**request, "user_id": "nobody"}).json()
+    assert before["context_events"] == 6 and no_events["context_events"] == 0
+    # the events move the scores far more than the tolerance below: losing them would show
+    pairs = zip(before["scores"], no_events["scores"], strict=True)
+    moved = [abs(a["score"] - b["score"]) for a, b in pairs]
+    assert max(moved) > 1e-3, moved
     server.stop()
     server.start()
     with httpx.Client(base_url=server.url, timeout=60) as client:
         after = client.post("/v1/score", json=request).json()
     assert after["context_events"] == 6  # the events outlived the servers that stored them
     assert [s["item_id"] for s in after["scores"]] == request["candidates"]
+    # the same model and prompts; float rounding only. Not 1e-6: a fresh replica can run the
+    # same prompts in another summation order (batch shapes, threads), which moved these
+    # scores by up to 1.4e-5 once in a full-suite run (2026-12-07); prefix-shared scoring's own
+    # contract is 1e-4 (recicl.modeling.prefix_sharing)
     assert [s["score"] for s in after["scores"]] == pytest.approx(
-        [s["score"] for s in before["scores"]], abs=1e-6
+        [s["score"] for s in before["scores"]], abs=1e-4
     )
 
 
