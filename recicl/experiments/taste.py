@@ -107,9 +107,11 @@ def taste_switch_shift(
     the serving code. ``prompt``/``model_cfg`` load a plain base folder (zero-shot);
     ``num_demos``/``history_len`` default to the samples' own (their manifest);
     ``force_prompt`` scores a tuned version with ``prompt`` (tallrec+demos)."""
+    import numpy as np
     import pyarrow.parquet as pq
 
     from recicl.modeling.prefix_sharing import CandidateScorer
+    from recicl.modeling.signals import blend_with, demo_labels
 
     folder = SamplesFolder.at(samples_dir)
     built = folder.require_manifest().samples_config
@@ -117,7 +119,8 @@ def taste_switch_shift(
     history_n = int(history_len if history_len is not None else built["history_len"])
     # the policies the samples were built with, as serving would apply them
     selection = trained_selection(built, str(folder.root), str(model_dir))
-    probe = taste_switch(folder.root, "taste-probe", 2_000_000_000)
+    user = "taste-probe"  # unknown to the tuning: a blend's user counts start from its prior
+    probe = taste_switch(folder.root, user, 2_000_000_000)
     packaged = load_packaged_model(
         model_dir, prompt=prompt, model_cfg=model_cfg, force_prompt=force_prompt
     )
@@ -137,6 +140,13 @@ def taste_switch_shift(
         contexts = contexts_for(stored, probe.candidates, demos_n, history_n, selection)
         jobs, where = group_by_context(list(probe.candidates), contexts)
         grouped = scorer.score(jobs)
-        scores = [grouped[job][slot] for job, slot in where]
+        # what serving answers: a train.blend version's scores are the blend (serving_model)
+        scores = blend_with(
+            packaged.blend,
+            np.asarray([grouped[job][slot] for job, slot in where]),
+            [user] * len(probe.candidates),
+            probe.candidates,
+            [demo_labels(demos) for _, demos in contexts],
+        ).tolist()
         gaps.append(probe.gap(dict(zip(probe.candidates, scores, strict=True))))
     return {"gap_before": gaps[0], "gap_after": gaps[1], "shift": gaps[1] - gaps[0]}

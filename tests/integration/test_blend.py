@@ -122,3 +122,29 @@ def test_served_scores_are_the_blend_of_the_llm_and_the_signal_model(blended):
         moved = np.subtract([s for _, s in mixed.scores], [s for _, s in plain.scores])
         assert np.abs(moved).max() > 1e-4  # the signal model moved the answer
         assert [i for i, _ in mixed.scores] == list(job.candidates)
+
+
+def test_the_taste_probe_scores_what_each_version_serves(blended):
+    """The quality benchmark's taste-switch probe (recicl.experiments.taste) of a blended
+    version reads the blend, as serving answers it: the same gaps as the served scores of the
+    probe's events, and not the LLM's alone."""
+    from recicl.experiments.taste import taste_switch, taste_switch_shift
+
+    samples = blended.world.samples
+    probe = taste_switch(samples, "taste-probe", 2_000_000_000)
+    phases = (probe.before, probe.before + probe.after)
+    shifts = {}
+    for which in ("llm", "blend"):
+        shifts[which] = taste_switch_shift(blended.folders[which], samples)
+        served = []
+        for events in phases:
+            stored = tuple(
+                Event(e["user_id"], e["item_id"], e["label"], e["timestamp"], e["rating"])
+                for e in events
+            )
+            job = ModelJob(user_id="taste-probe", events=stored, candidates=tuple(probe.candidates))
+            (reply,) = _served(blended, which, [job])
+            served.append(probe.gap(dict(reply.scores)))
+        probed = [shifts[which]["gap_before"], shifts[which]["gap_after"]]
+        np.testing.assert_allclose(probed, served, atol=1e-5)
+    assert abs(shifts["blend"]["gap_after"] - shifts["llm"]["gap_after"]) > 1e-4
