@@ -115,7 +115,9 @@ def add_taste_shifts(
         if variant in taste:
             continue
         if variant == "zero-shot":
-            base = cfg.model.name_or_path
+            base = facts.get("base") or cfg.model.name_or_path  # a run's tiny model, if built
+            if not base:
+                continue
             taste[variant] = taste_switch_shift(
                 base, samples, prompt=recicl_prompt, model_cfg=cfg.model
             )

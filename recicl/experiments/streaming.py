@@ -451,7 +451,8 @@ class StreamingExperiment:
     # -- the variants -----------------------------------------------------------------------
 
     def _zero_shot(self, variant: str) -> _Outcome:
-        return self._llm_report(Path(self.base), self.recicl_prompt, self.eval_table, variant), {}
+        report = self._llm_report(Path(self.base), self.recicl_prompt, self.eval_table, variant)
+        return report, {"base": self.base}  # the untuned model (a tiny one when none is set)
 
     def _tuned_variant(self, variant: str) -> _Outcome:
         model_dir, trained = self._tuned_once(variant)

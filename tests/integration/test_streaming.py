@@ -136,6 +136,8 @@ def test_streaming_protocol_after_a_drift(streaming, capsys):
     # The tuned variant was registered as a version of its own, from its prompt format
     variants = result["variants"]
     assert variants["recicl"]["version"] is not None
+    # the untuned row names its model (here the tiny one the run built): the taste probe's input
+    assert (Path(variants["zero-shot"]["base"]) / "config.json").is_file()
     with open(result["paths"]["csv"]) as handle:
         assert len(list(csv.DictReader(handle))) == len(rows)
     # every variant's per-sample scores are kept beside the table, and give its figures
