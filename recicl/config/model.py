@@ -135,8 +135,12 @@ class ModelConfig(StrictModel):
         "training, experiments and the demo import it there first (`recicl model import`; "
         "checksum verified, nothing downloaded at run time).",
     )
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
-        "float32", description="Weight dtype when loading (auto = as saved)."
+    dtype: Literal["float32", "bfloat16", "float16", "auto", "bfloat16-if-native"] = Field(
+        "float32",
+        description="Weight dtype when loading (auto = as saved). bfloat16-if-native: "
+        "bfloat16 where the device computes it natively (a GPU with bf16; a CPU with AMX or "
+        "AVX-512-BF16 units, or Arm BF16), else float32: without those units torch emulates "
+        "bf16 and runs slower than float32 (Gemma 3 270M: 3-5x, benchmarks/bench_dtype.py).",
     )
     attn_implementation: str | None = Field(
         "sdpa", description="eager, sdpa, flash_attention_2, ...; null = transformers' choice."

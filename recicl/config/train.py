@@ -251,8 +251,11 @@ class TrainConfig(StrictModel):
         description="Cross-entropy weights for [No, Yes] (e.g. [1.0, 3.0] when likes are "
         "rare); null = unweighted.",
     )
-    bf16: bool | Literal["auto"] = Field(
-        "auto", description="bfloat16 mixed precision; auto = on GPU only (slow on most CPUs)."
+    bf16: bool | Literal["auto", "if-native"] = Field(
+        "auto",
+        description="bfloat16 mixed precision; auto = on GPU only (slow on most CPUs); "
+        "if-native = where the device computes bf16 natively (a GPU with bf16, a CPU with AMX "
+        "or AVX-512-BF16 units): pair it with model.dtype: bfloat16-if-native.",
     )
     length_grouping: bool = Field(
         True,

@@ -60,8 +60,22 @@ def load_tokenizer(model_cfg: ModelConfig) -> PreTrainedTokenizerBase:
 
 
 def _torch_dtype(name: str) -> Any:
+    """``model.dtype`` as transformers takes it; ``bfloat16-if-native`` resolved for this
+    machine (:mod:`recicl.modeling.hardware`), and logged, since it decides speed and numerics."""
     import torch
 
+    if name == "bfloat16-if-native":
+        from recicl.modeling.hardware import native_bf16
+
+        on_gpu = torch.cuda.is_available()
+        native = native_bf16(on_gpu)
+        print(
+            f"[recicl] model.dtype bfloat16-if-native: {'bfloat16' if native else 'float32'} "
+            f"({'this GPU' if on_gpu else 'this CPU'} {'has' if native else 'has no'} bf16 "
+            "units)",
+            flush=True,
+        )
+        return torch.bfloat16 if native else torch.float32
     return {
         "float32": torch.float32,
         "bfloat16": torch.bfloat16,

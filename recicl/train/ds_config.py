@@ -24,9 +24,17 @@ from recicl.config import TrainConfig
 
 
 def use_bf16(train_cfg: TrainConfig, on_gpu: bool | None = None) -> bool:
-    """Resolve ``bf16: auto`` against the device kind (``on_gpu`` defaults to ``use_gpu``)."""
+    """Resolve ``bf16: auto`` (GPU only) and ``if-native`` (where the device computes bf16
+    natively, :func:`recicl.modeling.hardware.native_bf16`) against the device kind
+    (``on_gpu`` defaults to ``use_gpu``)."""
     on_gpu = train_cfg.use_gpu if on_gpu is None else on_gpu
-    return on_gpu if train_cfg.bf16 == "auto" else bool(train_cfg.bf16)
+    if train_cfg.bf16 == "auto":
+        return on_gpu
+    if train_cfg.bf16 == "if-native":
+        from recicl.modeling.hardware import native_bf16
+
+        return native_bf16(on_gpu)
+    return bool(train_cfg.bf16)
 
 
 def build_deepspeed_config(

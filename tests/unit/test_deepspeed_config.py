@@ -97,9 +97,14 @@ def test_offload_on_gpu_uses_deepspeed_cpu_adam(monkeypatch: pytest.MonkeyPatch)
 
 @pytest.mark.parametrize(
     ("bf16", "on_gpu", "expected"),
-    [("auto", False, False), ("auto", True, True), (True, False, True), (False, True, False)],
-)
-def test_bf16_resolution(bf16, on_gpu: bool, expected: bool) -> None:
+    [("auto", False, False), ("auto", True, True), (True, False, True), (False, True, False),
+     ("if-native", False, True), ("if-native", True, False)],
+)  # fmt: skip
+def test_bf16_resolution(bf16, on_gpu: bool, expected: bool, monkeypatch) -> None:
+    """``if-native`` asks the device (here a CPU with bf16 units and a GPU without)."""
+    from recicl.modeling import hardware
+
+    monkeypatch.setattr(hardware, "native_bf16", lambda on_gpu: not on_gpu)
     tc = TrainConfig(bf16=bf16)
     assert use_bf16(tc, on_gpu) is expected
     assert build_deepspeed_config(tc, 1, on_gpu=on_gpu)["bf16"]["enabled"] is expected

@@ -447,3 +447,19 @@ def test_a_version_finds_its_base_on_another_node(tiny: Path, tmp_path: Path, pr
         load_packaged_model(version, model_cfg=elsewhere)
     with pytest.raises(PackagedModelError, match="copy it to"):
         load_packaged_model(version, model_cfg=ModelConfig(models_root=str(tmp_path / "none")))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_if_native_loads_what_the_cpu_computes_fast(
+    tiny: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], native: bool
+) -> None:
+    """model.dtype bfloat16-if-native: bfloat16 weights on a CPU with bf16 units, float32
+    elsewhere (where torch emulates bf16, slower than float32), and the choice is logged."""
+    from recicl.modeling import hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
+    cfg = ModelConfig(name_or_path=str(tiny), dtype="bfloat16-if-native")
+    model = load_model(cfg, for_training=False)
+    want = torch.bfloat16 if native else torch.float32
+    assert {p.dtype for p in model.model.parameters()} == {want}  # the decoder's weights
+    assert f"bfloat16-if-native: {'bfloat16' if native else 'float32'}" in capsys.readouterr().out

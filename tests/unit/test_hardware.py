@@ -1,0 +1,35 @@
+"""Native bfloat16 detection (recicl.modeling.hardware) from /proc/cpuinfo texts."""
+
+from __future__ import annotations
+
+import pytest
+
+from recicl.modeling.hardware import cpu_flags_have_native_bf16, native_bf16
+
+X86 = "processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu sse2 avx2 avx512f avx512bw {extra}\n"
+ARM = "processor\t: 0\nFeatures\t: fp asimd sve {extra}\nCPU implementer\t: 0x41\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "native"),
+    [
+        (X86.format(extra="avx512_vnni"), False),  # AVX-512 alone: bf16 emulated (slow)
+        (X86.format(extra="avx512_bf16"), True),
+        (X86.format(extra="amx_tile amx_bf16"), True),
+        (X86.format(extra="avx512_bf16x"), False),  # whole flags only
+        (ARM.format(extra="i8mm"), False),
+        (ARM.format(extra="bf16 i8mm"), True),
+        ("model name\t: bf16 in a name is not a flag\n", False),
+        ("", False),
+    ],
+)
+def test_cpu_flags(cpuinfo: str, native: bool) -> None:
+    assert cpu_flags_have_native_bf16(cpuinfo) is native
+
+
+def test_gpu_without_cuda_is_not_native() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: its answer is the hardware's, not testable here")
+    assert native_bf16(on_gpu=True) is False
