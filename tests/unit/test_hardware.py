@@ -27,9 +27,14 @@ def test_cpu_flags(cpuinfo: str, native: bool) -> None:
     assert cpu_flags_have_native_bf16(cpuinfo) is native
 
 
-def test_gpu_without_cuda_is_not_native() -> None:
+def test_the_gpu_answer_is_the_gpus_not_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU with bf16 units says nothing about the GPU: without CUDA, on_gpu is never native."""
     import torch
+
+    from recicl.modeling import hardware
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: its answer is the hardware's, not testable here")
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    assert native_bf16(on_gpu=False) is True
     assert native_bf16(on_gpu=True) is False

@@ -457,7 +457,7 @@ def test_bfloat16_if_native_loads_what_the_cpu_computes_fast(
     elsewhere (where torch emulates bf16, slower than float32), and the choice is logged."""
     from recicl.modeling import hardware
 
-    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(hardware, "native_bf16", lambda on_gpu: native)  # CPU or GPU box
     cfg = ModelConfig(name_or_path=str(tiny), dtype="bfloat16-if-native")
     model = load_model(cfg, for_training=False)
     want = torch.bfloat16 if native else torch.float32
