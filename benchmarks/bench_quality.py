@@ -133,6 +133,8 @@ def add_taste_shifts(
         else:
             continue
         print(f"[quality] seed {seed} {variant}: taste shift {taste[variant]['shift']:+.4f}")
+        if "shift_no_blend" in taste[variant]:  # train.blend: the row of the LLM alone
+            taste[f"{variant}~no-blend"] = {"shift": taste[variant]["shift_no_blend"]}
         (output / "streaming.json").write_text(json.dumps(result, indent=2) + "\n")
 
 

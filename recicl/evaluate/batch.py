@@ -147,9 +147,13 @@ class ScoreBatches:
 
             demos = batch["demos"] if "demos" in batch else [None] * len(scores)
             labels = [demo_labels(d) for d in demos]
-            scores = blend_with(
-                self.packaged.blend, scores, batch["user_id"], batch["item_id"], labels
-            )
+            llm = np.asarray(scores, dtype=np.float64)
+            users, items = batch["user_id"], batch["item_id"]
+            scores = blend_with(self.packaged.blend, llm, users, items, labels)
+            # the LLM's own score too: one run then shows what the blend adds to that model
+            extra = {"llm_score": llm}
+        else:
+            extra = {}
         return {
             "sample_id": np.asarray(batch["sample_id"]),
             "user_id": np.asarray(batch["user_id"]),
@@ -159,6 +163,7 @@ class ScoreBatches:
             "trimmed": encoded["trimmed"],
             "tokens": encoded["length"],
             "threads": np.full(len(scores), self.threads, dtype=np.int16),
+            **extra,
         }
 
 
@@ -288,6 +293,13 @@ def report_from_scores(scores: pa.Table) -> dict[str, Any]:
         "trimmed_fraction": float(trimmed.mean()) if len(trimmed) else 0.0,
         "mean_tokens": float(scores["tokens"].to_numpy().mean()) if len(trimmed) else 0.0,
     }
+    if "llm_score" in scores.column_names:  # train.blend: the LLM's score before the blend
+        report["llm_alone"] = metrics_by_period(
+            scores["period"].to_numpy(),
+            scores["user_id"].to_numpy(zero_copy_only=False),
+            scores["label"].to_numpy(),
+            scores["llm_score"].to_numpy(),
+        )
     if "threads" in scores.column_names:  # what each scoring actor ran the model with
         report["torch_threads"] = sorted(set(scores["threads"].to_pylist()))
     return report

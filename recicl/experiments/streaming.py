@@ -290,6 +290,10 @@ class StreamingExperiment:
                 facts[variant]["mean_prompt_tokens"] = tokens
             facts[variant]["seconds"] = round(time.perf_counter() - started, 1)
             self._log_child(variant, reports[variant], facts[variant])
+            if "llm_alone" in reports[variant]:  # train.blend: the same model's unblended row
+                row = f"{variant}~no-blend"
+                reports[row], facts[row] = reports[variant].pop("llm_alone"), {"of": variant}
+                self._log_child(row, reports[row], facts[row])
             for name in self.cfg.experiment.perturbations if variant in self._scored_with else ():
                 row = f"{variant}~{name}"
                 started = time.perf_counter()
@@ -429,6 +433,9 @@ class StreamingExperiment:
         folder.mkdir(exist_ok=True)
         columns = ["sample_id", "period", "user_id", "label", "score"]
         pq.write_table(scores.select(columns).sort_by("sample_id"), folder / f"{label}.parquet")
+        if "llm_score" in scores.column_names:  # train.blend: the LLM's own, as <label>~no-blend
+            alone = scores.select(columns[:-1]).append_column("score", scores["llm_score"])
+            pq.write_table(alone.sort_by("sample_id"), folder / f"{label}~no-blend.parquet")
 
     def _scored(self, scores: np.ndarray, label: str | None = None) -> dict[str, Any]:
         """The per-period report of scores for the evaluated draw (non-LLM variants; kept as

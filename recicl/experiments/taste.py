@@ -131,7 +131,7 @@ def taste_switch_shift(
         item_stats=packaged.prompt_item_stats(folder.root),
     )
     scorer = CandidateScorer(packaged.model, packaged.tokenizer, builder, packaged.answer_columns())
-    gaps = []
+    gaps, llm_gaps = [], []
     for events in (probe.before, probe.before + probe.after):
         stored = [
             Event(e["user_id"], e["item_id"], e["label"], e["timestamp"], e["rating"])
@@ -140,13 +140,18 @@ def taste_switch_shift(
         contexts = contexts_for(stored, probe.candidates, demos_n, history_n, selection)
         jobs, where = group_by_context(list(probe.candidates), contexts)
         grouped = scorer.score(jobs)
+        llm = np.asarray([grouped[job][slot] for job, slot in where])
+        llm_gaps.append(probe.gap(dict(zip(probe.candidates, llm.tolist(), strict=True))))
         # what serving answers: a train.blend version's scores are the blend (serving_model)
         scores = blend_with(
             packaged.blend,
-            np.asarray([grouped[job][slot] for job, slot in where]),
+            llm,
             [user] * len(probe.candidates),
             probe.candidates,
             [demo_labels(demos) for _, demos in contexts],
         ).tolist()
         gaps.append(probe.gap(dict(zip(probe.candidates, scores, strict=True))))
-    return {"gap_before": gaps[0], "gap_after": gaps[1], "shift": gaps[1] - gaps[0]}
+    shifts = {"gap_before": gaps[0], "gap_after": gaps[1], "shift": gaps[1] - gaps[0]}
+    if packaged.blend is not None:  # how much of the LLM's own shift the blend keeps
+        shifts["shift_no_blend"] = llm_gaps[1] - llm_gaps[0]
+    return shifts

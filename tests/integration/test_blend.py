@@ -70,7 +70,12 @@ def _offline(blended, which: str) -> np.ndarray:
         batch_size=8,
         threads=1,
     )
-    return np.asarray(scorer(_batch(blended.rows))["score"], np.float64)
+    scored = scorer(_batch(blended.rows))
+    if which == "blend":  # the LLM's own score rides along (report_from_scores: llm_alone)
+        blended.llm_score = np.asarray(scored["llm_score"], np.float64)
+    else:
+        assert "llm_score" not in scored
+    return np.asarray(scored["score"], np.float64)
 
 
 def _served(blended, which: str, jobs: list[ModelJob]) -> list[ModelReply]:
@@ -95,6 +100,30 @@ def test_offline_scores_are_the_blend_of_the_llm_and_the_signal_model(blended):
     signal = blended.signal.score(blended.rows, None)
     np.testing.assert_allclose(blend, blend_scores(llm, signal), rtol=1e-9)
     assert np.abs(blend - llm).max() > 1e-4  # the signal model moved the scores
+    # the blended version also reports the LLM's own scores: version 1's, from the same actor
+    np.testing.assert_allclose(blended.llm_score, llm, rtol=1e-9)
+
+
+def test_a_report_carries_the_llm_alone_next_to_the_blend(blended):
+    """report_from_scores (evaluation and the streaming experiment) of a blended version's
+    scores: the blend's metrics, and the LLM's own under ``llm_alone`` (the streaming run's
+    ``<variant>~no-blend`` row), each computed from its own column."""
+    import pyarrow as pa
+
+    from recicl.evaluate.batch import report_from_scores
+
+    blend = _offline(blended, "blend")
+    rows = blended.rows
+    table = pa.table({
+        "period": rows["period"], "user_id": rows["user_id"], "label": rows["label"],
+        "score": blend, "llm_score": blended.llm_score,
+        "trimmed": np.zeros(len(blend), bool), "tokens": np.ones(len(blend), np.int32),
+    })  # fmt: skip
+    report = report_from_scores(table)
+    alone = report_from_scores(table.drop(["llm_score"]).set_column(3, "score", table["llm_score"]))
+    assert "llm_alone" not in alone
+    assert report["llm_alone"]["periods"] == alone["periods"]
+    assert report["llm_alone"]["periods"] != report["periods"]  # the blend moved the metrics
 
 
 def test_served_scores_are_the_blend_of_the_llm_and_the_signal_model(blended):
@@ -148,3 +177,6 @@ def test_the_taste_probe_scores_what_each_version_serves(blended):
         probed = [shifts[which]["gap_before"], shifts[which]["gap_after"]]
         np.testing.assert_allclose(probed, served, atol=1e-5)
     assert abs(shifts["blend"]["gap_after"] - shifts["llm"]["gap_after"]) > 1e-4
+    # the blended version's probe also says what the LLM alone shifts: version 1's shift
+    assert "shift_no_blend" not in shifts["llm"]
+    assert shifts["blend"]["shift_no_blend"] == pytest.approx(shifts["llm"]["shift"], abs=1e-5)

@@ -50,3 +50,28 @@ def test_rows_of_different_draws_are_refused() -> None:
     other = ["a", "b", "c", "d"]
     with pytest.raises(SystemExit, match="different samples"):
         blend_report(_rows(np.full(4, 0.5), labels), _rows(np.full(4, 0.5), labels, other))
+
+
+def test_a_blended_row_keeps_the_llm_scores_as_its_no_blend_row(tmp_path) -> None:
+    """The streaming run keeps a train.blend variant's served (blended) scores as
+    ``<variant>.parquet`` and the same model's own as ``<variant>~no-blend.parquet``, which
+    bench_blend.py then reads like any row (e.g. ``--rows recicl~no-blend,logistic``)."""
+    from types import SimpleNamespace
+
+    import pyarrow.parquet as pq
+
+    from benchmarks.bench_blend import find_scores
+    from recicl.experiments.streaming import StreamingExperiment
+
+    rng = np.random.default_rng(1)
+    table = _rows(rng.random(20), rng.integers(0, 2, 20)).append_column(
+        "llm_score", pa.array(rng.random(20))
+    )
+    shuffled = table.take(list(range(19, -1, -1)))
+    StreamingExperiment._keep_scores(SimpleNamespace(output=tmp_path), "recicl", shuffled)
+    kept = pq.read_table(find_scores(tmp_path, "recicl"))
+    alone = pq.read_table(find_scores(tmp_path, "recicl~no-blend"))
+    assert kept["sample_id"] == table["sample_id"] == alone["sample_id"]  # sorted by sample
+    np.testing.assert_array_equal(kept["score"].to_numpy(), table["score"].to_numpy())
+    np.testing.assert_array_equal(alone["score"].to_numpy(), table["llm_score"].to_numpy())
+    assert alone.column_names == kept.column_names  # period, user and label beside each
