@@ -176,15 +176,24 @@ def samples_demo_quality(
         "--embeddings",
         help="item_embeddings.parquet (default: the folder's, else embed the catalog).",
     ),
+    metric: str = typer.Option(
+        "ridge",
+        "--metric",
+        help="ridge: a linear fit of the help on the features; lrgd: item similarity alone, "
+        "label-blind (LRGD's view; use item vectors from the model, embeddings.kind llm).",
+    ),
 ) -> None:
     """Fit the quality demo policy: a linear estimate of each demonstration's help.
 
-    Help is measured on training samples as the model's leave-one-out margin change.
+    Help is measured on training samples as the model's leave-one-out margin change; the
+    report also gives how well LRGD's view (alignment of the model's hidden states) ranks it.
     """
     from recicl.experiments.demo_quality import describe, fit_from_samples
 
     cfg = resolve_config(config, {"samples.embeddings": embeddings})
-    quality, path = fit_from_samples(cfg, samples, model, samples=count, seed=seed, output=output)
+    quality, path = fit_from_samples(
+        cfg, samples, model, samples=count, seed=seed, output=output, metric=metric
+    )
     for name, value in describe(quality):
         console.print(f"{name:>20}  {value}", highlight=False)
     if weak := quality.weakness():

@@ -81,6 +81,14 @@ class DemoQuality:
         the policy lost 0.15-0.18 AUC to ``recent`` (README, "Demonstration policies"). Said at fit
         and at build time, so nobody ships it by accident; hand-set weights (no R^2) pass.
         """
+        rho = self.fitted.get("rho_help_similarity")
+        if self.fitted.get("metric") == "lrgd" and rho is not None and not rho > 0:
+            return (
+                f"item similarity ranks the measured demonstrations against their help "
+                f"(within-prompt rank correlation {rho}), so the lrgd quality policy would show "
+                "the less helpful ones; use demo_policy recent, or item vectors from the model "
+                "itself (embeddings.kind: llm)"
+            )
         r2 = self.fitted.get("r2_cv")
         if r2 is None or r2 > 0:
             return None

@@ -18,6 +18,21 @@ The estimator (ICL as implicit fine-tuning: demonstrations are not equally usefu
    explain; it is small: most of a demonstration's effect depends on content the features do not
    see) and the count of measured demonstrations, saved as JSON next to the samples.
 
+**The LRGD view** (``metric="lrgd"``). Read as gradient descent on a dual linear model, a
+prompt's attention adds to the query's output ``sum_j (W_V x_j)(W_K x_j)^T q``: demonstration
+``j`` updates the dual model by its value times the alignment of its key with the query. For a
+Yes/No readout the value carries the demonstration's label, so the predicted push of ``j`` on the
+query's margin is ``label_j * alignment_j`` (``label`` = +1 liked, -1 not), and ``alignment_j``
+is how much it moves the answer at all. Measured here from the model's own hidden states: the
+cosine of the last layer's state where the model reads demonstration ``j``'s question (the
+position before its answer) with the state where it answers the query, in the full prompt. What
+a policy can use before the target's label is known is the alignment alone: picking by label as
+well tilts the demonstrations' like rate, the strongest signal a reader has (the ridge fit's
+collapse on Gemma). Its build-time form, computable for every candidate without a forward pass
+of the prompt, is the similarity of the two items in the model's own item vectors
+(``embeddings.kind: llm``): the ``lrgd`` estimator ranks by similarity only. The report gives
+the rank correlations (within each prompt, averaged) that say whether each step holds.
+
 The measured samples use the demonstrations the folder was built with (usually the recent ones),
 so the ages seen in fitting are 0 .. num_demos - 1: the fit says how help falls with age in that
 range and extrapolates linearly beyond it.
@@ -42,6 +57,66 @@ from recicl.modeling.packaged import load_packaged_model
 from recicl.prompts import PromptBuilder
 
 log = logging.getLogger(__name__)
+
+
+#: per measured demonstration, besides the features: its help (margin change toward the right
+#: answer), push (toward Yes), the LRGD alignment, the target's sign, and its sample
+MEASURED = ("help", "push", "alignment", "target_sign", "group")
+#: the fits: a ridge regression of help on the features, or LRGD's alignment (module doc)
+METRICS = ("ridge", "lrgd")
+#: what lrgd_agreement reports
+LRGD_REPORT = (
+    "rho_push", "rho_influence", "rho_help_alignment", "rho_help_similarity", "aligned_share",
+)  # fmt: skip
+
+
+def _alignments(model: Any, encoded: Any, demos: int) -> np.ndarray:
+    """LRGD alignment of every demonstration with the query (module doc): the cosine of the
+    last hidden state before each demonstration's answer with the one the query is answered
+    from. NaN for every demonstration where the prompt kept fewer than ``demos`` of them."""
+    from recicl.modeling import hidden_states_at
+
+    answers = list(encoded.demo_answer_positions)
+    if len(answers) != demos:  # trimmed to fit: which one is missing is not ours to guess
+        return np.full(demos, np.nan)
+    states = hidden_states_at(model, encoded.input_ids, [a - 1 for a in answers] + [-1])
+    states = states / np.maximum(np.linalg.norm(states, axis=1, keepdims=True), 1e-12)
+    return states[:-1] @ states[-1]
+
+
+def _within_prompt_rho(groups: np.ndarray, first: np.ndarray, second: np.ndarray) -> float:
+    """Spearman correlation of two per-demonstration values within each measured prompt,
+    averaged over prompts (a policy ranks the candidates of one prompt); NaN rows and prompts
+    where either value is constant are left out."""
+    from scipy.stats import spearmanr
+
+    rhos = []
+    for g in np.unique(groups):
+        rows = (groups == g) & np.isfinite(first) & np.isfinite(second)
+        if rows.sum() >= 3 and np.ptp(first[rows]) > 0 and np.ptp(second[rows]) > 0:
+            rhos.append(float(spearmanr(first[rows], second[rows]).statistic))
+    return round(float(np.mean(rhos)), 4) if rhos else float("nan")
+
+
+def lrgd_agreement(measured: dict[str, np.ndarray]) -> dict[str, float]:
+    """How far each step of the LRGD view (module doc) holds on the measured demonstrations:
+    rank correlations within a prompt, averaged over prompts.
+
+    - ``rho_push``: the predicted push (label x alignment) against the measured push toward Yes;
+    - ``rho_influence``: the alignment against how far the demonstration moved the answer;
+    - ``rho_help_alignment``: the alignment against the help (what a label-blind policy ranks);
+    - ``rho_help_similarity``: the build-time form (item similarity) against the help.
+    """
+    groups = measured["group"].astype(np.int64)
+    alignment, push = measured["alignment"], measured["push"]
+    label = 2.0 * measured["liked"] - 1.0
+    return {
+        "rho_push": _within_prompt_rho(groups, label * alignment, push),
+        "rho_influence": _within_prompt_rho(groups, alignment, np.abs(push)),
+        "rho_help_alignment": _within_prompt_rho(groups, alignment, measured["help"]),
+        "rho_help_similarity": _within_prompt_rho(groups, measured["similarity"], measured["help"]),
+        "aligned_share": round(float(np.isfinite(alignment).mean()), 4),
+    }
 
 
 def _margins(p_yes: np.ndarray) -> np.ndarray:
@@ -85,15 +160,15 @@ def measure_demo_help(
         item_stats=packaged.prompt_item_stats(folder.root),
     )
     window = float(cfg.samples.retrieval_window)
-    out: dict[str, list[float]] = {name: [] for name in (*QUALITY_FEATURES, "help", "group")}
+    out: dict[str, list[float]] = {name: [] for name in (*QUALITY_FEATURES, *MEASURED)}
     for group, row in enumerate(tqdm(rows, desc="demo help", unit="sample")):
         demos = row["demos"]
         variants = [demos] + [demos[:j] + demos[j + 1 :] for j in range(len(demos))]
         own = (row["timestamp"], row["label"])
-        prompts = [
-            builder.encode(row["history"], d, row["item_id"], query_event=own).input_ids
-            for d in variants
+        encoded = [
+            builder.encode(row["history"], d, row["item_id"], query_event=own) for d in variants
         ]
+        prompts = [e.input_ids for e in encoded]
         p_yes = score_prompts(
             packaged.model,
             packaged.tokenizer,
@@ -105,6 +180,7 @@ def measure_demo_help(
         sign = 1.0 if row["label"] == 1 else -1.0
         target = embeddings.vectors([row["item_id"]])
         sims = similarities(target, embeddings.vectors([d["item_id"] for d in demos]))[0]
+        alignment = _alignments(packaged.model, encoded[0], len(demos))
         for j, demo in enumerate(demos):
             liked = float(demo["label"])
             out["similarity"].append(float(sims[j]))
@@ -112,12 +188,31 @@ def measure_demo_help(
             out["liked"].append(liked)
             out["similarity_x_liked"].append(float(sims[j]) * liked)
             out["help"].append(float((margins[0] - margins[j + 1]) * sign))
+            out["push"].append(float(margins[0] - margins[j + 1]))  # toward Yes
+            out["alignment"].append(float(alignment[j]))
+            out["target_sign"].append(sign)
             out["group"].append(group)
     return {name: np.asarray(values) for name, values in out.items()}
 
 
-def fit_demo_quality(measured: dict[str, np.ndarray], alpha: float = 1.0) -> DemoQuality:
-    """Ridge weights of the help on the per-sample-centered features (see the module doc)."""
+def fit_demo_quality(
+    measured: dict[str, np.ndarray], alpha: float = 1.0, metric: str = "ridge"
+) -> DemoQuality:
+    """``ridge``: weights of the help on the per-sample-centered features; ``lrgd``: the item
+    similarity alone (the LRGD view's build-time form). Both report the view's rank
+    correlations on the measured demonstrations (see the module doc)."""
+    if metric not in METRICS:
+        raise ConfigError(f"demo quality metric {metric!r}: use one of {', '.join(METRICS)}")
+    agreement = lrgd_agreement(measured) if "alignment" in measured else {}
+    if metric == "lrgd":
+        fitted = {
+            "metric": "lrgd",
+            "measured_demos": len(measured["help"]),
+            "measured_samples": len(np.unique(measured["group"])),
+            "mean_help": round(float(measured["help"].mean()), 4),
+            **agreement,
+        }
+        return DemoQuality((1.0, 0.0, 0.0, 0.0), fitted)  # similarity: label-blind, no age
     from sklearn.linear_model import Ridge
     from sklearn.model_selection import GroupKFold, cross_val_score
 
@@ -150,6 +245,8 @@ def fit_demo_quality(measured: dict[str, np.ndarray], alpha: float = 1.0) -> Dem
         "r2_cv": round(float(np.mean(r2)), 4),
         "mean_help": round(float(measured["help"].mean()), 4),
         "ridge_alpha": alpha,
+        "metric": "ridge",
+        **agreement,
     }
     return DemoQuality(weights, fitted)
 
@@ -162,6 +259,7 @@ def fit_from_samples(
     samples: int = 200,
     seed: int = 0,
     output: str | Path | None = None,
+    metric: str = "ridge",
 ) -> tuple[DemoQuality, Path]:
     """Measure on the training periods of ``samples_dir`` (``experiment.train_periods``),
     fit, and write the estimator JSON (default: ``<samples_dir>/demo_quality.json``)."""
@@ -190,7 +288,7 @@ def fit_from_samples(
     measured = measure_demo_help(
         cfg, folder, model, embeddings, periods=periods, samples=samples, seed=seed
     )
-    quality = fit_demo_quality(measured)
+    quality = fit_demo_quality(measured, metric=metric)
     quality = DemoQuality(
         quality.weights,
         {
@@ -206,12 +304,14 @@ def fit_from_samples(
     path = Path(output) if output else folder.demo_quality_path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(quality.to_json(), indent=2) + "\n")
-    log.info("demo quality weights %s (R2 cv %s)", quality.weights, quality.fitted["r2_cv"])
+    report = {k: quality.fitted.get(k) for k in ("metric", "r2_cv", *LRGD_REPORT)}
+    log.info("demo quality weights %s (%s)", quality.weights, report)
     return quality, path
 
 
 def describe(quality: DemoQuality) -> list[tuple[str, Any]]:
     """(name, value) rows for a printed summary."""
     rows: list[tuple[str, Any]] = list(zip(QUALITY_FEATURES, quality.weights, strict=True))
-    rows += [(k, v) for k, v in quality.fitted.items() if k in ("r2_cv", "measured_demos")]
+    shown = ("metric", "r2_cv", "measured_demos", *LRGD_REPORT)
+    rows += [(k, v) for k, v in quality.fitted.items() if k in shown]
     return rows

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from recicl.modeling.loading import ModelLoadError, load_model, load_tokenizer
     from recicl.modeling.scoring import (
         answer_logits,
+        hidden_states_at,
         left_align,
         p_yes,
         score_prompts,
@@ -28,6 +29,7 @@ __all__ = [
     "ModelLoadError",
     "answer_logits",
     "answer_token_ids",
+    "hidden_states_at",
     "init_tiny_model",
     "left_align",
     "load_model",
@@ -44,6 +46,7 @@ __getattr__, __dir__ = lazy_exports(
         "load_model": "loading",
         "load_tokenizer": "loading",
         "answer_logits": "scoring",
+        "hidden_states_at": "scoring",
         "left_align": "scoring",
         "p_yes": "scoring",
         "score_prompts": "scoring",

@@ -227,3 +227,28 @@ def score_prompts(
     finally:
         model.train(was_training)
     return scores
+
+
+def hidden_states_at(
+    model: torch.nn.Module, prompt: Sequence[int], positions: Sequence[int]
+) -> np.ndarray:
+    """The last layer's hidden states of one encoded prompt at ``positions`` (float64,
+    ``[len(positions), hidden]``), from one forward pass in eval mode. Read for the LRGD view of
+    a demonstration's effect (recicl.experiments.demo_quality): the representations the model
+    itself compares when it answers, not an outside embedder's."""
+    ids = torch.as_tensor(np.asarray(prompt, dtype=np.int64)).unsqueeze(0).to(_device_of(model))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            output = model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                output_hidden_states=True,
+                logits_to_keep=last_position(ids),
+                use_cache=False,
+            )
+            states = output.hidden_states[-1][0, torch.as_tensor(list(positions), dtype=torch.long)]
+            return states.double().cpu().numpy()
+    finally:
+        model.train(was_training)

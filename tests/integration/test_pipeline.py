@@ -212,6 +212,17 @@ def test_quality_policy_fitted_with_a_model_builds_the_reference_samples(
     assert path == recent.demo_quality_path and saved["measured_samples"] == 12
     assert saved["measured_demos"] >= 24 and saved["periods"] == [0, 1, 2]
     assert any(w != 0 for w in quality.weights)
+    # the LRGD view's report (the model's own hidden states), measured on the same draw by
+    # both fits: the lrgd estimator ranks by similarity alone
+    from recicl.experiments.demo_quality import LRGD_REPORT
+
+    assert saved["metric"] == "ridge" and saved["aligned_share"] > 0.5
+    lrgd, _ = fit_from_samples(cfg, recent.root, None, samples=12, seed=1,
+                               output=tmp_path / "lrgd.json", metric="lrgd")  # fmt: skip
+    assert lrgd.weights == (1.0, 0.0, 0.0, 0.0) and lrgd.fitted["metric"] == "lrgd"
+    for key in LRGD_REPORT:
+        assert lrgd.fitted[key] == pytest.approx(saved[key], nan_ok=True), key
+    assert np.isfinite(saved["rho_push"]) and -1 <= saved["rho_push"] <= 1
 
     cfg = _config(
         synth_dir, tmp_path / "quality", 2, demo_policy="quality", demo_quality=str(path),

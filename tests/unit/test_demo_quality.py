@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from recicl.data.retrieval import QUALITY_FEATURES, DemoQuality
 from recicl.experiments.demo_quality import _margins, fit_demo_quality
@@ -60,3 +61,62 @@ def test_an_estimator_that_explains_nothing_is_called_out():
     unmeasurable = DemoQuality(weights, {"r2_cv": float("nan")}).weakness() or ""
     assert "could not be cross-validated" in unmeasurable
     assert "recent or mixed" in unmeasurable
+
+
+def _lrgd_measured(coupling: float, groups=80, per=8, seed=0):
+    """Measurements where each demonstration's push toward Yes is ``coupling`` x its label x its
+    alignment plus noise (the LRGD view holding, or not at all with coupling 0), its item
+    similarity tracks the alignment, and the user agrees with itself: the demonstrations
+    aligned with the query mostly share the query's label."""
+    rng = np.random.default_rng(seed)
+    n = groups * per
+    measured = _measured((0.0, 0.0, 0.0, 0.0), groups=groups, per=per, seed=seed)
+    alignment = rng.uniform(-0.2, 1.0, n)
+    target = rng.choice([-1.0, 1.0], groups)[measured["group"]]  # one query per prompt
+    label = 2.0 * measured["liked"] - 1.0
+    label = np.where((alignment > 0.5) & (rng.random(n) < 0.9), target, label)
+    push = coupling * label * alignment + rng.normal(0, 0.1, n)
+    return {
+        **measured,
+        "liked": (label > 0).astype(float),
+        "similarity": alignment + rng.normal(0, 0.05, n),
+        "alignment": alignment,
+        "push": push,
+        "help": push * target,
+        "target_sign": target,
+    }
+
+
+def test_lrgd_agreement_reads_the_dual_models_push():
+    """The report's rank correlations (within each prompt, averaged): high where the push is
+    label x alignment, near zero where it is noise; a prompt whose demonstrations were trimmed
+    (NaN alignment) is left out, not counted as a disagreement."""
+    from recicl.experiments.demo_quality import lrgd_agreement
+
+    holding = _lrgd_measured(coupling=1.0)
+    holding["alignment"][:8] = np.nan  # the first prompt was trimmed
+    report = lrgd_agreement(holding)
+    assert report["rho_push"] > 0.8
+    assert report["rho_influence"] > 0.5
+    assert report["rho_help_alignment"] > 0.2 and report["rho_help_similarity"] > 0.2
+    assert report["aligned_share"] == pytest.approx(1 - 8 / len(holding["alignment"]))
+    noise = lrgd_agreement(_lrgd_measured(coupling=0.0))
+    assert abs(noise["rho_push"]) < 0.1 and abs(noise["rho_influence"]) < 0.1
+
+
+def test_the_lrgd_estimator_ranks_by_similarity_alone():
+    """metric lrgd: label-blind weights (similarity only: choosing by label tilts the like
+    rate a reader sees), the agreement in its report, and a warning when item similarity ranks
+    the measured demonstrations against their help."""
+    good = fit_demo_quality(_lrgd_measured(coupling=1.0), metric="lrgd")
+    assert good.weights == (1.0, 0.0, 0.0, 0.0)
+    assert good.fitted["metric"] == "lrgd" and good.fitted["rho_push"] > 0.8
+    assert good.weakness() is None
+    against = _lrgd_measured(coupling=1.0)
+    against["similarity"] = -against["similarity"]
+    weak = fit_demo_quality(against, metric="lrgd").weakness() or ""
+    assert "lrgd quality policy" in weak and "embeddings.kind: llm" in weak
+    ridge = fit_demo_quality(_lrgd_measured(coupling=1.0))  # the report comes with either fit
+    assert ridge.fitted["metric"] == "ridge" and ridge.fitted["rho_push"] > 0.8
+    with pytest.raises(Exception, match="use one of ridge, lrgd"):
+        fit_demo_quality(against, metric="loo")

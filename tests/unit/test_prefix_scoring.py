@@ -418,3 +418,27 @@ def test_served_scores_with_item_statistics_equal_the_offline_prompts(world):
     assert "taste code 1111 0000" in builder.render(history, demos, "5")
     plain = PromptBuilder(PromptConfig(), world["catalog"], world["tokenizer"])
     assert plain.encode(history, demos, "0").input_ids != prompts[0]  # the statistics are in
+
+
+def test_hidden_states_are_the_ones_the_model_answers_from(world):
+    """hidden_states_at (the LRGD alignment's input): the last layer's state at the query's
+    last position, put through the model's LM head, gives the P(Yes) score_prompts gives; at
+    a demonstration's question it is a different state (the positions are honoured)."""
+    from recicl.modeling import hidden_states_at
+
+    model, tokenizer, tokens = world["model"], world["tokenizer"], world["tokens"]
+    builder = PromptBuilder(PromptConfig(), world["catalog"], tokenizer)
+    history, demos = _context(4)
+    encoded = builder.encode(history, demos, "5")
+    answers = list(encoded.demo_answer_positions)
+    assert len(answers) == 4
+    model.train()
+    states = hidden_states_at(model, encoded.input_ids, [a - 1 for a in answers] + [-1])
+    assert model.training  # the mode is put back
+    assert states.shape == (5, model.config.hidden_size) and states.dtype == np.float64
+    with torch.no_grad():
+        logits = model.lm_head(torch.as_tensor(states[-1:], dtype=torch.float32))[0]
+    two = torch.softmax(logits[[tokens.no, tokens.yes]].double(), -1)[1].item()
+    want = score_prompts(model, tokenizer, [encoded.input_ids], 1, answer_tokens=tokens)[0]
+    assert two == pytest.approx(want, abs=1e-5)
+    assert not np.allclose(states[0], states[-1])
