@@ -120,3 +120,26 @@ def test_the_lrgd_estimator_ranks_by_similarity_alone():
     assert ridge.fitted["metric"] == "ridge" and ridge.fitted["rho_push"] > 0.8
     with pytest.raises(Exception, match="use one of ridge, lrgd"):
         fit_demo_quality(against, metric="loo")
+
+
+def test_the_lrgd_estimator_chooses_what_the_semantic_policy_chooses():
+    """Similarity alone, label-blind: the quality policy with the lrgd weights picks exactly
+    the semantic policy's demonstrations (ties by recency included), whatever the labels."""
+    from recicl.data.item_embeddings import unit_rows
+    from recicl.data.retrieval import select_similar
+
+    rng = np.random.default_rng(4)
+    candidates = unit_rows(rng.normal(size=(300, 8))).astype(np.float32)
+    candidates[50:60] = candidates[40]  # ties
+    targets = unit_rows(rng.normal(size=(30, 8))).astype(np.float32)
+    ends = np.sort(rng.integers(20, 300, 30))
+    counts = np.minimum(ends, rng.integers(3, 60, 30))
+    liked = rng.integers(0, 2, 300)
+    lrgd = DemoQuality((1.0, 0.0, 0.0, 0.0), {"metric": "lrgd"})
+    semantic = select_similar(targets, candidates, ends, counts, k=8, recent=0)
+    quality = select_similar(
+        targets, candidates, ends, counts, k=8, recent=0, quality=lrgd, liked=liked, window=200
+    )
+    for got, want in zip(quality, semantic, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert (np.diff(semantic[0]) == np.minimum(counts, 8)).all()
