@@ -180,7 +180,7 @@ def samples_demo_quality(
         "ridge",
         "--metric",
         help="ridge: a linear fit of the help on the features; lrgd: item similarity alone, "
-        "label-blind (LRGD's view; use item vectors from the model, embeddings.kind llm).",
+        "label-blind (LRGD's view; use item vectors from the model, embeddings.encoder llm).",
     ),
 ) -> None:
     """Fit the quality demo policy: a linear estimate of each demonstration's help.

@@ -87,7 +87,7 @@ class DemoQuality:
                 f"item similarity ranks the measured demonstrations against their help "
                 f"(within-prompt rank correlation {rho}), so the lrgd quality policy would show "
                 "the less helpful ones; use demo_policy recent, or item vectors from the model "
-                "itself (embeddings.kind: llm)"
+                "itself (embeddings.encoder: llm)"
             )
         r2 = self.fitted.get("r2_cv")
         if r2 is None or r2 > 0:

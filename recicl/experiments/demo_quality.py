@@ -30,7 +30,7 @@ a policy can use before the target's label is known is the alignment alone: pick
 well tilts the demonstrations' like rate, the strongest signal a reader has (the ridge fit's
 collapse on Gemma). Its build-time form, computable for every candidate without a forward pass
 of the prompt, is the similarity of the two items in the model's own item vectors
-(``embeddings.kind: llm``): the ``lrgd`` estimator ranks by similarity only. The report gives
+(``embeddings.encoder: llm``): the ``lrgd`` estimator ranks by similarity only. The report gives
 the rank correlations (within each prompt, averaged) that say whether each step holds.
 
 The measured samples use the demonstrations the folder was built with (usually the recent ones),

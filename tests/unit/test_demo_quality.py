@@ -115,7 +115,7 @@ def test_the_lrgd_estimator_ranks_by_similarity_alone():
     against = _lrgd_measured(coupling=1.0)
     against["similarity"] = -against["similarity"]
     weak = fit_demo_quality(against, metric="lrgd").weakness() or ""
-    assert "lrgd quality policy" in weak and "embeddings.kind: llm" in weak
+    assert "lrgd quality policy" in weak and "embeddings.encoder: llm" in weak
     ridge = fit_demo_quality(_lrgd_measured(coupling=1.0))  # the report comes with either fit
     assert ridge.fitted["metric"] == "ridge" and ridge.fitted["rho_push"] > 0.8
     with pytest.raises(Exception, match="use one of ridge, lrgd"):
