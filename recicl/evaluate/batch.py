@@ -400,9 +400,10 @@ def log_evaluation(workspace: Workspace, report: dict[str, Any], artifacts: list
     from mlflow.entities import Metric
 
     metrics = []
-    for scope, values in [("", report["overall"])] + [
-        (f"p{p}_", v) for p, v in report["periods"].items()
-    ]:
+    scopes = [("", report["overall"])] + [(f"p{p}_", v) for p, v in report["periods"].items()]
+    if "llm_alone" in report:  # a train.blend version: its LLM's own figures beside the blend's
+        scopes.append(("llm_", report["llm_alone"]["overall"]))
+    for scope, values in scopes:
         for key in ("auc", "uauc", "logloss"):
             if values.get(key) is not None:
                 metrics.append(Metric(f"{scope}{key}", float(values[key]), timestamp, 0))

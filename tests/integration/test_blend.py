@@ -180,3 +180,20 @@ def test_the_taste_probe_scores_what_each_version_serves(blended):
     # the blended version's probe also says what the LLM alone shifts: version 1's shift
     assert "shift_no_blend" not in shifts["llm"]
     assert shifts["blend"]["shift_no_blend"] == pytest.approx(shifts["llm"]["shift"], abs=1e-5)
+
+
+def test_an_evaluation_logs_the_llm_alone_beside_the_blend(blended, tmp_path):
+    """``recicl evaluate`` of a blended version: the report and its MLflow run carry the
+    blend's figures (what is served and gated) and, prefixed ``llm_``, the LLM's own."""
+    from recicl.evaluate.batch import evaluate_model
+    from recicl.registry import client, resolve_tracking_uri
+
+    cfg = blended.world.cfg
+    uri = f"models:/{cfg.mlflow.registered_model}/{blended.versions['blend']}"
+    report = evaluate_model(cfg, uri, blended.world.samples, [1], tmp_path / "eval.json")
+    run = client(resolve_tracking_uri(cfg)).get_run(report["mlflow_run_id"])
+    alone = report["llm_alone"]["overall"]
+    assert run.data.metrics["auc"] == pytest.approx(report["overall"]["auc"])
+    assert run.data.metrics["llm_auc"] == pytest.approx(alone["auc"])
+    assert run.data.metrics["llm_logloss"] == pytest.approx(alone["logloss"])
+    assert alone["logloss"] != pytest.approx(report["overall"]["logloss"])
