@@ -71,8 +71,8 @@ def _torch_dtype(name: str) -> Any:
         native = native_bf16(on_gpu)
         print(
             f"[recicl] model.dtype bfloat16-if-native: {'bfloat16' if native else 'float32'} "
-            f"({'this GPU' if on_gpu else 'this CPU'} "
-            f"{'computes bf16 faster' if native else 'has no bf16 units faster'} than float32)",
+            f"({'this GPU' if on_gpu else 'this CPU'} {'has' if native else 'has no'} bf16 "
+            "units)",
             flush=True,
         )
         return torch.bfloat16 if native else torch.float32

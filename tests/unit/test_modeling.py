@@ -453,9 +453,8 @@ def test_a_version_finds_its_base_on_another_node(tiny: Path, tmp_path: Path, pr
 def test_bfloat16_if_native_loads_what_the_cpu_computes_fast(
     tiny: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], native: bool
 ) -> None:
-    """model.dtype bfloat16-if-native: bfloat16 weights on a CPU whose bf16 units beat float32
-    (AMX), float32 elsewhere (emulated bf16, or AVX-512-BF16 alone: both slower), and the
-    choice is logged."""
+    """model.dtype bfloat16-if-native: bfloat16 weights on a CPU with bf16 units, float32
+    elsewhere (where torch emulates bf16, slower than float32), and the choice is logged."""
     from recicl.modeling import hardware
 
     monkeypatch.setattr(hardware, "native_bf16", lambda on_gpu: native)  # CPU or GPU box
