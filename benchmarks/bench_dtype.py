@@ -1,8 +1,7 @@
 """bfloat16 against float32 weights on this machine: is ``model.dtype: bfloat16`` faster here?
 
 On a CPU with bf16 units (AMX, AVX-512-BF16, Arm BF16) bfloat16 products run natively; without
-them torch emulates bf16 through float32 conversions and is slower than float32 itself. Native
-is not always faster: on an AMD EPYC with AVX-512-BF16 and no AMX, float32 won. That is
+them torch emulates bf16 through float32 conversions and is slower than float32 itself. That is
 what ``model.dtype: bfloat16-if-native`` and ``train.bf16: if-native`` decide from
 (:mod:`recicl.modeling.hardware`). This benchmark measures it for one model, in one process,
 on the same random token batch: a forward pass (scoring) and a forward + backward pass (tuning;
@@ -48,7 +47,7 @@ def main() -> None:
     tokens = args.batch * args.tokens
     print(
         f"{args.model}: {args.batch} x {args.tokens} tokens, {args.threads} thread(s); "
-        f"bfloat16-if-native picks: {'bfloat16' if cpu_has_native_bf16() else 'float32'}",
+        f"CPU bf16 units: {'yes' if cpu_has_native_bf16() else 'no'}",
         flush=True,
     )
     rows = {}

@@ -138,10 +138,9 @@ class ModelConfig(StrictModel):
     dtype: Literal["float32", "bfloat16", "float16", "auto", "bfloat16-if-native"] = Field(
         "float32",
         description="Weight dtype when loading (auto = as saved). bfloat16-if-native: "
-        "bfloat16 where the device computes it faster than float32 (a GPU with bf16; a CPU "
-        "with AMX, or Arm BF16), else float32: without bf16 units torch emulates it (Gemma 3 "
-        "270M: 3-5x slower than float32), and AVX-512-BF16 alone was still 1.2-2.1x slower "
-        "(benchmarks/bench_dtype.py, docs/performance.md).",
+        "bfloat16 where the device computes it natively (a GPU with bf16; a CPU with AMX or "
+        "AVX-512-BF16 units, or Arm BF16), else float32: without those units torch emulates "
+        "bf16 and runs slower than float32 (Gemma 3 270M: 3-5x, benchmarks/bench_dtype.py).",
     )
     attn_implementation: str | None = Field(
         "sdpa", description="eager, sdpa, flash_attention_2, ...; null = transformers' choice."

