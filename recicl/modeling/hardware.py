@@ -6,6 +6,9 @@ conversions, so bfloat16 weights run *slower* than float32 ones: Gemma 3 270M 3-
 AVX-512 Xeon without AVX-512-BF16 (``benchmarks/bench_dtype.py``, docs/performance.md). On a CPU
 with AMX or AVX-512-BF16 units bfloat16 ran the same model 2.1x faster than float32
 (docs/performance.md). So the shipped CPU recipes ask for bfloat16 only where it is native.
+AVX-512-BF16 without AMX counts: on an AMD EPYC with it, one process alone ran float32 faster
+(benchmarks/bench_dtype.py), but the recipe's two tuning workers and two scoring actors ran
+bfloat16 1.5x faster than float32 (docs/performance.md).
 """
 
 from __future__ import annotations
