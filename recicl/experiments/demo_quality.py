@@ -263,6 +263,8 @@ def fit_from_samples(
 ) -> tuple[DemoQuality, Path]:
     """Measure on the training periods of ``samples_dir`` (``experiment.train_periods``),
     fit, and write the estimator JSON (default: ``<samples_dir>/demo_quality.json``)."""
+    if metric not in METRICS:  # before minutes of measuring, not after
+        raise ConfigError(f"--metric {metric!r}: use one of {', '.join(METRICS)}")
     folder = SamplesFolder.at(samples_dir)
     manifest = folder.manifest()
     built = manifest.selection.demo_policy if manifest else "recent"

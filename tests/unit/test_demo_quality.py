@@ -143,3 +143,13 @@ def test_the_lrgd_estimator_chooses_what_the_semantic_policy_chooses():
     for got, want in zip(quality, semantic, strict=True):
         np.testing.assert_array_equal(got, want)
     assert (np.diff(semantic[0]) == np.minimum(counts, 8)).all()
+
+
+def test_an_unknown_metric_is_refused_before_anything_is_measured(tmp_path):
+    """`recicl samples demo-quality --metric loo`: one line naming the choices, before the
+    samples folder is even opened (a measurement takes minutes with a real model)."""
+    from recicl.config import ConfigError, ReciclConfig
+    from recicl.experiments.demo_quality import fit_from_samples
+
+    with pytest.raises(ConfigError, match="--metric 'loo': use one of ridge, lrgd"):
+        fit_from_samples(ReciclConfig(), tmp_path / "no-such-folder", None, metric="loo")
