@@ -1,12 +1,12 @@
 """bfloat16 against float32 weights on this machine: is ``model.dtype: bfloat16`` faster here?
 
 On a CPU with bf16 units (AMX, AVX-512-BF16, Arm BF16) bfloat16 products run natively; without
-them torch emulates bf16 through float32 conversions and is slower than float32 itself.
-One process is not the whole answer: on an AMD EPYC with AVX-512-BF16 and no AMX this benchmark
-ran float32 faster, while the recipe's two processes per 2 cores ran bfloat16 1.5x faster
-(docs/performance.md): decide by the recipe's own rate where the two disagree. That is
+them torch emulates bf16 through float32 conversions and is slower than float32 itself. That is
 what ``model.dtype: bfloat16-if-native`` and ``train.bf16: if-native`` decide from
-(:mod:`recicl.modeling.hardware`). This benchmark measures it for one model, in one process,
+(:mod:`recicl.modeling.hardware`). One process is not the whole answer: on an AMD EPYC with
+AVX-512-BF16 and no AMX this benchmark ran float32 faster, while the recipe's two processes per
+2 cores ran bfloat16 1.5x faster (docs/performance.md): decide by the recipe's own rate where
+the two disagree. This benchmark measures it for one model, in one process,
 on the same random token batch: a forward pass (scoring) and a forward + backward pass (tuning;
 gradients to the input embeddings, weights frozen as under LoRA), best of ``--repeats``.
 
