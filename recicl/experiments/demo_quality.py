@@ -60,8 +60,8 @@ log = logging.getLogger(__name__)
 
 
 #: per measured demonstration, besides the features: its help (margin change toward the right
-#: answer), push (toward Yes), the LRGD alignment, the target's sign, and its sample
-MEASURED = ("help", "push", "alignment", "target_sign", "group")
+#: answer), push (toward Yes), the LRGD alignment, and its sample
+MEASURED = ("help", "push", "alignment", "group")
 #: the fits: a ridge regression of help on the features, or LRGD's alignment (module doc)
 METRICS = ("ridge", "lrgd")
 #: what lrgd_agreement reports
@@ -190,7 +190,6 @@ def measure_demo_help(
             out["help"].append(float((margins[0] - margins[j + 1]) * sign))
             out["push"].append(float(margins[0] - margins[j + 1]))  # toward Yes
             out["alignment"].append(float(alignment[j]))
-            out["target_sign"].append(sign)
             out["group"].append(group)
     return {name: np.asarray(values) for name, values in out.items()}
 

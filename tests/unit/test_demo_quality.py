@@ -83,7 +83,6 @@ def _lrgd_measured(coupling: float, groups=80, per=8, seed=0):
         "alignment": alignment,
         "push": push,
         "help": push * target,
-        "target_sign": target,
     }
 
 
